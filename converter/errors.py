@@ -1,0 +1,23 @@
+"""The errors ckpt-convert raises for expected failures.
+
+Each message is one line that names the file or variable at fault and, where there is one, the fix.
+The command line prints it without a traceback (unless ``--debug``) and exits non-zero.
+"""
+
+
+class ConvertError(Exception):
+    """Base class of every expected failure: bad input, a failed check, a refused overwrite."""
+
+    exit_code = 2
+
+
+class CheckpointError(ConvertError):
+    """A checkpoint cannot be found, parsed or trusted (bad magic, CRC mismatch, missing shard...)."""
+
+
+class MappingError(ConvertError):
+    """A mapping table is invalid, or does not fit the checkpoint it is applied to."""
+
+
+class OutputExistsError(ConvertError):
+    """An output file exists and ``--force`` was not given."""

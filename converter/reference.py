@@ -1,0 +1,153 @@
+"""The reference: TF-Slim's own network definition, run by TensorFlow on a checkpoint.
+
+Every equivalence claim of ckpt-convert is measured against this module, never against our own
+network code. It needs the ``tf`` extra (TensorFlow, tf-slim, tf-keras); nothing else in the
+package imports it.
+"""
+
+import importlib
+import math
+import sys
+
+import numpy as np
+
+from converter.errors import ConvertError
+
+# architecture -> (tf_slim module, network function, arg_scope function, model scope)
+SLIM_NETS = {
+    "inception_v3": ("tf_slim.nets.inception_v3", "inception_v3", "inception_v3_arg_scope", "InceptionV3"),
+}
+
+EMA_SUFFIX = "/ExponentialMovingAverage"
+MIN_DEPTH = 16
+
+
+def import_tensorflow():
+    """Import TensorFlow and tf-slim, working around tf-slim's import of ``tf_keras.legacy_tf_layers``.
+
+    tf-slim's layers reach Keras-2 legacy layers under a module path that tf-keras 2.21 ships as
+    ``tf_keras.src.legacy_tf_layers``; an alias in ``sys.modules`` lets the original code run unchanged.
+    """
+    try:
+        import tensorflow as tf
+        import tf_keras.src.legacy_tf_layers as legacy_layers
+    except ImportError as error:
+        raise ConvertError(
+            f"the TF-Slim reference needs TensorFlow ({error}); install it with: pip install 'ckpt-convert[tf]'"
+        ) from None
+    sys.modules.setdefault("tf_keras.legacy_tf_layers", legacy_layers)
+    for name in ("base", "convolutional", "core", "normalization", "pooling"):
+        sys.modules.setdefault(
+            f"tf_keras.legacy_tf_layers.{name}", importlib.import_module(f"tf_keras.src.legacy_tf_layers.{name}")
+        )
+    import tf_slim
+
+    tf.get_logger().setLevel("ERROR")
+    return tf, tf_slim
+
+
+def _slim_net(architecture):
+    if architecture not in SLIM_NETS:
+        raise ConvertError(
+            f"no TF-Slim reference network for architecture {architecture!r}; known: {', '.join(sorted(SLIM_NETS))}"
+        )
+    module_name, function, arg_scope, scope = SLIM_NETS[architecture]
+    module = importlib.import_module(module_name)
+    return getattr(module, function), getattr(module, arg_scope), scope
+
+
+def build_network(architecture, images, *, num_classes=1001, depth_multiplier=1.0, is_training=False):
+    """Build the TF-Slim network on ``images`` (an NHWC tensor) in the current graph.
+
+    Returns ``(logits, end_points)`` as tf-slim returns them.
+    """
+    _, slim = import_tensorflow()
+    network, arg_scope, _ = _slim_net(architecture)
+    with slim.arg_scope(arg_scope()):
+        return network(images, num_classes=num_classes, is_training=is_training, depth_multiplier=depth_multiplier)
+
+
+def variable_shapes(architecture, *, num_classes=1001, depth_multiplier=1.0, image_size=299):
+    """Names (without ``:0``) and shapes of the model variables TF-Slim creates for these settings."""
+    tf, _ = import_tensorflow()
+    with tf.Graph().as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, image_size, image_size, 3])
+        build_network(architecture, images, num_classes=num_classes, depth_multiplier=depth_multiplier)
+        return {v.op.name: tuple(v.shape.as_list()) for v in tf.compat.v1.global_variables()}
+
+
+def infer_depth_multiplier(architecture, checkpoint_shapes, *, num_classes=1001, image_size=299):
+    """Find the ``depth_multiplier`` a checkpoint was trained with, from its variable shapes.
+
+    Every output channel count is ``max(int(base * multiplier), 16)``; each one above the minimum bounds the
+    multiplier to ``[c / base, (c + 1) / base)``. The midpoint of the intersection of all bounds is
+    returned; an empty intersection means the checkpoint is not this network.
+    """
+    base_shapes = variable_shapes(architecture, num_classes=num_classes, image_size=image_size)
+    low, high = 0.0, math.inf
+    for name, base_shape in base_shapes.items():
+        shape = checkpoint_shapes.get(name)
+        if shape is None or len(shape) != len(base_shape):
+            continue
+        # only output channels are depth(base); input channels may be sums of concatenated branches
+        base, channels = base_shape[-1], shape[-1]
+        if base == num_classes or channels <= MIN_DEPTH:
+            continue
+        low, high = max(low, channels / base), min(high, (channels + 1) / base)
+    if not low < high:
+        raise ConvertError(f"the checkpoint's channel counts fit no depth_multiplier of {architecture}")
+    if high == math.inf:
+        return 1.0
+    return (low + high) / 2
+
+
+def run_reference(
+    checkpoint,
+    images,
+    *,
+    architecture="inception_v3",
+    end_points=("Mixed_5b", "Mixed_6e", "Mixed_7c", "AuxLogits", "Logits"),
+    ema=False,
+    depth_multiplier=None,
+):
+    """Run TF-Slim's network with the weights of ``checkpoint`` on ``images`` (NHWC, float32).
+
+    Args:
+        checkpoint: checkpoint path or prefix, read by TensorFlow itself.
+        images: array ``[N, H, W, 3]`` in the network's input range.
+        end_points: names from tf-slim's end_points dict to return.
+        ema: restore each variable from its ``/ExponentialMovingAverage`` shadow where one exists.
+        depth_multiplier: inferred from the checkpoint's shapes when omitted.
+
+    Returns:
+        ``{end_point: np.ndarray}``, in TF's NHWC layout.
+    """
+    tf, _ = import_tensorflow()
+    reader = tf.train.load_checkpoint(str(checkpoint))
+    checkpoint_shapes = {name: tuple(shape) for name, shape in reader.get_variable_to_shape_map().items()}
+    _, _, scope = _slim_net(architecture)
+    num_classes = checkpoint_shapes[f"{scope}/Logits/Conv2d_1c_1x1/biases"][0]
+    if depth_multiplier is None:
+        depth_multiplier = infer_depth_multiplier(
+            architecture, checkpoint_shapes, num_classes=num_classes, image_size=images.shape[1]
+        )
+    with tf.Graph().as_default() as graph:
+        inputs = tf.compat.v1.placeholder(tf.float32, [None, *images.shape[1:]])
+        _, points = build_network(
+            architecture, inputs, num_classes=num_classes, depth_multiplier=depth_multiplier
+        )
+        variables = {}
+        for variable in tf.compat.v1.global_variables():
+            name = variable.op.name
+            source = name + EMA_SUFFIX if ema and name + EMA_SUFFIX in checkpoint_shapes else name
+            if checkpoint_shapes.get(source) != tuple(variable.shape.as_list()):
+                raise ConvertError(
+                    f"{checkpoint}: variable {source} is missing or has shape "
+                    f"{checkpoint_shapes.get(source)}, TF-Slim expects {tuple(variable.shape.as_list())}"
+                )
+            variables[source] = variable
+        saver = tf.compat.v1.train.Saver(var_list=variables)
+        with tf.compat.v1.Session(graph=graph) as session:
+            saver.restore(session, str(checkpoint))
+            outputs = session.run({name: points[name] for name in end_points}, {inputs: images})
+    return {name: np.asarray(value) for name, value in outputs.items()}

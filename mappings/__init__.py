@@ -1,0 +1,1 @@
+"""Mapping tables shipped with ckpt-convert, one YAML file per architecture (schema: README.md)."""

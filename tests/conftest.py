@@ -1,0 +1,68 @@
+"""Shared fixtures: the committed small checkpoints and full-size ones generated once per machine."""
+
+import fcntl
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "fixtures"
+SMALL = FIXTURES / "inception_v3"
+CACHE = pathlib.Path(os.environ.get("CKPT_CONVERT_TEST_CACHE", ROOT / ".cache" / "fixtures"))
+
+
+class Fixture:
+    """One fixture directory: checkpoints, golden input and outputs, and how they were made."""
+
+    def __init__(self, root):
+        self.root = pathlib.Path(root)
+        self.meta = json.loads((self.root / "meta.json").read_text())
+        self.v2 = self.root / "model.ckpt"
+        self.v1 = self.root / "model_v1.ckpt"
+        self.train = self.root / "train" / f"model.ckpt-{self.meta['global_step']}"
+
+    @property
+    def input(self):
+        return np.load(self.root / "golden_input.npy")
+
+    def golden(self, ema=False):
+        with np.load(self.root / ("golden_ema.npz" if ema else "golden.npz")) as data:
+            return dict(data)
+
+
+@pytest.fixture(scope="session")
+def small():
+    """The committed depth-multiplied InceptionV3 fixture (V2, V1, training-style, golden outputs)."""
+    return Fixture(SMALL)
+
+
+def _make_cached(name, **options):
+    """Generate a fixture with fixtures/make_fixtures.py once per content of the generating code."""
+    sys.path.insert(0, str(FIXTURES))
+    import make_fixtures
+
+    code = b"".join(p.read_bytes() for p in (FIXTURES / "make_fixtures.py", ROOT / "converter" / "reference.py"))
+    key = hashlib.sha256(code + json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
+    target = CACHE / f"{name}-{key}"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one pytest-xdist worker generates, the others wait
+        if not (target / "meta.json").exists():
+            staging = CACHE / f"{name}-{key}.partial"
+            shutil.rmtree(staging, ignore_errors=True)
+            make_fixtures.make_fixtures(staging, **options)
+            staging.rename(target)
+    return Fixture(target)
+
+
+@pytest.fixture(scope="session")
+def full():
+    """Full-size InceptionV3 (depth_multiplier 1.0, V2 only), generated in the test session and cached."""
+    pytest.importorskip("tensorflow", reason="full-size fixtures are written by TensorFlow")
+    return _make_cached("inception_v3_full", depth_multiplier=1.0, kinds=("v2",))
