@@ -5,6 +5,7 @@ network code. It needs the ``tf`` extra (TensorFlow, tf-slim, tf-keras); nothing
 package imports it.
 """
 
+import contextlib
 import importlib
 import math
 import sys
@@ -18,6 +19,7 @@ SLIM_NETS = {
     "inception_v3": ("tf_slim.nets.inception_v3", "inception_v3", "inception_v3_arg_scope", "InceptionV3"),
 }
 
+PRELOAD_BEFORE_TENSORFLOW = ("torch", "triton")
 EMA_SUFFIX = "/ExponentialMovingAverage"
 MIN_DEPTH = 16
 
@@ -28,6 +30,11 @@ def import_tensorflow():
     tf-slim's layers reach Keras-2 legacy layers under a module path that tf-keras 2.21 ships as
     ``tf_keras.src.legacy_tf_layers``; an alias in ``sys.modules`` lets the original code run unchanged.
     """
+    # torch's (and its triton's) bundled native libraries and TensorFlow's clash when torch loads
+    # second: a segfault at import. Where installed, they load first in a process that runs the reference.
+    for module in PRELOAD_BEFORE_TENSORFLOW:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
     try:
         import tensorflow as tf
         import tf_keras.src.legacy_tf_layers as legacy_layers

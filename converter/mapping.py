@@ -1,0 +1,437 @@
+"""Mapping tables: YAML data that says where every slim variable goes in each target.
+
+A table (schema: ``mappings/README.md``) is loaded and validated as a whole: every problem is
+reported in one ``MappingError``. ``plan`` then binds a table to one checkpoint's variables and
+checks everything before anything is written: unmapped source variables, rows the checkpoint
+cannot fill, and shapes that disagree are all gathered into one error.
+"""
+
+import dataclasses
+import importlib.resources
+import pathlib
+import re
+
+import numpy as np
+import yaml
+
+from converter import transforms
+from converter.errors import MappingError
+
+SCHEMA = 1
+TARGETS = ("torch", "keras", "onnx")
+# how a row's target name and a kind's template key join
+SEPARATORS = {"torch": ".", "keras": "/", "onnx": "/"}
+COMPUTE_OPS = ("conv", "linear")
+NODE_KINDS = ("layer", "max_pool", "avg_pool", "concat", "nodes", "flatten")
+NODE_OPTIONS = ("name", "input", "stride", "padding")
+PADDINGS = ("SAME", "VALID")
+FILL_DTYPES = ("float32", "int64")
+
+EMA_SUFFIX = "/ExponentialMovingAverage"
+# optimizer slots (RMSProp, RMSProp_1, Momentum, Adam, Adam_1, ...) and optimizer bookkeeping
+SLOT_PATTERN = re.compile(r"/(RMSProp|Momentum|Adam|Adagrad|Adadelta|Ftrl|Nadam|AdamW)(_\d+)?(/[^/]+)?$")
+TRAINING_ONLY = re.compile(r"(^|/)(global_step|beta1_power|beta2_power|learning_rate)$")
+
+
+def _builtin_dir():
+    return importlib.resources.files("converter.mappings")
+
+
+def builtin_tables():
+    """Names of the mapping tables shipped with the package."""
+    return sorted(p.name[: -len(".yaml")] for p in _builtin_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One target tensor of one layer: taken from a slim variable, or a fill."""
+
+    layer: str  # slim layer scope, relative to the model scope
+    key: str  # name in the target file
+    source: str | None  # slim parameter under the layer (``weights``, ``BatchNorm/beta``...), None for fills
+    transform: str
+    classes: int | None  # axis of the target tensor that holds the classes
+    fill: float | None
+    fill_shape: tuple  # dimension names or sizes, bound per layer by ``plan``
+    dtype: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """A validated mapping table."""
+
+    path: pathlib.Path
+    architecture: str
+    scope: str
+    detect: tuple
+    facts: dict
+    targets: dict
+    kinds: dict
+    layers: dict
+    graph: list
+
+    @property
+    def num_classes(self):
+        return self.facts["num_classes"]
+
+    @property
+    def background_class(self):
+        return self.facts.get("background_class")
+
+    def groups(self, target, *, aux=True):
+        """Graph end points whose layers ``target`` leaves out (its ``skip``, plus ``optional`` without aux)."""
+        spec = self.targets.get(target, {})
+        return tuple(spec.get("skip", [])) + (() if aux else tuple(spec.get("optional", [])))
+
+    def rows(self, target, *, skip=()):
+        """Every target tensor of every layer, in table order, leaving out layers under ``skip`` groups."""
+        rows = []
+        for layer, row in self.layers.items():
+            if _in_groups(layer, skip):
+                continue
+            kind = self.kinds[row["kind"]]
+            for key, spec in kind.get(target, {}).items():
+                rows.append(
+                    Row(
+                        layer=layer,
+                        key=_join(target, row[target], key),
+                        source=spec.get("from"),
+                        transform=spec.get("transform", "identity"),
+                        classes=spec.get("classes"),
+                        fill=spec.get("fill"),
+                        fill_shape=tuple(spec.get("shape", ())),
+                        dtype=spec.get("dtype"),
+                    )
+                )
+        return rows
+
+
+def _in_groups(layer, groups):
+    return any(layer == g or layer.startswith(g + "/") for g in groups)
+
+
+def _join(target, name, key):
+    if isinstance(name, dict):  # {role: layer name}: the key's first component names the role
+        role, _, rest = key.partition(SEPARATORS[target])
+        return f"{name[role]}{SEPARATORS[target]}{rest}"
+    return f"{name}{SEPARATORS[target]}{key}"
+
+
+def load_table(name_or_path):
+    """Load and validate a mapping table: a built-in architecture name or a path to a YAML file."""
+    path = pathlib.Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        builtin = _builtin_dir() / f"{name_or_path}.yaml"
+        if not builtin.is_file():
+            raise MappingError(
+                f"no mapping table {name_or_path!r}; built-in: {', '.join(builtin_tables())}, or pass a .yaml path"
+            )
+        path = pathlib.Path(str(builtin))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as error:
+        raise MappingError(f"{path}: cannot read mapping table ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise MappingError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    problems = validate(data)
+    if problems:
+        raise MappingError(f"{path}: invalid mapping table ({len(problems)} problems):\n  " + "\n  ".join(problems))
+    return Table(
+        path=path,
+        architecture=data["architecture"],
+        scope=data["scope"],
+        detect=tuple(data["detect"]),
+        facts=data["facts"],
+        targets=data.get("targets", {}),
+        kinds=data["kinds"],
+        layers=data["layers"],
+        graph=data["graph"],
+    )
+
+
+def validate(data):
+    """Every problem of a parsed table, as messages (empty when valid)."""
+    if not isinstance(data, dict):
+        return ["the table must be a mapping at the top level"]
+    problems = []
+    for key, kind in (("schema", int), ("architecture", str), ("scope", str), ("detect", list),
+                      ("facts", dict), ("kinds", dict), ("layers", dict), ("graph", list)):
+        if not isinstance(data.get(key), kind):
+            problems.append(f"`{key}` must be a {kind.__name__}")
+    if problems:
+        return problems
+    if data["schema"] != SCHEMA:
+        problems.append(f"schema {data['schema']} is not supported (this version reads schema {SCHEMA})")
+    problems += _validate_facts(data["facts"])
+    targets = data.get("targets", {})
+    for target in targets:
+        if target not in TARGETS:
+            problems.append(f"targets: unknown target {target!r} (known: {', '.join(TARGETS)})")
+    for name, kind in data["kinds"].items():
+        problems += _validate_kind(name, kind)
+    for layer, row in data["layers"].items():
+        problems += _validate_row(layer, row, data["kinds"], targets)
+    used = []
+    names = set()
+    problems += _validate_nodes(data["graph"], "", used, names, data["layers"])
+    for layer in data["layers"]:
+        if used.count(layer) != 1:
+            problems.append(f"layers: {layer} is used {used.count(layer)} times in the graph (must be once)")
+    for point in data["facts"].get("end_points", []):
+        if point not in names:
+            problems.append(f"facts.end_points: {point} is not a named graph node")
+    return problems
+
+
+def _validate_facts(facts):
+    problems = []
+    if not isinstance(facts.get("num_classes"), int):
+        problems.append("facts.num_classes must be an integer")
+    background = facts.get("background_class")
+    if background is not None and not isinstance(background, int):
+        problems.append("facts.background_class must be an integer or null")
+    spec = facts.get("input", {})
+    for key in ("height", "width", "channels"):
+        if not isinstance(spec.get(key), int):
+            problems.append(f"facts.input.{key} must be an integer")
+    if not isinstance(facts.get("end_points"), list):
+        problems.append("facts.end_points must be a list")
+    return problems
+
+
+def _validate_kind(name, kind):
+    where = f"kinds.{name}"
+    if not isinstance(kind, dict) or not isinstance(kind.get("params"), dict):
+        return [f"{where} must be a mapping with `params`"]
+    problems = []
+    if kind.get("compute", {}).get("op") not in COMPUTE_OPS:
+        problems.append(f"{where}.compute.op must be one of {', '.join(COMPUTE_OPS)}")
+    dims = {d for shape in kind["params"].values() for d in shape if isinstance(d, str)}
+    for target in TARGETS:
+        for key, spec in kind.get(target, {}).items():
+            at = f"{where}.{target}.{key}"
+            if not isinstance(spec, dict) or ("from" in spec) == ("fill" in spec):
+                problems.append(f"{at}: needs exactly one of `from` and `fill`")
+                continue
+            if "from" in spec and spec["from"] not in kind["params"]:
+                problems.append(f"{at}: `from: {spec['from']}` is not in params")
+            if spec.get("transform", "identity") not in transforms.TRANSFORMS:
+                problems.append(f"{at}: unknown transform {spec['transform']!r}")
+            if "fill" in spec:
+                unknown = [d for d in spec.get("shape", []) if isinstance(d, str) and d not in dims]
+                if unknown or "shape" not in spec:
+                    problems.append(f"{at}: a fill needs a `shape` of params dimensions or sizes")
+                if spec.get("dtype", "float32") not in FILL_DTYPES:
+                    problems.append(f"{at}: fill dtype must be one of {', '.join(FILL_DTYPES)}")
+    return problems
+
+
+def _validate_row(layer, row, kinds, targets):
+    where = f"layers.{layer}"
+    if not isinstance(row, dict) or row.get("kind") not in kinds:
+        return [f"{where}: `kind` must name one of kinds ({', '.join(kinds)})"]
+    problems = []
+    kind = kinds[row["kind"]]
+    for target in TARGETS:
+        if not kind.get(target):
+            continue
+        name = row.get(target)
+        if name is None:
+            if not _in_groups(layer, targets.get(target, {}).get("skip", [])):
+                problems.append(f"{where}: no {target} name (and the layer is not in targets.{target}.skip)")
+            continue
+        if isinstance(name, dict):
+            roles = {key.partition(SEPARATORS[target])[0] for key in kind[target]}
+            if roles - set(name):
+                problems.append(f"{where}.{target}: missing roles {', '.join(sorted(roles - set(name)))}")
+        elif not isinstance(name, str):
+            problems.append(f"{where}.{target} must be a name or a mapping of role to name")
+    return problems
+
+
+def _validate_nodes(nodes, scope, used, names, layers):
+    problems = []
+    for node in nodes:
+        if not isinstance(node, dict):
+            problems.append(f"graph{scope and ' ' + scope}: node {node!r} must be a mapping")
+            continue
+        kinds = [k for k in node if k in NODE_KINDS]
+        extra = [k for k in node if k not in NODE_KINDS and k not in NODE_OPTIONS]
+        if len(kinds) != 1 or extra:
+            problems.append(f"graph: node {node} must have exactly one of {', '.join(NODE_KINDS)} (unknown: {extra})")
+            continue
+        if "input" in node and node["input"] not in names:
+            problems.append(f"graph: input {node['input']!r} is not an earlier named node")
+        if node.get("padding", "SAME") not in PADDINGS:
+            problems.append(f"graph: padding {node['padding']!r} must be SAME or VALID")
+        inner = f"{node['name']}/" if "name" in node else scope
+        if "layer" in node:
+            layer = scope + node["layer"]
+            used.append(layer)
+            if layer not in layers:
+                problems.append(f"graph: layer {layer} has no row in layers")
+        elif "concat" in node:
+            for branch in node["concat"]:
+                problems += _validate_nodes(branch, inner, used, names, layers)
+        elif "nodes" in node:
+            problems += _validate_nodes(node["nodes"], inner, used, names, layers)
+        if "name" in node:
+            names.add(node["name"])
+    return problems
+
+
+def detect_architecture(names):
+    """The built-in architecture whose ``detect`` variables all occur in ``names`` (under any prefix), or None."""
+    names = list(names)
+    for architecture in builtin_tables():
+        table = load_table(architecture)
+        if model_prefix(names, table) is not None:
+            return architecture
+    return None
+
+
+def model_prefix(names, table):
+    """The outer prefix before ``table.scope`` in ``names`` ('' for none), or None when the table does not match."""
+    first = f"{table.scope}/{table.detect[0]}"
+    for name in names:
+        if name == first or name.endswith("/" + first):
+            prefix = name[: -len(first)]
+            present = set(names)
+            if all(f"{prefix}{table.scope}/{d}" in present for d in table.detect):
+                return prefix
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One tensor of the target file, bound to the checkpoint."""
+
+    key: str
+    source: str | None  # full checkpoint variable read, None for fills
+    transform: str
+    drop_class: tuple | None  # (axis, index) of the background class to drop
+    fill: float | None
+    dtype: str | None
+    source_shape: tuple | None
+    shape: tuple  # in the target file
+
+    def value(self, read):
+        """The target tensor, reading the source with ``read(name) -> np.ndarray``."""
+        if self.source is None:
+            return np.full(self.shape, self.fill, dtype=self.dtype or "float32")
+        value = transforms.get(self.transform).apply(read(self.source))
+        if self.drop_class is not None:
+            value = transforms.drop_class(value, *self.drop_class)
+        return value
+
+
+@dataclasses.dataclass
+class Plan:
+    """What a conversion will write, and what it leaves out."""
+
+    table: Table
+    target: str
+    prefix: str
+    entries: list
+    skipped: dict  # reason -> checkpoint variable names left out on purpose
+    dims: dict  # layer -> {dimension name: size}
+
+    def tensors(self, read):
+        """Yield ``(key, array)`` for every entry, reading sources lazily with ``read``."""
+        for entry in self.entries:
+            yield entry.key, entry.value(read)
+
+
+def plan(shapes, table, target, *, ema=False, keep_background=False, aux=True, strict=True):
+    """Bind ``table`` to a checkpoint's ``{name: shape}`` for ``target``; check everything first.
+
+    Args:
+        shapes: every variable of the checkpoint and its shape.
+        ema: read ``/ExponentialMovingAverage`` shadows instead of raw values where present.
+        keep_background: keep the background class (1001 classes) instead of dropping it.
+        aux: keep the target's optional groups (the auxiliary head).
+        strict: unmapped model variables are an error (otherwise listed in ``skipped``).
+
+    Returns:
+        a ``Plan``; raises ``MappingError`` listing every problem at once.
+    """
+    prefix = model_prefix(shapes, table)
+    if prefix is None:
+        raise MappingError(
+            f"the checkpoint is not {table.architecture}: it lacks {table.scope}/{table.detect[0]} "
+            f"(pass --arch or --mapping for another architecture)"
+        )
+    scope = f"{prefix}{table.scope}/"
+    skip = table.groups(target, aux=aux)
+    problems, entries, dims = [], [], {}
+    skipped = {"ema shadows": [], "optimizer slots": [], "training state": [], "left out": []}
+    consumed = set()
+    if ema and not any(name.endswith(EMA_SUFFIX) for name in shapes):
+        raise MappingError("--ema: the checkpoint holds no /ExponentialMovingAverage shadows; drop --ema")
+    for layer, row in table.layers.items():
+        kind = table.kinds[row["kind"]]
+        sources = {param: f"{scope}{layer}/{param}" for param in kind["params"]}
+        if _in_groups(layer, skip):
+            skipped["left out"] += [s for s in sources.values() if s in shapes]
+            consumed.update(sources.values())
+            continue
+        bound = {}
+        for param, wanted in kind["params"].items():
+            name = sources[param]
+            if name not in shapes:
+                problems.append(f"missing variable {name} (mapping row {layer}/{param})")
+                continue
+            consumed.add(name)
+            shape = tuple(shapes[name])
+            if len(shape) != len(wanted):
+                problems.append(f"{name}: shape {list(shape)} does not fit {wanted}")
+                continue
+            for dim, size in zip(wanted, shape):
+                fits = dim == size if isinstance(dim, int) else bound.setdefault(dim, size) == size
+                if not fits:
+                    problems.append(f"{name}: shape {list(shape)} disagrees on `{dim}` "
+                                    f"({bound.get(dim, dim)} elsewhere in {layer})")
+        dims[layer] = bound
+    rows = table.rows(target, skip=skip)
+    if not problems:
+        background = None if keep_background else table.background_class
+        for row in rows:
+            entries.append(_entry(row, scope, shapes, dims[row.layer], ema, background, problems))
+        consumed.update(entry.source for entry in entries if entry is not None)
+    for name in sorted(set(shapes) - consumed):
+        if name.endswith(EMA_SUFFIX) and name[: -len(EMA_SUFFIX)] in consumed:
+            skipped["ema shadows"].append(name)
+        elif SLOT_PATTERN.search(name):
+            skipped["optimizer slots"].append(name)
+        elif TRAINING_ONLY.search(name):
+            skipped["training state"].append(name)
+        elif strict:
+            problems.append(f"unmapped variable {name} (no row of {table.path.name} takes it; --lenient skips it)")
+        else:
+            skipped["left out"].append(name)
+    if problems:
+        raise MappingError(
+            f"the checkpoint does not fit mapping {table.architecture} for {target} "
+            f"({len(problems)} problems):\n  " + "\n  ".join(problems)
+        )
+    return Plan(table, target, prefix, entries, {k: v for k, v in skipped.items() if v}, dims)
+
+
+def _entry(row, scope, shapes, dims, ema, background, problems):
+    if row.source is None:
+        shape = tuple(dims[d] if isinstance(d, str) else d for d in row.fill_shape)
+        return Entry(row.key, None, "identity", None, row.fill, row.dtype, None, shape)
+    source = f"{scope}{row.layer}/{row.source}"
+    if ema and source + EMA_SUFFIX in shapes:
+        source += EMA_SUFFIX
+    source_shape = tuple(shapes[source])
+    try:
+        shape = transforms.get(row.transform).shape(source_shape)
+    except ValueError as error:
+        problems.append(f"{source}: {row.transform} {error}")
+        return None
+    drop = None
+    if row.classes is not None and background is not None:
+        drop = (row.classes, background)
+        shape = tuple(size - 1 if axis == row.classes else size for axis, size in enumerate(shape))
+    return Entry(row.key, source, row.transform, drop, None, None, source_shape, shape)

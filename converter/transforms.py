@@ -1,0 +1,73 @@
+"""Named tensor transforms: how a slim tensor's layout becomes a target's.
+
+Mapping tables name these (``transform: hwio_to_oihw``); nothing is inferred from rank, and nothing
+is squeezed or reshaped to make shapes fit: each transform states the one input layout it accepts
+and refuses any other. ``apply`` returns a view where numpy allows; writers copy once when writing.
+"""
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from converter.errors import MappingError
+
+# TF kernels are [kh, kw, in, out] (HWIO); torch and ONNX convolutions want [out, in, kh, kw] (OIHW).
+HWIO_TO_OIHW = (3, 2, 0, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """A layout change: ``shape`` maps an input shape to the output one (ValueError if it does not fit)."""
+
+    name: str
+    layouts: str
+    shape: Callable[[tuple], tuple]
+    apply: Callable[[np.ndarray], np.ndarray]
+
+
+def _identity_shape(shape):
+    return tuple(shape)
+
+
+def _oihw_shape(shape):
+    if len(shape) != 4:
+        raise ValueError(f"expects a [kh, kw, in, out] kernel, got {list(shape)}")
+    return tuple(shape[axis] for axis in HWIO_TO_OIHW)
+
+
+def _conv1x1(shape):
+    if len(shape) != 4 or tuple(shape[:2]) != (1, 1):
+        raise ValueError(f"expects a [1, 1, in, out] kernel, got {list(shape)}")
+    return shape[2], shape[3]
+
+
+def _linear_shape(shape):
+    fan_in, fan_out = _conv1x1(shape)
+    return fan_out, fan_in
+
+
+TRANSFORMS = {
+    t.name: t
+    for t in (
+        Transform("identity", "any -> the same", _identity_shape, lambda a: a),
+        Transform("hwio_to_oihw", "[kh, kw, in, out] -> [out, in, kh, kw]", _oihw_shape,
+                  lambda a: a.transpose(HWIO_TO_OIHW)),
+        # a 1x1 convolution on a 1x1 map is a fully connected layer
+        Transform("conv1x1_to_linear", "[1, 1, in, out] -> [out, in]", _linear_shape, lambda a: a[0, 0].T),
+        Transform("conv1x1_to_dense", "[1, 1, in, out] -> [in, out]", _conv1x1, lambda a: a[0, 0]),
+    )
+}
+
+
+def get(name):
+    """The transform called ``name``; MappingError naming the known ones otherwise."""
+    try:
+        return TRANSFORMS[name]
+    except KeyError:
+        raise MappingError(f"unknown transform {name!r}; known: {', '.join(sorted(TRANSFORMS))}") from None
+
+
+def drop_class(array, axis, index):
+    """``array`` without entry ``index`` along ``axis`` (TF-Slim's background class)."""
+    return np.delete(array, index, axis=axis)
