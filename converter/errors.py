@@ -21,3 +21,7 @@ class MappingError(ConvertError):
 
 class OutputExistsError(ConvertError):
     """An output file exists and ``--force`` was not given."""
+
+
+class VariableNameError(ConvertError):
+    """A variable name does not follow TF-Slim's scope conventions (empty component, no layer...)."""

@@ -342,7 +342,7 @@ class Plan:
             yield entry.key, entry.value(read)
 
 
-def plan(shapes, table, target, *, ema=False, keep_background=False, aux=True, strict=True):
+def plan(shapes, table, target, *, ema=False, keep_background=False, aux=True, drop=(), strict=True):
     """Bind ``table`` to a checkpoint's ``{name: shape}`` for ``target``; check everything first.
 
     Args:
@@ -350,6 +350,7 @@ def plan(shapes, table, target, *, ema=False, keep_background=False, aux=True, s
         ema: read ``/ExponentialMovingAverage`` shadows instead of raw values where present.
         keep_background: keep the background class (1001 classes) instead of dropping it.
         aux: keep the target's optional groups (the auxiliary head).
+        drop: more graph end points to leave out (``("Logits",)`` for a headless model).
         strict: unmapped model variables are an error (otherwise listed in ``skipped``).
 
     Returns:
@@ -362,7 +363,7 @@ def plan(shapes, table, target, *, ema=False, keep_background=False, aux=True, s
             f"(pass --arch or --mapping for another architecture)"
         )
     scope = f"{prefix}{table.scope}/"
-    skip = table.groups(target, aux=aux)
+    skip = table.groups(target, aux=aux) + tuple(drop)
     problems, entries, dims = [], [], {}
     skipped = {"ema shadows": [], "optimizer slots": [], "training state": [], "left out": []}
     consumed = set()

@@ -1,0 +1,116 @@
+"""Read TensorFlow checkpoints without TensorFlow: V2 bundles, V1 files, TF2 object-based ones.
+
+    with open_checkpoint("model.ckpt") as ckpt:
+        for name in ckpt:
+            array = ckpt.read(name)     # read-only, a view into the file where possible
+
+Listing reads only the index; reading a tensor touches only its bytes and checks its CRC32C.
+Every problem with the input raises ``CheckpointError`` naming the file.
+"""
+
+import dataclasses
+import struct
+
+import cramjam
+import numpy as np
+
+from converter.checkpoint import _bundle, _paths, _v1
+from converter.errors import CheckpointError
+
+__all__ = ["Checkpoint", "TensorInfo", "open_checkpoint"]
+
+# what malformed bytes can raise inside the parsers; turned into CheckpointError at the boundary
+_CORRUPTION = (ValueError, IndexError, KeyError, struct.error, OverflowError, MemoryError, cramjam.DecompressionError)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """One variable: name, numpy dtype (object for strings), shape, and size in bytes."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple
+    nbytes: int
+
+
+class _Boundary:
+    """Turns parser errors on corrupt input into one-line CheckpointErrors naming the file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        if isinstance(error, _CORRUPTION):
+            raise CheckpointError(f"{self.path}: corrupt checkpoint ({error or kind.__name__})") from error
+        if isinstance(error, OSError):
+            raise CheckpointError(f"{self.path}: cannot read ({error.strerror or error})") from error
+        return False
+
+
+class Checkpoint:
+    """An open checkpoint; use ``open_checkpoint`` to make one."""
+
+    def __init__(self, source, path):
+        self._source = source
+        self.path = path
+        self.format = source.format
+        self._names = sorted(source.names())
+        self._known = set(self._names)
+
+    def names(self):
+        """Sorted variable names (a partitioned variable once, under its full name)."""
+        return list(self._names)
+
+    def _check_name(self, name):
+        if name not in self._known:
+            raise CheckpointError(f"{self.path}: no variable named '{name}'; list them with `ckpt-convert inspect`")
+
+    def info(self, name):
+        """The TensorInfo of variable ``name``."""
+        self._check_name(name)
+        with _Boundary(self.path):
+            dtype, shape, nbytes = self._source.describe(name)
+        return TensorInfo(name, dtype, tuple(shape), nbytes)
+
+    def read(self, name):
+        """Variable ``name`` as a read-only numpy array (CRC32C checked for V2 bundles)."""
+        self._check_name(name)
+        with _Boundary(self.path):
+            array = self._source.read(name)
+        if array.flags.writeable:
+            array.flags.writeable = False
+        return array
+
+    def close(self):
+        """Release the file maps (arrays already read stay valid)."""
+        self._source.close()
+
+    def __contains__(self, name):
+        return name in self._known
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self):
+        return len(self._names)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __repr__(self):
+        return f"<Checkpoint {self.format} {self.path} ({len(self)} variables)>"
+
+
+def open_checkpoint(path):
+    """Open a checkpoint given a prefix, ``.index``/data file, V1 file or directory; returns a Checkpoint."""
+    with _Boundary(path):
+        kind, resolved = _paths.resolve(path)
+        source = _bundle.Bundle(resolved) if kind == "v2" else _v1.V1Checkpoint(resolved)
+        return Checkpoint(source, resolved)
