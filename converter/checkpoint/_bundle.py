@@ -1,0 +1,201 @@
+"""V2 tensor bundles: ``<prefix>.index`` (a table of BundleEntryProto) + ``<prefix>.data-NNNNN-of-MMMMM``.
+
+Layout per ``tensorflow/core/util/tensor_bundle/tensor_bundle.{cc,proto}``. Entry ``""`` is the
+BundleHeaderProto; every other entry names a tensor (or, under an ordered-code key, one slice of a
+partitioned tensor whose full entry lists its ``slices``). Data files hold raw little-endian bytes.
+"""
+
+import mmap
+import pathlib
+import struct
+
+import numpy as np
+
+from converter.checkpoint import _crc, _dtypes, _proto, _slices
+from converter.checkpoint._table import Table
+from converter.errors import CheckpointError
+
+INDEX_SUFFIX = ".index"
+HEADER_KEY = b""
+LITTLE_ENDIAN = 0
+SUPPORTED_VERSION = 1  # kTensorBundleVersion
+OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+LENGTH_CHECKSUM_SIZE = 4
+UINT32_MAX = 0xFFFFFFFF
+
+
+def data_filename(prefix, shard, num_shards):
+    """``<prefix>.data-00000-of-00001`` (naming.cc)."""
+    return pathlib.Path(f"{prefix}.data-{shard:05d}-of-{num_shards:05d}")
+
+
+def index_filename(prefix):
+    return pathlib.Path(f"{prefix}{INDEX_SUFFIX}")
+
+
+class Bundle:
+    """An open V2 bundle: the index parsed, data shards memory-mapped on first use."""
+
+    def __init__(self, prefix):
+        self.prefix = pathlib.Path(prefix)
+        self.index_path = index_filename(self.prefix)
+        try:
+            buffer = self.index_path.read_bytes()
+        except OSError as error:
+            raise CheckpointError(f"{self.index_path}: cannot read ({error.strerror})") from error
+        table = Table(self.index_path, buffer)
+        raw = dict(table.items())
+        if HEADER_KEY not in raw:
+            raise self._error("no bundle header entry: not a V2 checkpoint index")
+        header = _proto.parse_header(raw.pop(HEADER_KEY))
+        self._check_header(header)
+        self.num_shards = header.num_shards
+        entries = {key: _proto.parse_entry(value) for key, value in raw.items()}
+        slice_keys = {
+            _slices.slice_key(key, extents) for key, entry in entries.items() for extents in entry.slices
+        }
+        self._entries = entries
+        # full entries only: a partitioned tensor's slices hide behind its full entry
+        self._full = {key.decode("utf-8", "surrogateescape"): key for key in entries if key not in slice_keys}
+        self._check_entries()
+        self._maps = {}
+        self.format = "tf2" if OBJECT_GRAPH_KEY in self._full else "v2"
+
+    def _error(self, problem, path=None):
+        return CheckpointError(f"{path or self.index_path}: {problem}")
+
+    def _check_header(self, header):
+        if header.endianness != LITTLE_ENDIAN:
+            raise self._error("big-endian checkpoint; only little-endian bundles are supported")
+        if header.num_shards < 1:
+            raise self._error(f"header says {header.num_shards} data shards (corrupt index)")
+        if header.min_consumer > SUPPORTED_VERSION or SUPPORTED_VERSION in header.bad_consumers:
+            raise self._error("written by a newer TensorFlow bundle format version than this reader supports")
+
+    def _check_entries(self):
+        problems, missing = [], set()
+        for name, key in self._full.items():
+            entry = self._entries[key]
+            if _dtypes.numpy_dtype(entry.dtype) is None:
+                problems.append(f"'{name}' has unsupported dtype {_dtypes.describe(entry.dtype)}")
+            for shard in self._shards_of(key):
+                if shard >= self.num_shards:
+                    problems.append(f"'{name}' is in shard {shard} of {self.num_shards} (corrupt index)")
+                elif not data_filename(self.prefix, shard, self.num_shards).is_file():
+                    missing.add(shard)
+        if missing:
+            names = ", ".join(data_filename(self.prefix, s, self.num_shards).name for s in sorted(missing))
+            problems.append(f"missing data shard {names}; copy every data file next to the .index file")
+        if problems:
+            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+            raise self._error(shown)
+
+    def _shards_of(self, key):
+        entry = self._entries[key]
+        if not entry.slices:
+            return {entry.shard_id}
+        shards = set()
+        for extents in entry.slices:
+            part = self._entries.get(_slices.slice_key(key, extents))
+            if part is None:
+                raise self._error(f"slice {extents} of '{key.decode('utf-8', 'replace')}' has no entry")
+            shards.add(part.shard_id)
+        return shards
+
+    def names(self):
+        return list(self._full)
+
+    def describe(self, name):
+        """(numpy dtype, shape, nbytes) of a full entry."""
+        entry = self._entries[self._full[name]]
+        dtype = _dtypes.numpy_dtype(entry.dtype)
+        count = int(np.prod(entry.shape, dtype=np.int64))
+        if dtype == object:
+            nbytes = sum(self._entries[_slices.slice_key(self._full[name], e)].size for e in entry.slices) or entry.size
+        else:
+            nbytes = count * dtype.itemsize
+        return dtype, entry.shape, nbytes
+
+    def read(self, name):
+        key = self._full[name]
+        entry = self._entries[key]
+        dtype = _dtypes.numpy_dtype(entry.dtype)
+        if not entry.slices:
+            return self._read_entry(name, entry, dtype, entry.shape)
+        parts = []
+        for extents in entry.slices:
+            part_entry = self._entries[_slices.slice_key(key, extents)]
+            shape = _slices.slice_shape(extents, entry.shape)
+            if part_entry.dtype != entry.dtype:
+                raise self._error(f"a slice of '{name}' has a different dtype from the tensor (corrupt index)")
+            parts.append((extents, self._read_entry(name, part_entry, dtype, shape)))
+        return _slices.assemble(entry.shape, dtype, parts)
+
+    def _map(self, shard):
+        if shard not in self._maps:
+            path = data_filename(self.prefix, shard, self.num_shards)
+            try:
+                with open(path, "rb") as file:
+                    size = file.seek(0, 2)
+                    # an empty file cannot be mapped; it can only hold empty tensors
+                    self._maps[shard] = (path, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else b"")
+            except OSError as error:
+                raise self._error(f"cannot read ({error.strerror}); copy every data file next to the .index file", path) from error
+        return self._maps[shard]
+
+    def _read_entry(self, name, entry, dtype, shape):
+        count = int(np.prod(shape, dtype=np.int64))
+        if dtype != object and entry.size != count * dtype.itemsize:
+            raise self._error(
+                f"'{name}' is stored as {entry.size} bytes but shape {shape} of {dtype} needs "
+                f"{count * dtype.itemsize} (corrupt index)"
+            )
+        path, buffer = self._map(entry.shard_id)
+        if entry.offset + entry.size > len(buffer):
+            raise self._error(f"'{name}' lies past the end of the data file (truncated?)", path)
+        view = memoryview(buffer)[entry.offset : entry.offset + entry.size]
+        if dtype == object:
+            return self._read_strings(name, path, view, count, entry, shape)
+        actual = _crc.crc32c(view)
+        if actual != _crc.unmask(entry.crc32c):
+            raise self._error(
+                f"tensor '{name}' fails its CRC32C check (stored {_crc.unmask(entry.crc32c):#010x}, "
+                f"computed {actual:#010x}): the data file is corrupted; copy it again",
+                path,
+            )
+        return np.frombuffer(view, dtype=dtype, count=count).reshape(shape)
+
+    def _read_strings(self, name, path, view, count, entry, shape):
+        # [varint64 length]*count [masked crc32c of the lengths] [bytes]*count; the entry's crc32c
+        # covers each length as a uint32 (uint64 if larger), the length checksum and the bytes
+        values = np.empty(count, dtype=object)
+        if entry.size == 0:
+            if count:
+                raise self._error(f"string tensor '{name}' has no stored bytes (corrupt index)", path)
+            return values.reshape(shape)
+        lengths, pos, crc = [], 0, 0
+        for _ in range(count):
+            length, pos = _proto.read_varint(view, pos)
+            lengths.append(length)
+            crc = _crc.crc32c(struct.pack("<I" if length <= UINT32_MAX else "<Q", length), crc)
+        if pos + LENGTH_CHECKSUM_SIZE + sum(lengths) != len(view):
+            raise self._error(f"string tensor '{name}' has inconsistent lengths (corrupt file)", path)
+        crc = _crc.crc32c(view[pos : pos + LENGTH_CHECKSUM_SIZE], crc)
+        pos += LENGTH_CHECKSUM_SIZE
+        for i, length in enumerate(lengths):
+            values[i] = bytes(view[pos : pos + length])
+            pos += length
+        crc = _crc.crc32c(view[pos - sum(lengths) : pos], crc)
+        if crc != _crc.unmask(entry.crc32c):
+            raise self._error(f"tensor '{name}' fails its CRC32C check: the data file is corrupted; copy it again", path)
+        values.flags.writeable = False
+        return values.reshape(shape)
+
+    def close(self):
+        for _, buffer in self._maps.values():
+            if isinstance(buffer, mmap.mmap):
+                try:
+                    buffer.close()
+                except BufferError:
+                    pass  # arrays handed out still view it; it closes when the last one goes
+        self._maps.clear()

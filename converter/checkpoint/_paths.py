@@ -1,0 +1,72 @@
+"""Which checkpoint a user's path means: a V2 prefix, its ``.index`` or a data file, a V1 file,
+or a directory (its ``checkpoint`` state file, else the one checkpoint it holds)."""
+
+import pathlib
+import re
+
+from converter.checkpoint import _bundle
+from converter.checkpoint._table import has_table_magic
+from converter.errors import CheckpointError
+
+STATE_FILENAME = "checkpoint"
+# the text-format CheckpointState line naming the latest checkpoint
+_STATE_PATH = re.compile(r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"', re.MULTILINE)
+_DATA_SUFFIX = re.compile(r"\.data-\d{5}-of-\d{5}$")
+_ESCAPES = re.compile(r"\\(.)")
+# files in a checkpoint directory that are never a checkpoint themselves
+_NOT_CHECKPOINTS = re.compile(r"(\.meta|\.data-\d{5}-of-\d{5}|\.tempstate\d+)$")
+
+
+def resolve(path):
+    """``("v2", prefix)`` or ``("v1", file)`` for a user-supplied path; CheckpointError if there is none."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        return _from_directory(path)
+    text = str(path)
+    if text.endswith(_bundle.INDEX_SUFFIX):
+        return _prefix(pathlib.Path(text[: -len(_bundle.INDEX_SUFFIX)]), path)
+    if _DATA_SUFFIX.search(text) and not has_table_magic(path):
+        return _prefix(pathlib.Path(_DATA_SUFFIX.sub("", text)), path)
+    if _bundle.index_filename(path).is_file():
+        return "v2", path
+    if path.is_file():
+        if has_table_magic(path):
+            return "v1", path
+        raise CheckpointError(f"{path}: not a TensorFlow checkpoint (no table footer); pass the checkpoint prefix, its .index file or a V1 checkpoint file")
+    raise CheckpointError(f"{path}: no such checkpoint (neither a file nor a prefix with a {path.name}.index file)")
+
+
+def _prefix(prefix, given):
+    if not _bundle.index_filename(prefix).is_file():
+        raise CheckpointError(f"{given}: the index file {_bundle.index_filename(prefix)} is missing; copy it next to the data files")
+    return "v2", prefix
+
+
+def _from_directory(directory):
+    state = directory / STATE_FILENAME
+    if state.is_file():
+        match = _STATE_PATH.search(state.read_text(errors="replace"))
+        if match is None:
+            raise CheckpointError(f"{state}: no model_checkpoint_path line; pass the checkpoint prefix instead")
+        target = pathlib.Path(_ESCAPES.sub(r"\1", match.group(1)))
+        if not target.is_absolute():
+            target = directory / target
+        if not (_bundle.index_filename(target).is_file() or target.is_file()):
+            # the state file may hold an absolute path from the machine that trained the model
+            local = directory / target.name
+            if _bundle.index_filename(local).is_file() or local.is_file():
+                target = local
+            else:
+                raise CheckpointError(f"{state}: names {target}, which does not exist; pass the checkpoint prefix instead")
+        return resolve(target)
+    found = sorted(
+        {pathlib.Path(str(p)[: -len(_bundle.INDEX_SUFFIX)]) for p in directory.glob("*" + _bundle.INDEX_SUFFIX)}
+        | {p for p in directory.iterdir() if p.is_file() and not _NOT_CHECKPOINTS.search(p.name)
+           and not p.name.endswith(_bundle.INDEX_SUFFIX) and has_table_magic(p)}
+    )
+    if not found:
+        raise CheckpointError(f"{directory}: a directory with no checkpoint in it (no *.index file, V1 file or checkpoint state file)")
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found[:5]) + (", ..." if len(found) > 5 else "")
+        raise CheckpointError(f"{directory}: holds {len(found)} checkpoints ({names}); pass one of them")
+    return resolve(found[0])
