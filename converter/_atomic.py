@@ -1,0 +1,43 @@
+"""Atomic output: write to a temporary file beside the target, then rename it into place."""
+
+import contextlib
+import os
+import pathlib
+import tempfile
+
+from converter.errors import ConvertError, OutputExistsError
+
+# a new output gets the permissions an ordinary open() would give it, not mkstemp's 0600
+_DEFAULT_MODE = 0o666
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_output(path, force=False):
+    """Yield a temporary path beside ``path``; on success it replaces ``path``, on failure it is removed.
+
+    Raises OutputExistsError if ``path`` exists and ``force`` is false, before anything is written.
+    """
+    path = pathlib.Path(path)
+    if path.is_dir():
+        raise ConvertError(f"{path}: is a directory; name an output file")
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path}: already exists; pass --force to overwrite it")
+    if not path.parent.is_dir():
+        raise ConvertError(f"{path}: its directory {path.parent} does not exist; create it first")
+    # the same directory, so the final rename stays on one file system and is atomic
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(handle)
+    temp = pathlib.Path(temp)
+    try:
+        os.chmod(temp, _DEFAULT_MODE & ~_umask())
+        yield temp
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,70 @@
+"""``ckpt-convert dump``: export every variable of a checkpoint, unmapped, under its original name."""
+
+import pathlib
+import zipfile
+
+import click
+import numpy as np
+
+from converter._atomic import atomic_output
+from converter.checkpoint import open_checkpoint
+from converter.cli import debug_option
+from converter.errors import ConvertError
+from converter.writers.safetensors import DTYPES as SAFETENSORS_DTYPES
+from converter.writers.safetensors import save_safetensors
+
+NPY_SUFFIX = ".npy"
+
+
+def _write_npz(items, path):
+    # one stored zip member per array, written as it is read (np.savez would reserve names like "file")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in items:
+            with archive.open(name + NPY_SUFFIX, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, array, allow_pickle=False)
+
+
+def _writable_by_npz(dtype):
+    return dtype != object
+
+
+def _writable_by_safetensors(dtype):
+    return dtype in SAFETENSORS_DTYPES
+
+
+# output suffix -> (writer, which dtypes it holds, what it cannot hold)
+FORMATS = {
+    ".safetensors": (lambda items, path: save_safetensors(items, path), _writable_by_safetensors, "safetensors"),
+    ".npz": (_write_npz, _writable_by_npz, "npz without pickle"),
+}
+
+
+@click.command("dump")
+@click.argument("path", type=click.Path(path_type=pathlib.Path))
+@click.option(
+    "-o", "--output", required=True, type=click.Path(path_type=pathlib.Path),
+    help="Output file: out.safetensors or out.npz.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@debug_option
+def command(path, output, force, debug):
+    """Export every variable of checkpoint PATH to OUTPUT under its original name.
+
+    Tensors the format cannot hold (strings, and complex numbers in safetensors) are skipped with a
+    note on stderr. The output is written atomically and never overwritten without --force.
+    """
+    suffix = output.suffix.lower()
+    if suffix not in FORMATS:
+        raise ConvertError(f"{output}: unknown output format {suffix or '(no suffix)'}; name it .safetensors or .npz")
+    write, holds, label = FORMATS[suffix]
+    with atomic_output(output, force) as temp, open_checkpoint(path) as ckpt:
+        infos = [ckpt.info(name) for name in ckpt]
+        skipped = [info for info in infos if not holds(info.dtype)]
+        if skipped:
+            kinds = sorted({"string" if info.dtype == object else str(info.dtype) for info in skipped})
+            shown = ", ".join(info.name for info in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+            click.echo(f"note: skipped {len(skipped)} {'/'.join(kinds)} tensor(s) that {label} cannot hold: {shown}", err=True)
+        kept = [info for info in infos if holds(info.dtype)]
+        write(((info.name, ckpt.read(info.name)) for info in kept), temp)
+    total = sum(info.nbytes for info in kept)
+    click.echo(f"wrote {len(kept)} tensors ({total / 1e6:.1f} MB) from {ckpt.path} to {output}", err=True)
