@@ -1,0 +1,359 @@
+"""The ONNX format: the whole network of a mapping table's ``graph``, with a checkpoint's weights.
+
+ONNX weights mean nothing without a graph, so this writer builds one from the table (``graph``,
+``layers``, ``kinds``) and the plan's shapes, with TF-Slim's semantics made explicit: the graph runs
+in NCHW; TensorFlow's 'SAME' padding becomes the explicit, possibly asymmetric pads TensorFlow
+computes for the fixed input size of ``facts.input``; average pooling excludes padding
+(``count_include_pad=0``); batch norm uses the table's epsilon. Needs the ``onnx`` package only.
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+import converter
+from converter import mapping
+from converter.errors import ConvertError
+
+# Opset 17 (2022) is deployable on every maintained runtime (onnxruntime >= 1.12, TensorRT >= 8.6,
+# OpenVINO); no later opset changes any op written here except to add types.
+DEFAULT_OPSET = 17
+# The supported range: 13 (2020) is the oldest the tests cover, which every maintained runtime
+# runs; 28 is the newest the pinned onnx defines and onnxruntime 1.32 runs.
+MIN_OPSET = 13
+MAX_OPSET = 28
+OPSETS = range(MIN_OPSET, MAX_OPSET + 1)
+
+NCHW = "nchw"
+NHWC = "nhwc"
+LAYOUTS = (NCHW, NHWC)
+NHWC_TO_NCHW = (0, 3, 1, 2)
+NCHW_TO_NHWC = (0, 2, 3, 1)
+CHANNEL_AXIS = 1  # in the NCHW graph
+
+DTYPES = ("float32", "float16")
+INPUT_NAME = "input"
+BATCH_DIM = "batch"
+
+# Slim's variable names under a layer scope (tf_slim.layers), which the table's onnx column keeps:
+# the ONNX op input each feeds. A batch norm's inputs in BatchNormalization's order.
+WEIGHTS = "weights"
+BIASES = "biases"
+BATCH_NORM = ("BatchNorm/gamma", "BatchNorm/beta", "BatchNorm/moving_mean", "BatchNorm/moving_variance")
+KNOWN_PARAMS = (WEIGHTS, BIASES, *BATCH_NORM)
+ACTIVATIONS = {"relu": "Relu"}
+
+SAME = "SAME"
+VALID = "VALID"
+GLOBAL = "global"
+POOLS = {"max_pool": "MaxPool", "avg_pool": "AveragePool"}
+
+
+def _import_onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise ConvertError("writing ONNX needs the onnx package: pip install 'ckpt-convert[onnx]'") from None
+    return onnx
+
+
+@dataclasses.dataclass
+class _Value:
+    """A tensor of the graph: its name and static shape (NCHW or [N, features], batch as None)."""
+
+    name: str
+    shape: tuple
+
+
+def _output_size(size, kernel, stride, padding):
+    # TensorFlow's rule: SAME keeps ceil(size / stride), VALID only windows that fit
+    return math.ceil(size / stride) if padding == SAME else math.ceil((size - kernel + 1) / stride)
+
+
+def _same_pads(size, kernel, stride):
+    # TensorFlow pads the total a window needs, the odd pixel at the end (bottom/right)
+    total = max((_output_size(size, kernel, stride, SAME) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class _GraphBuilder:
+    """Builds the ONNX nodes of a table's graph, checking every shape on the way."""
+
+    def __init__(self, onnx, plan, tensors, dtype):
+        self.onnx = onnx
+        self.plan = plan
+        self.table = plan.table
+        self.tensors = tensors  # initializer name -> array in the model's dtype
+        self.dtype = dtype
+        self.used = set()
+        self.nodes = []
+        self.names = set()
+        self.points = {}  # end point -> _Value
+
+    def _unique(self, name):
+        candidate, index = name, 0
+        while candidate in self.names:
+            index += 1
+            candidate = f"{name}_{index}"
+        self.names.add(candidate)
+        return candidate
+
+    def _op(self, op, inputs, name, shape, **attributes):
+        name = self._unique(name)
+        self.nodes.append(self.onnx.helper.make_node(op, inputs, [name], name=name, **attributes))
+        return _Value(name, shape)
+
+    def _initializer(self, layer, name):
+        if name not in self.tensors:
+            raise ConvertError(f"ONNX: layer {layer} needs tensor {name}, which the plan does not write")
+        self.used.add(name)
+        return name, self.tensors[name].shape
+
+    def build(self, source):
+        self._sequence(self.table.graph, source, "")
+        unused = sorted(set(self.tensors) - self.used)
+        if unused:
+            raise ConvertError(f"ONNX: the graph uses no layer for {len(unused)} tensors of the plan: {', '.join(unused)}")
+        return self.points
+
+    def _layers_under(self, node, scope):
+        if "layer" in node:
+            return [scope + node["layer"]]
+        inner = f"{node['name']}/" if "name" in node else scope
+        branches = node.get("concat", []) + [node.get("nodes", [])]
+        return [layer for branch in branches for child in branch for layer in self._layers_under(child, inner)]
+
+    def _sequence(self, nodes, value, scope):
+        for node in nodes:
+            if "name" in node and not any(layer in self.plan.dims for layer in self._layers_under(node, scope)):
+                continue  # a group the plan leaves out (the auxiliary head, a dropped classifier)
+            if "input" in node:
+                if node["input"] not in self.points:
+                    raise ConvertError(f"ONNX: graph node {node.get('name', node)} takes {node['input']}, which is left out")
+                value = self.points[node["input"]]
+            value = self._node(node, value, scope)
+            if "name" in node:
+                self.points[node["name"]] = value
+        return value
+
+    def _node(self, node, value, scope):
+        stride = node.get("stride", 1)
+        padding = node.get("padding", SAME)
+        inner = f"{node['name']}/" if "name" in node else scope
+        if "layer" in node:
+            return self._layer(scope + node["layer"], value, stride, padding)
+        for key, op in POOLS.items():
+            if key in node:
+                return self._pool(op, node[key], value, stride, padding, scope)
+        if "concat" in node:
+            branches = [self._sequence(branch, value, inner) for branch in node["concat"]]
+            spatial = {b.shape[2:] for b in branches}
+            if len(spatial) != 1:
+                raise ConvertError(f"ONNX: concat in {inner or 'the graph'} joins maps of sizes {sorted(spatial)}")
+            channels = sum(b.shape[CHANNEL_AXIS] for b in branches)
+            return self._op("Concat", [b.name for b in branches], f"{inner}concat",
+                            (None, channels, *branches[0].shape[2:]), axis=CHANNEL_AXIS)
+        if "nodes" in node:
+            return self._sequence(node["nodes"], value, inner)
+        # flatten: schema's [N, 1, 1, C] -> [N, C]; only a 1x1 map flattens the same in NCHW and NHWC
+        if len(value.shape) != 4 or value.shape[2:] != (1, 1):
+            raise ConvertError(f"ONNX: flatten in {inner or 'the graph'} needs a 1x1 map, got shape {value.shape[1:]}")
+        return self._op("Flatten", [value.name], f"{inner}Flatten", value.shape[:2], axis=1)
+
+    def _pool(self, op, kernel, value, stride, padding, scope):
+        _, channels, height, width = value.shape
+        if kernel == GLOBAL:
+            return self._op(f"Global{op}", [value.name], f"{scope}{op}", (None, channels, 1, 1))
+        attributes = self._window(kernel, (height, width), stride, padding)
+        if op == "AveragePool":
+            attributes["count_include_pad"] = 0  # TF's SAME average excludes the padding
+        shape = (None, channels, *self._spatial(kernel, (height, width), stride, padding, scope + op))
+        return self._op(op, [value.name], f"{scope}{op}", shape, **attributes)
+
+    @staticmethod
+    def _window(kernel, size, stride, padding):
+        pads = [0, 0, 0, 0]  # ONNX order: h_begin, w_begin, h_end, w_end
+        if padding == SAME:
+            (pads[0], pads[2]), (pads[1], pads[3]) = (_same_pads(n, k, stride) for n, k in zip(size, kernel))
+        return {"kernel_shape": list(kernel), "strides": [stride, stride], "pads": pads}
+
+    @staticmethod
+    def _spatial(kernel, size, stride, padding, where):
+        out = tuple(_output_size(n, k, stride, padding) for n, k in zip(size, kernel))
+        if min(out) < 1:
+            raise ConvertError(f"ONNX: {where}: a {list(kernel)} window does not fit a {list(size)} map")
+        return out
+
+    def _layer(self, layer, value, stride, padding):
+        if layer not in self.plan.dims:
+            raise ConvertError(f"ONNX: the graph needs layer {layer}, which the plan leaves out")
+        row = self.table.layers[layer]
+        kind = self.table.kinds[row["kind"]]
+        params = {key: f"{row['onnx']}{mapping.SEPARATORS['onnx']}{key}" for key in kind.get("onnx", {})}
+        unknown = sorted(set(params) - set(KNOWN_PARAMS))
+        if unknown or WEIGHTS not in params:
+            raise ConvertError(
+                f"ONNX: kind {row['kind']} has onnx tensors {sorted(params)}; this writer knows "
+                f"{', '.join(KNOWN_PARAMS)} and needs {WEIGHTS}"
+            )
+        compute = kind["compute"]
+        weights, shape = self._initializer(layer, params[WEIGHTS])
+        inputs = [value.name, weights]
+        if BIASES in params:
+            inputs.append(self._initializer(layer, params[BIASES])[0])
+        if compute["op"] == "conv":
+            if len(value.shape) != 4 or len(shape) != 4 or shape[1] != value.shape[CHANNEL_AXIS]:
+                raise ConvertError(
+                    f"ONNX: {params[WEIGHTS]} has shape {list(shape)}; a convolution on {value.shape[CHANNEL_AXIS]} "
+                    f"channels needs [out, {value.shape[CHANNEL_AXIS]}, kh, kw] (OIHW: transform hwio_to_oihw)"
+                )
+            kernel = shape[2:]
+            size = value.shape[2:]
+            out = (None, shape[0], *self._spatial(kernel, size, stride, padding, layer))
+            value = self._op("Conv", inputs, f"{layer}/Conv2D", out, **self._window(kernel, size, stride, padding))
+        else:
+            if len(value.shape) != 2 or len(shape) != 2 or shape[1] != value.shape[1]:
+                raise ConvertError(
+                    f"ONNX: {params[WEIGHTS]} has shape {list(shape)}; a linear layer on {value.shape[1:]} "
+                    f"needs [out, in] on a flat input (transform conv1x1_to_linear, a flatten before it)"
+                )
+            value = self._op("Gemm", inputs, f"{layer}/Gemm", (None, shape[0]), transB=1)
+        if compute.get("batch_norm"):
+            if not all(key in params for key in BATCH_NORM):
+                raise ConvertError(f"ONNX: kind {row['kind']} has batch norm but not every one of {', '.join(BATCH_NORM)}")
+            norm = [self._initializer(layer, params[key])[0] for key in BATCH_NORM]
+            value = self._op("BatchNormalization", [value.name, *norm], f"{layer}/BatchNorm", value.shape,
+                             epsilon=float(self.table.facts["batch_norm_epsilon"]))
+        activation = compute.get("activation")
+        if activation:
+            if activation not in ACTIVATIONS:
+                raise ConvertError(f"ONNX: unknown activation {activation!r} (known: {', '.join(ACTIVATIONS)})")
+            value = self._op(ACTIVATIONS[activation], [value.name], f"{layer}/{ACTIVATIONS[activation]}", value.shape)
+        return value
+
+
+def _named(nodes):
+    for node in nodes:
+        if "name" in node:
+            yield node["name"]
+        for branch in node.get("concat", []) + [node.get("nodes", [])]:
+            yield from _named(branch)
+
+
+def _default_output(table, points):
+    # the graph's last node; without it (a headless plan), the end point that node takes as input
+    last = table.graph[-1]
+    if last.get("name") in points:
+        return last["name"]
+    if last.get("input") in points:
+        return last["input"]
+    raise ConvertError("ONNX: the plan leaves out the graph's output; name end points with --outputs")
+
+
+def _check_options(onnx, opset, input_layout, dtype, options):
+    if options:
+        raise ConvertError(f"ONNX: unknown options {', '.join(sorted(options))}")
+    if opset is None:
+        opset = DEFAULT_OPSET
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in OPSETS:
+        raise ConvertError(f"ONNX: opset {opset!r} is not supported; use {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})")
+    if opset > onnx.defs.onnx_opset_version():
+        raise ConvertError(f"ONNX: opset {opset} is newer than the installed onnx package "
+                           f"({onnx.__version__}, opset {onnx.defs.onnx_opset_version()}); upgrade onnx")
+    if input_layout not in LAYOUTS:
+        raise ConvertError(f"ONNX: input layout {input_layout!r} is not one of {', '.join(LAYOUTS)}")
+    dtype = "float32" if dtype is None else str(dtype)
+    if dtype not in DTYPES:
+        raise ConvertError(f"ONNX: dtype {dtype} is not supported; use one of {', '.join(DTYPES)}")
+    return opset, dtype
+
+
+def build_model(plan, read, *, dtype=None, opset=None, input_layout=NCHW, outputs=None, **options):
+    """Build the ONNX ``ModelProto`` of ``plan`` (target ``onnx``) with tensors read by ``read``.
+
+    Args and errors as ``save_onnx``; returns the checked model without writing it.
+    """
+    onnx = _import_onnx()
+    opset, dtype = _check_options(onnx, opset, input_layout, dtype, options)
+    if plan.target != "onnx":
+        raise ConvertError(f"ONNX: the plan is for target {plan.target!r}; plan for 'onnx'")
+    table = plan.table
+    tensors = {}
+    for key, array in plan.tensors(read):
+        tensors[key] = np.ascontiguousarray(array, dtype=dtype)
+    spec = table.facts["input"]
+    height, width, channels = spec["height"], spec["width"], spec["channels"]
+    elem_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    builder = _GraphBuilder(onnx, plan, tensors, dtype)
+    if input_layout == NHWC:
+        graph_input = onnx.helper.make_tensor_value_info(INPUT_NAME, elem_type, [BATCH_DIM, height, width, channels])
+        source = builder._op("Transpose", [INPUT_NAME], "input/to_nchw", (None, channels, height, width),
+                             perm=list(NHWC_TO_NCHW))
+    else:
+        graph_input = onnx.helper.make_tensor_value_info(INPUT_NAME, elem_type, [BATCH_DIM, channels, height, width])
+        source = _Value(INPUT_NAME, (None, channels, height, width))
+    builder.names.update([INPUT_NAME, *_named(table.graph)])  # reserved for the graph's input and outputs
+    points = builder.build(source)
+
+    wanted = [_default_output(table, points)] + list(outputs or [])
+    missing = [name for name in wanted if name not in points]
+    if missing:
+        raise ConvertError(
+            f"ONNX: no end point {', '.join(missing)} in this model; known: {', '.join(points)}"
+        )
+    graph_outputs = []
+    for name in dict.fromkeys(sorted(wanted, key=list(points).index)):
+        value = points[name]
+        if input_layout == NHWC and len(value.shape) == 4:
+            builder.nodes.append(onnx.helper.make_node("Transpose", [value.name], [name], name=f"{name}/to_nhwc",
+                                                       perm=list(NCHW_TO_NHWC)))
+            shape = [value.shape[0], *(value.shape[axis] for axis in NCHW_TO_NHWC[1:])]
+        else:
+            builder.nodes.append(onnx.helper.make_node("Identity", [value.name], [name], name=f"{name}/output"))
+            shape = list(value.shape)
+        shape[0] = BATCH_DIM
+        graph_outputs.append(onnx.helper.make_tensor_value_info(name, elem_type, shape))
+
+    initializers = [onnx.numpy_helper.from_array(array, key) for key, array in tensors.items()]
+    graph = onnx.helper.make_graph(builder.nodes, table.architecture, [graph_input], graph_outputs, initializers)
+    operator_set = onnx.helper.make_opsetid("", opset)
+    model = onnx.helper.make_model(
+        graph,
+        opset_imports=[operator_set],
+        ir_version=onnx.helper.find_min_ir_version_for([operator_set]),
+        producer_name="ckpt-convert",
+        producer_version=converter.__version__,
+        doc_string=f"TF-Slim {table.architecture}; input {input_layout.upper()} {dtype} "
+                   f"in range {spec.get('range')}",
+    )
+    background = table.background_class is not None and any(e.drop_class for e in plan.entries)
+    onnx.helper.set_model_props(model, {
+        "architecture": table.architecture,
+        "input_layout": input_layout,
+        "input_range": str(spec.get("range")),
+        "background_class": "dropped" if background else "kept",
+    })
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as error:
+        raise ConvertError(f"ONNX: the written model does not check: {str(error).splitlines()[0]}") from None
+    return model
+
+
+def save_onnx(plan, read, path, *, dtype=None, **options):
+    """Write the network of ``plan`` with its weights as an ONNX model at ``path``.
+
+    Args:
+        plan: a ``converter.mapping.Plan`` for target ``onnx``.
+        read: ``read(name) -> np.ndarray`` for a checkpoint variable.
+        path: the file to write (the caller makes the write atomic).
+        dtype: ``"float32"`` (default) or ``"float16"`` for initializers, compute, input and outputs.
+        opset: ONNX opset, ``MIN_OPSET``..``MAX_OPSET``; default ``DEFAULT_OPSET``.
+        input_layout: ``"nchw"`` (default) or ``"nhwc"`` (TF-style input; maps are output NHWC too).
+        outputs: end points to output besides the default (``Logits``), e.g. ``["Mixed_7c"]``.
+
+    Raises ConvertError for an unsupported option or a table/plan the graph cannot be built from.
+    """
+    model = build_model(plan, read, dtype=dtype, **options)
+    _import_onnx().save_model(model, str(path))
