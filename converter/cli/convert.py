@@ -1,0 +1,85 @@
+"""``ckpt-convert --from slim --to torch|keras|onnx CHECKPOINT``: one checkpoint to one target file."""
+
+import pathlib
+
+import click
+
+from converter import convert as conversion
+from converter.cli import debug_option
+
+MB = 1e6
+
+
+def _print_plan(result):
+    plan = result.plan
+    click.echo(f"plan: {result.checkpoint} ({result.architecture}) -> {result.output} ({result.target}), "
+               f"{result.tensors} tensors; nothing written (--dry-run)")
+    width = max((len(entry.source or "") for entry in plan.entries), default=0)
+    for entry in plan.entries:
+        shape = "x".join(map(str, entry.shape)) or "scalar"
+        if entry.source is None:
+            how = f"fill {entry.fill} ({entry.dtype or 'float32'})"
+            click.echo(f"  {'(fill)':<{width}} -> {entry.key} [{shape}] {how}")
+            continue
+        source_shape = "x".join(map(str, entry.source_shape)) or "scalar"
+        how = entry.transform + (f", drop class {entry.drop_class[1]} on axis {entry.drop_class[0]}"
+                                 if entry.drop_class else "")
+        click.echo(f"  {entry.source:<{width}} -> {entry.key} [{source_shape} -> {shape}] {how}")
+    _print_skipped(result)
+
+
+def _print_skipped(result):
+    counts = result.skipped_counts()
+    if counts:
+        click.echo("skipped: " + ", ".join(f"{count} {reason}" for reason, count in counts.items()))
+
+
+@click.command("convert")
+@click.argument("checkpoint", type=click.Path(path_type=pathlib.Path))
+@click.option("--from", "source_format", type=click.Choice(conversion.SOURCE_FORMATS), default="slim",
+              show_default=True, help="Source checkpoint convention.")
+@click.option("--to", "target", type=click.Choice(sorted(conversion.DEFAULT_SUFFIXES)), default="torch",
+              show_default=True, help="Target framework.")
+@click.option("-o", "--output", type=click.Path(path_type=pathlib.Path),
+              help="Output file (.pth or .safetensors; .h5 or .weights.h5; .onnx). Default: beside the checkpoint.")
+@click.option("--arch", help="Architecture (a built-in mapping table) instead of detecting it.")
+@click.option("--mapping", "mapping_path", type=click.Path(path_type=pathlib.Path, dir_okay=False),
+              help="Your own mapping table (YAML).")
+@click.option("--ema", is_flag=True, help="Use the /ExponentialMovingAverage shadows (as evaluation did).")
+@click.option("--keep-background", is_flag=True, help="Keep TF-Slim's background class 0 (1001 classes).")
+@click.option("--no-aux", is_flag=True, help="Leave out the auxiliary head (torch: aux_logits=False).")
+@click.option("--dtype", type=click.Choice(conversion.DTYPES), help="Cast floating tensors on write.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (source -> target, shapes, transform); write nothing.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--lenient", is_flag=True, help="Skip (and list) unmapped variables instead of failing.")
+@click.option("--no-top", is_flag=True, help="keras: leave out the classifier (include_top=False).")
+@click.option("--opset", type=int, help="onnx: the opset to write.")
+@click.option("--input-layout", type=click.Choice(["nchw", "nhwc"]), help="onnx: layout of the graph input.")
+@click.option("--outputs", help="onnx: comma-separated end points to expose as graph outputs.")
+@debug_option
+def command(checkpoint, source_format, target, output, arch, mapping_path, ema, keep_background, no_aux, dtype,
+            dry_run, force, lenient, no_top, opset, input_layout, outputs, debug):
+    """Convert TF-Slim CHECKPOINT (a prefix, .index file, V1 file or directory) to a TARGET file.
+
+    Everything is checked before anything is written; the output is written atomically and never
+    overwritten without --force.
+    """
+    options = {}
+    if no_top:
+        options["include_top"] = False
+    if opset is not None:
+        options["opset"] = opset
+    if input_layout is not None:
+        options["input_layout"] = input_layout
+    if outputs is not None:
+        options["outputs"] = tuple(name.strip() for name in outputs.split(",") if name.strip())
+    result = conversion.convert(
+        checkpoint, target, output, arch=arch, mapping=mapping_path, ema=ema, keep_background=keep_background,
+        aux=not no_aux, dtype=dtype, force=force, strict=not lenient, dry_run=dry_run, **options,
+    )
+    if dry_run:
+        _print_plan(result)
+        return
+    click.echo(f"wrote {result.output}: {result.tensors} tensors, {result.bytes / MB:.1f} MB, "
+               f"{result.seconds:.2f} s ({result.architecture} -> {result.target}{', ' + dtype if dtype else ''})")
+    _print_skipped(result)

@@ -1,0 +1,159 @@
+"""One checkpoint to one target file: read, plan, check everything, then write atomically.
+
+``convert`` is what ``ckpt-convert --from slim --to TARGET`` runs. The writer for a target and an
+output suffix comes from ``WRITERS``, a table of import paths: a target is added by adding a row.
+Every writer has the signature ``writer(plan, read, path, *, dtype=None, **options)``, where
+``read(name) -> np.ndarray`` reads a checkpoint variable and ``path`` is a temporary file that is
+renamed into place only once the writer returns.
+"""
+
+import dataclasses
+import importlib
+import pathlib
+import time
+
+# imported as ``tables``: ``convert``'s argument ``mapping`` (a user's table) would shadow the module
+from converter import mapping as tables
+from converter._atomic import atomic_output
+from converter.checkpoint import open_checkpoint
+from converter.errors import CheckpointError, ConvertError, MappingError
+
+# (target, output suffix) -> "module:function" of the writer
+WRITERS = {
+    ("torch", ".pth"): "converter.writers.torch:save_pth",
+    ("torch", ".safetensors"): "converter.writers.torch:save_safetensors_state",
+    ("keras", ".h5"): "converter.writers.keras:save_h5",
+    ("keras", ".weights.h5"): "converter.writers.keras:save_weights_h5",
+    ("onnx", ".onnx"): "converter.writers.onnx:save_onnx",
+}
+DEFAULT_SUFFIXES = {"torch": ".pth", "keras": ".h5", "onnx": ".onnx"}
+# the pip extra that brings each target's optional dependencies
+EXTRAS = {"torch": "torch", "keras": "keras", "onnx": "onnx"}
+DTYPES = ("float16", "bfloat16")
+SOURCE_FORMATS = ("slim",)
+# the suffix TF-Slim checkpoints conventionally carry; an output replaces it rather than extending it
+CHECKPOINT_SUFFIX = ".ckpt"
+# TF-Slim's name for the classifier end point, which a headless (include_top=False) output leaves out
+HEAD_END_POINT = "Logits"
+TF2_FORMAT = "tf2"
+
+
+@dataclasses.dataclass
+class ConvertResult:
+    """What a conversion wrote (or, for a dry run, would write) and what it left out."""
+
+    checkpoint: pathlib.Path
+    output: pathlib.Path
+    target: str
+    architecture: str
+    plan: tables.Plan
+    tensors: int
+    bytes: int  # size of the written file; 0 for a dry run
+    seconds: float
+    dry_run: bool
+
+    @property
+    def skipped(self):
+        """Checkpoint variables left out on purpose: reason -> names (EMA shadows, optimizer slots...)."""
+        return self.plan.skipped
+
+    def skipped_counts(self):
+        """Reason -> how many variables were left out for it."""
+        return {reason: len(names) for reason, names in self.skipped.items()}
+
+
+def writer_for(target, output):
+    """The writer function for ``target`` and ``output``'s suffix; ConvertError naming the known ones."""
+    suffixes = [suffix for (t, suffix) in WRITERS if t == target]
+    if not suffixes:
+        known = sorted({t for t, _ in WRITERS})
+        raise ConvertError(f"unknown target {target!r}; choose one of {', '.join(known)}")
+    name = pathlib.Path(output).name
+    matching = [suffix for suffix in suffixes if name.endswith(suffix)]
+    if not matching:
+        raise ConvertError(f"{output}: the {target} target writes {', '.join(suffixes)} files; rename the output")
+    spec = WRITERS[(target, max(matching, key=len))]
+    module_name, _, function = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ConvertError(
+            f"the {target} target is not available ({error}); install it with: pip install 'ckpt-convert[{EXTRAS[target]}]'"
+        ) from None
+    return getattr(module, function)
+
+
+def default_output(checkpoint_path, target):
+    """Where the output goes when none is given: beside the checkpoint, ``model.ckpt`` -> ``model.pth``."""
+    path = pathlib.Path(checkpoint_path)
+    suffix = DEFAULT_SUFFIXES[target]
+    if path.name.endswith(CHECKPOINT_SUFFIX):
+        return path.with_name(path.name[: -len(CHECKPOINT_SUFFIX)] + suffix)
+    return path.with_name(path.name + suffix)
+
+
+def _table(names, arch, mapping_path, checkpoint):
+    if mapping_path is not None:
+        return tables.load_table(mapping_path)
+    if arch is not None:
+        return tables.load_table(arch)
+    architecture = tables.detect_architecture(names)
+    if architecture is None:
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        raise MappingError(
+            f"{checkpoint}: no mapping table ({', '.join(tables.builtin_tables())}) fits this checkpoint; "
+            f"its {len(names)} variables are unmapped: {shown}; pass --arch or --mapping my_table.yaml"
+        )
+    return tables.load_table(architecture)
+
+
+def convert(checkpoint, to="torch", output=None, *, arch=None, mapping=None, ema=False, keep_background=False,
+            aux=True, dtype=None, force=False, strict=True, dry_run=False, **options):
+    """Convert a TF-Slim checkpoint to a ``to`` file (``torch``, ``keras`` or ``onnx``), checking everything first.
+
+    Args:
+        checkpoint: a checkpoint prefix, ``.index`` file, V1 file or directory.
+        output: the file to write; default beside the checkpoint with the target's suffix.
+        arch: a built-in architecture, instead of detecting it; ``mapping``: a user's table (YAML path).
+        ema: use the ``/ExponentialMovingAverage`` shadows; ``keep_background``: keep class 0 (1001 classes);
+            ``aux``: keep the auxiliary head; ``dtype``: ``float16`` or ``bfloat16`` for floating tensors.
+        force: overwrite an existing output; ``strict``: unmapped variables are an error.
+        dry_run: plan and check, write nothing.
+        options: passed to the writer (``include_top``, ``opset``, ``input_layout``, ``outputs``).
+
+    Returns:
+        a ``ConvertResult``; raises a ``ConvertError`` subclass, having written nothing, on any problem.
+    """
+    start = time.perf_counter()
+    if dtype is not None and dtype not in DTYPES:
+        raise ConvertError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    drop = (HEAD_END_POINT,) if options.get("include_top") is False else ()
+    with open_checkpoint(checkpoint) as ckpt:
+        if ckpt.format == TF2_FORMAT:
+            raise CheckpointError(
+                f"{ckpt.path}: a TF2 object-based checkpoint (tf.train.Checkpoint / Keras), not a TF-Slim one; "
+                f"load it with TensorFlow and save the model with its own exporter instead"
+            )
+        names = ckpt.names()
+        table = _table(names, arch, mapping, ckpt.path)
+        shapes = {name: ckpt.info(name).shape for name in names}
+        plan = tables.plan(shapes, table, to, ema=ema, keep_background=keep_background, aux=aux, drop=drop,
+                           strict=strict)
+        target = pathlib.Path(output) if output is not None else default_output(ckpt.path, to)
+        write = writer_for(to, target)
+        size = 0
+        if not dry_run:
+            with atomic_output(target, force) as temp:
+                write(plan, ckpt.read, temp, dtype=dtype, **options)
+                size = temp.stat().st_size
+    return ConvertResult(
+        checkpoint=pathlib.Path(ckpt.path),
+        output=target,
+        target=to,
+        architecture=table.architecture,
+        plan=plan,
+        tensors=len(plan.entries),
+        bytes=size,
+        seconds=time.perf_counter() - start,
+        dry_run=dry_run,
+    )
