@@ -1,0 +1,197 @@
+"""Keras weights written with h5py alone: the legacy ``.h5`` layout and Keras 3's ``.weights.h5``.
+
+Both layouts come from the plan's ``keras`` keys (``conv2d_5/kernel``: a layer name, then a weight)
+and the table's ``targets.keras.order``, the layers with weights in ``model.layers`` order
+(``mappings/README.md``, "Keras layer names").
+
+Legacy ``.h5``, the layout of the ``keras.applications`` weight files, which Keras loads by position
+(``keras.applications.InceptionV3(weights=PATH)`` or ``model.load_weights(PATH)``):
+
+    /                       attrs ``layer_names`` (the layers in model order), ``backend``, ``keras_version``
+    /<layer>                attr ``weight_names`` (``<layer>/<weight>:0``, in the layer's weight order)
+    /<layer>/<layer>/<weight>:0     one dataset per weight
+
+The loader pairs the N-th name of ``layer_names`` with the N-th layer of ``model.layers`` that has
+weights; layer names themselves are not compared. An attribute over HDF5's 64 KiB object-header
+limit is split into ``<name>0``, ``<name>1``, ... as Keras does.
+
+Keras 3 ``.weights.h5`` (``model.load_weights(PATH)``), keyed by class and index, not by name:
+
+    /vars                                   the model's own variables (none)
+    /layers/<class>[_<k>]/vars              attr ``name``; the k-th layer of that class in model order
+    /layers/<class>[_<k>]/vars/<i>          its i-th variable, in the layer's variable order
+
+``<class>`` is the snake_case class name (``conv2d``, ``batch_normalization``, ``dense``), which the
+table gives as the role of each layer; ``_<k>`` is left out for k = 0.
+"""
+
+import numpy as np
+
+from converter.errors import ConvertError, MappingError
+
+TARGET = "keras"
+# the Keras release these layouts were checked against (setup.cfg's keras extra); loaders read it only
+# to recognise Keras 1 files, which need their weights converted
+KERAS_VERSION = "3.15.1"
+BACKEND = "tensorflow"
+# HDF5 keeps attributes in the object header; Keras splits larger string lists into numbered chunks
+HDF5_OBJECT_HEADER_LIMIT = 64512
+# TensorFlow variable names end in the output index; the keras.applications files keep it
+WEIGHT_SUFFIX = ":0"
+# --dtype names -> numpy dtypes that floating tensors are cast to, per layout
+LEGACY_DTYPES = {"float16": "float16"}
+WEIGHTS_DTYPES = {"float16": "float16", "bfloat16": "bfloat16"}
+
+
+def _h5py():
+    try:
+        import h5py
+    except ImportError:
+        raise ConvertError(
+            "writing Keras weights needs h5py; install it with: pip install 'ckpt-convert[keras]'"
+        ) from None
+    return h5py
+
+
+def save_h5(plan, read, path, *, dtype=None, **options):
+    """Write ``plan`` as Keras's legacy HDF5 weights, loaded by position like the keras.applications files.
+
+    Args:
+        plan: a ``converter.mapping.Plan`` for the ``keras`` target.
+        read: ``read(name) -> np.ndarray``, a checkpoint variable.
+        path: the file to write.
+        dtype: ``float16`` to cast floating tensors; None keeps them.
+        options: the convert options (``include_top``); the plan already leaves out what they drop.
+    """
+    cast = _caster(dtype, LEGACY_DTYPES, "legacy .h5")
+    layers = ordered_layers(plan)
+    h5py = _h5py()
+    with h5py.File(path, "w") as f:
+        _set_strings(f, "layer_names", [name for name, _, _ in layers])
+        f.attrs["backend"] = BACKEND.encode()
+        f.attrs["keras_version"] = KERAS_VERSION.encode()
+        for name, _, entries in layers:
+            group = f.create_group(name)
+            weight_names = [entry.key + WEIGHT_SUFFIX for entry in entries]
+            _set_strings(group, "weight_names", weight_names)
+            for weight_name, entry in zip(weight_names, entries):
+                group.create_dataset(weight_name, data=cast(entry.value(read)))
+
+
+def save_weights_h5(plan, read, path, *, dtype=None, **options):
+    """Write ``plan`` as a Keras 3 ``.weights.h5`` file for ``model.load_weights``.
+
+    Args: as ``save_h5``; ``dtype`` may also be ``bfloat16`` (stored as Keras stores it).
+    """
+    cast = _caster(dtype, WEIGHTS_DTYPES, ".weights.h5")
+    layers = ordered_layers(plan)
+    h5py = _h5py()
+    counts = {}
+    with h5py.File(path, "w") as f:
+        f.create_group("vars")
+        root = f.create_group("layers")
+        for name, role, entries in layers:
+            index = counts.get(role, 0)
+            counts[role] = index + 1
+            group = root.create_group(role if index == 0 else f"{role}_{index}").create_group("vars")
+            group.attrs["name"] = name
+            for i, entry in enumerate(entries):
+                value = cast(entry.value(read))
+                if value.dtype.name == "bfloat16":
+                    # h5py keeps bfloat16 as 2-byte opaque data; Keras marks it to read it back
+                    dataset = group.create_dataset(str(i), data=value)
+                    dataset.attrs["dtype"] = "bfloat16"
+                else:
+                    group.create_dataset(str(i), data=value)
+
+
+def ordered_layers(plan):
+    """The plan's Keras layers in ``model.layers`` order, checked against the table first.
+
+    Returns:
+        ``[(name, role, [Entry, ...])]``: each layer's name, its role (snake_case class) and its
+        entries in the layer's weight order. Raises ``MappingError`` listing every problem: a layer
+        missing from ``targets.keras.order`` or listed twice, a name no row gives, a checkpoint whose
+        sizes differ from ``targets.keras.dims``.
+    """
+    if plan.target != TARGET:
+        raise ConvertError(f"a {plan.target} plan cannot be written as Keras weights; plan for {TARGET}")
+    table = plan.table
+    spec = table.targets.get(TARGET, {})
+    where = table.path.name
+    problems = _dims_problems(plan, spec.get("dims", {}))
+    order = spec.get("order")
+    if not isinstance(order, list):
+        raise MappingError(f"{where}: targets.{TARGET}.order is missing; it lists the layers with weights "
+                           f"in model.layers order (mappings/README.md)")
+    roles = {}  # layer name -> role, from every row of the table
+    for row in table.layers.values():
+        for role, name in (row.get(TARGET) or {}).items():
+            roles[name] = role
+    layers = {}  # layer name -> entries, in the plan's (the kind's) weight order
+    for entry in plan.entries:
+        name, _, _ = entry.key.partition("/")
+        layers.setdefault(name, []).append(entry)
+    for name in sorted({n for n in order if order.count(n) > 1}):
+        problems.append(f"targets.{TARGET}.order lists {name} {order.count(name)} times")
+    problems += [f"targets.{TARGET}.order: {name} is no row's keras name" for name in order if name not in roles]
+    problems += [f"keras layer {name} is not in targets.{TARGET}.order" for name in layers if name not in order]
+    if problems:
+        raise MappingError(f"{where}: cannot write Keras weights ({len(problems)} problems):\n  "
+                           + "\n  ".join(problems))
+    return [(name, roles[name], layers[name]) for name in order if name in layers]
+
+
+def _dims_problems(plan, required):
+    mismatches = []
+    for layer, dims in required.items():
+        bound = plan.dims.get(layer)
+        if bound is None:  # a group the plan leaves out (the classifier for include_top=False)
+            continue
+        for dim, size in dims.items():
+            if bound.get(dim) != size:
+                mismatches.append(f"{plan.prefix}{plan.table.scope}/{layer} has {dim}={bound.get(dim)}, needs {size}")
+    if not mismatches:
+        return []
+    models = ", ".join(plan.table.targets[TARGET].get("models", [TARGET]))
+    return [f"{models} builds only the full-size network (depth_multiplier 1.0); this checkpoint's sizes "
+            f"differ ({'; '.join(mismatches)}), as a depth-multiplied checkpoint's do"]
+
+
+def _set_strings(group, name, strings):
+    """Store a list of strings as Keras does: one attribute, or numbered chunks under the header limit."""
+    data = np.array([s.encode() for s in strings])
+    if data.itemsize > HDF5_OBJECT_HEADER_LIMIT:
+        raise ConvertError(f"a name is longer than HDF5's {HDF5_OBJECT_HEADER_LIMIT}-byte attribute limit: {name}")
+    parts = [data]
+    while any(part.nbytes > HDF5_OBJECT_HEADER_LIMIT for part in parts):
+        parts = np.array_split(data, len(parts) + 1)
+    if len(parts) == 1:
+        group.attrs[name] = data
+        return
+    for i, part in enumerate(parts):
+        group.attrs[f"{name}{i}"] = part
+
+
+def _caster(dtype, allowed, layout):
+    if dtype is None:
+        return np.asarray
+    if dtype not in allowed:
+        raise ConvertError(f"the Keras {layout} layout cannot hold {dtype}; choose one of {', '.join(allowed)}")
+    target = np.dtype(_numpy_dtype(allowed[dtype]))
+
+    def cast(array):
+        array = np.asarray(array)
+        if np.issubdtype(array.dtype, np.floating) or array.dtype.name == "bfloat16":
+            return array.astype(target)
+        return array
+
+    return cast
+
+
+def _numpy_dtype(name):
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return name
