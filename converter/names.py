@@ -230,7 +230,7 @@ def parse(name, model_scopes=None):
             return SlimName(name, kind, prefix, None, None, None, None, last, suffixes)
 
     if not PARAMETER.fullmatch(last):
-        _fail(name, f"{last!r} is not a layer parameter (expected one matching {PARAMETER.pattern})")
+        _fail(name, f"{last!r} is not a layer parameter such as weights, biases or BatchNorm/beta")
     parameter_start = len(components) - 1
     if parameter_start > 0 and NORMALIZER.fullmatch(components[parameter_start - 1]):
         parameter_start -= 1
@@ -290,5 +290,6 @@ def parse_all(names, model_scopes=None):
             problems.append(str(error))
     if problems:
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-        raise VariableNameError(f"{len(problems)} of {len(parsed) + len(problems)} names are not TF-Slim names: {shown}")
+        total = len(parsed) + len(problems)
+        raise VariableNameError(f"{len(problems)} of {total} names are not TF-Slim names: {shown}")
     return parsed

@@ -69,7 +69,8 @@ def test_fixture_layer_paths_match_an_independent_split(fixture_variables):
         assert parsed.layer_path == "/".join(layer), name
         assert parsed.layer == layer[-1]
         assert parsed.branch == next((c for c in layer if c.startswith("Branch_")), None)
-        assert parsed.block == ("/".join(layer[: layer.index(parsed.branch)]) if parsed.branch else "/".join(layer[:-1]) or None)
+        block = layer[: layer.index(parsed.branch)] if parsed.branch else layer[:-1]
+        assert parsed.block == ("/".join(block) or None)
 
 
 def test_fixture_roles_are_counted_exactly(small, tf):
@@ -276,7 +277,7 @@ SLIM_NETS = [
 @pytest.mark.parametrize("module, function, arg_scope, scope", SLIM_NETS, ids=[net[1] for net in SLIM_NETS])
 def test_names_of_other_slim_networks(module, function, arg_scope, scope):
     """Every variable TF-Slim itself creates for these networks, under an outer prefix, parses and joins back."""
-    tf, slim = tensorflow_and_slim("the networks' variable names come from building them in TF-Slim (needs the tf extra)")
+    tf, slim = tensorflow_and_slim("the networks' variable names come from building them (needs the tf extra)")
     net = importlib.import_module(module)
     with tf.Graph().as_default():
         images = tf.compat.v1.placeholder(tf.float32, [1, 224, 224, 3])
