@@ -60,7 +60,7 @@ PARAMETER = re.compile(
 EMA_SUFFIX = "ExponentialMovingAverage"
 EMA = re.compile(EMA_SUFFIX)
 # an optimizer's slot: the optimizer's name, then "_1", "_2"... for its second, third... slot
-SLOT = re.compile(r"(?P<optimizer>RMSProp|Momentum|Adam|Adagrad|AdagradDA|ProximalAdagrad|Ftrl|Adadelta|LARS)(?:_\d+)?")
+SLOT = re.compile(r"(?P<optimizer>RMSProp|Momentum|Adam|Adagrad|AdagradDA|ProximalAdagrad|Ftrl|Adadelta|Nadam|AdamW|LARS)(?:_\d+)?")
 
 KIND_MODEL = "model"
 # variables that belong to no layer: kind -> pattern of the last component

@@ -157,6 +157,7 @@ def test_quirky_layers_stay_distinct():
         ("Adagrad", False, "Adagrad", "Adagrad", "slot"),
         ("Ftrl", False, "Ftrl", "Ftrl", "slot"),
         ("Ftrl_1", False, "Ftrl_1", "Ftrl", "slot"),
+        ("AdamW_1", False, "AdamW_1", "AdamW", "slot"),
         (f"RMSProp/{EMA}", True, "RMSProp", "RMSProp", "slot"),
         (f"{EMA}/Momentum", True, "Momentum", "Momentum", "slot"),
     ],
