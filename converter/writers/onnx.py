@@ -110,6 +110,12 @@ class _GraphBuilder:
         self.used.add(name)
         return name, self.tensors[name].shape
 
+    def _vector(self, layer, name, size):
+        name, shape = self._initializer(layer, name)
+        if shape != (size,):
+            raise ConvertError(f"ONNX: {name} has shape {list(shape)}; the weights of layer {layer} give {size} channels")
+        return name
+
     def build(self, source):
         self._sequence(self.table.graph, source, "")
         unused = sorted(set(self.tensors) - self.used)
@@ -126,7 +132,8 @@ class _GraphBuilder:
 
     def _sequence(self, nodes, value, scope):
         for node in nodes:
-            if "name" in node and not any(layer in self.plan.dims for layer in self._layers_under(node, scope)):
+            layers = self._layers_under(node, scope) if "name" in node else ()
+            if layers and not any(layer in self.plan.dims for layer in layers):
                 continue  # a group the plan leaves out (the auxiliary head, a dropped classifier)
             if "input" in node:
                 if node["input"] not in self.points:
@@ -199,30 +206,31 @@ class _GraphBuilder:
             )
         compute = kind["compute"]
         weights, shape = self._initializer(layer, params[WEIGHTS])
+        conv = compute["op"] == "conv"
+        if conv and (len(value.shape) != 4 or len(shape) != 4 or shape[1] != value.shape[CHANNEL_AXIS]):
+            raise ConvertError(
+                f"ONNX: {weights} has shape {list(shape)}; a convolution on {value.shape[CHANNEL_AXIS]} "
+                f"channels needs [out, {value.shape[CHANNEL_AXIS]}, kh, kw] (OIHW: transform hwio_to_oihw)"
+            )
+        if not conv and (len(value.shape) != 2 or len(shape) != 2 or shape[1] != value.shape[1]):
+            raise ConvertError(
+                f"ONNX: {weights} has shape {list(shape)}; a linear layer on {list(value.shape[1:])} "
+                f"needs [out, in] on a flat input (transform conv1x1_to_linear, a flatten before it)"
+            )
         inputs = [value.name, weights]
         if BIASES in params:
-            inputs.append(self._initializer(layer, params[BIASES])[0])
-        if compute["op"] == "conv":
-            if len(value.shape) != 4 or len(shape) != 4 or shape[1] != value.shape[CHANNEL_AXIS]:
-                raise ConvertError(
-                    f"ONNX: {params[WEIGHTS]} has shape {list(shape)}; a convolution on {value.shape[CHANNEL_AXIS]} "
-                    f"channels needs [out, {value.shape[CHANNEL_AXIS]}, kh, kw] (OIHW: transform hwio_to_oihw)"
-                )
+            inputs.append(self._vector(layer, params[BIASES], shape[0]))
+        if conv:
             kernel = shape[2:]
             size = value.shape[2:]
             out = (None, shape[0], *self._spatial(kernel, size, stride, padding, layer))
             value = self._op("Conv", inputs, f"{layer}/Conv2D", out, **self._window(kernel, size, stride, padding))
         else:
-            if len(value.shape) != 2 or len(shape) != 2 or shape[1] != value.shape[1]:
-                raise ConvertError(
-                    f"ONNX: {params[WEIGHTS]} has shape {list(shape)}; a linear layer on {value.shape[1:]} "
-                    f"needs [out, in] on a flat input (transform conv1x1_to_linear, a flatten before it)"
-                )
             value = self._op("Gemm", inputs, f"{layer}/Gemm", (None, shape[0]), transB=1)
         if compute.get("batch_norm"):
             if not all(key in params for key in BATCH_NORM):
                 raise ConvertError(f"ONNX: kind {row['kind']} has batch norm but not every one of {', '.join(BATCH_NORM)}")
-            norm = [self._initializer(layer, params[key])[0] for key in BATCH_NORM]
+            norm = [self._vector(layer, params[key], value.shape[CHANNEL_AXIS]) for key in BATCH_NORM]
             value = self._op("BatchNormalization", [value.name, *norm], f"{layer}/BatchNorm", value.shape,
                              epsilon=float(self.table.facts["batch_norm_epsilon"]))
         activation = compute.get("activation")
