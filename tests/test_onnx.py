@@ -302,3 +302,25 @@ def test_full_size_matches_golden(full, table, tmp_path):
     path = _write(tmp_path, full.v2, table, outputs=table.facts["end_points"])
     onnx.checker.check_model(str(path), full_check=True)
     _assert_matches(full.golden(), _run(path, full.input))
+
+
+def test_command_line(small, tmp_path):
+    cli = pytest.importorskip("converter.cli")
+    output = tmp_path / "model.onnx"
+    cli.main(["--from", "slim", "--to", "onnx", str(small.v2), "-o", str(output), "--opset", str(onnx_writer.MAX_OPSET),
+              "--input-layout", "nhwc", "--outputs", "Mixed_7c,AuxLogits"])
+    assert onnx.load(str(output)).opset_import[0].version == onnx_writer.MAX_OPSET
+    outputs = _run(output, small.input, layout=onnx_writer.NHWC)
+    assert list(outputs) == ["Mixed_7c", "AuxLogits", "Logits"]
+    golden = small.golden()
+    assert all(oracle.compare(_reference(golden, name), value).ok for name, value in outputs.items())
+
+
+def test_command_line_refuses_an_unsupported_opset(small, tmp_path, capsys):
+    cli = pytest.importorskip("converter.cli")
+    output = tmp_path / "model.onnx"
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--to", "onnx", str(small.v2), "-o", str(output), "--opset", str(onnx_writer.MIN_OPSET - 1)])
+    assert exit_.value.code == ConvertError.exit_code
+    assert f"use {onnx_writer.MIN_OPSET} to {onnx_writer.MAX_OPSET}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

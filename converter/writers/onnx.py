@@ -44,6 +44,9 @@ BATCH_NORM = ("BatchNorm/gamma", "BatchNorm/beta", "BatchNorm/moving_mean", "Bat
 KNOWN_PARAMS = (WEIGHTS, BIASES, *BATCH_NORM)
 ACTIVATIONS = {"relu": "Relu"}
 
+# options meant for the plan, which reach every writer
+PLAN_OPTIONS = ("include_top",)
+
 SAME = "SAME"
 VALID = "VALID"
 GLOBAL = "global"
@@ -260,8 +263,10 @@ def _default_output(table, points):
 
 
 def _check_options(onnx, opset, input_layout, dtype, options):
-    if options:
-        raise ConvertError(f"ONNX: unknown options {', '.join(sorted(options))}")
+    # include_top is the plan's business (a headless plan drops the classifier); None is "not given"
+    unknown = sorted(key for key, value in options.items() if key not in PLAN_OPTIONS and value is not None)
+    if unknown:
+        raise ConvertError(f"ONNX: unknown options {', '.join(unknown)}")
     if opset is None:
         opset = DEFAULT_OPSET
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in OPSETS:
