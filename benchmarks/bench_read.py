@@ -88,7 +88,8 @@ def main():
             wall, read, size = run(code, prefix)
             previous = best.get(name, (float("inf"), float("inf"), size))
             best[name] = (min(previous[0], wall), min(previous[1], read), size)
-    print(f"checkpoint: {prefix} ({best['plain read'][2] / 1e6:.1f} MB of data), best of {args.repeat} runs, warm cache")
+    megabytes = best["plain read"][2] / 1e6
+    print(f"checkpoint: {prefix} ({megabytes:.1f} MB of data), best of {args.repeat} runs, warm cache")
     print(f"{'':12} {'end to end':>12} {'read loop':>12} {'MB read':>9}")
     for name, (wall, read, size) in best.items():
         print(f"{name:12} {wall:11.3f}s {read:11.4f}s {size / 1e6:9.1f}")

@@ -2,6 +2,8 @@
 
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -86,3 +88,12 @@ def test_data_file_without_its_index(small, tmp_path):
 def test_nonexistent_path(tmp_path):
     with pytest.raises(CheckpointError, match=r"no such checkpoint"):
         open_checkpoint(tmp_path / "model.ckpt")
+
+
+def test_reader_and_dump_import_no_framework():
+    code = (
+        "import sys, converter.checkpoint, converter.cli.dump, converter.writers.safetensors; "
+        "print(sorted(m for m in ('tensorflow', 'torch', 'keras', 'google.protobuf') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

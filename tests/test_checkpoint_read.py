@@ -54,13 +54,18 @@ def assert_identical(ckpt, expected):
 
 
 def seeded_value(dtype, shape, rng):
+    """Seeded values over the dtype's whole range; floats include NaN, infinities and -0."""
+    count = int(np.prod(shape))
     if dtype == tf.string:
-        return np.array([rng.bytes(int(n)) for n in rng.integers(0, 20, int(np.prod(shape)))], dtype=object).reshape(shape)
+        return np.array([rng.bytes(int(n)) for n in rng.integers(0, 20, count)], dtype=object).reshape(shape)
     if dtype == tf.bool:
         return rng.integers(0, 2, shape).astype(bool)
     numpy_dtype = dtype.as_numpy_dtype
     if dtype.is_floating:
-        return (rng.standard_normal(shape) * 100).astype(numpy_dtype)
+        flat = (rng.standard_normal(count) * 100).astype(numpy_dtype)
+        specials = np.array([np.nan, np.inf, -np.inf, -0.0], dtype=numpy_dtype)[:count]
+        flat[: len(specials)] = specials
+        return flat.reshape(shape)
     info = np.iinfo(numpy_dtype)
     return rng.integers(info.min, info.max, shape, dtype=numpy_dtype, endpoint=True)
 
@@ -69,7 +74,7 @@ def save_v2(prefix, tensors, slices=None):
     """Write ``{name: value}`` with the SaveV2 op; ``slices`` gives shape-and-slice specs per name."""
     names = list(tensors)
     specs = [(slices or {}).get(name, "") for name in names]
-    values = [tf.constant(tensors[name]) if not isinstance(tensors[name], tf.Tensor) else tensors[name] for name in names]
+    values = [tensors[name] if isinstance(tensors[name], tf.Tensor) else tf.constant(tensors[name]) for name in names]
     tf.raw_ops.SaveV2(prefix=str(prefix), tensor_names=names, shape_and_slices=specs, tensors=values)
 
 
@@ -92,22 +97,18 @@ def test_real_snappy_compressed_index(tmp_path):
 
 def test_dtype_shape_name_sweep(tmp_path):
     rng = np.random.default_rng(0)
-    tensors = {}
-    for i, dtype in enumerate(DTYPES):
-        for j, shape in enumerate(SHAPES):
-            tensors[f"{dtype.name}/{j}"] = seeded_value(dtype, shape, rng)
-    for k, name in enumerate(ODD_NAMES):
-        tensors[name] = seeded_value(DTYPES[k % len(DTYPES)], (3, 2), rng)
-    tensors["strings/odd bytes"] = np.array([b"", b"\x00", b"\xff" * 300, "é".encode()], dtype=object)
-    save_v2(tmp_path / "sweep", {n: tf.constant(v, dtype=DTYPES[i // len(SHAPES)] if i < len(DTYPES) * len(SHAPES) else None)
-                                 for i, (n, v) in enumerate(tensors.items())})
+    cases = [(f"{dtype.name}/{i}", dtype, shape) for dtype in DTYPES for i, shape in enumerate(SHAPES)]
+    cases += [(name, DTYPES[i % len(DTYPES)], (3, 2)) for i, name in enumerate(ODD_NAMES)]
+    values = {name: seeded_value(dtype, shape, rng) for name, dtype, shape in cases}
+    values["strings/odd bytes"] = np.array([b"", b"\x00", b"\xff" * 300, "é".encode()], dtype=object)
+    dtypes = {name: dtype for name, dtype, _ in cases}
+    save_v2(tmp_path / "sweep", {name: tf.constant(value, dtype=dtypes.get(name)) for name, value in values.items()})
     with open_checkpoint(tmp_path / "sweep") as ckpt:
         assert ckpt.format == "v2"
-        reference = tf_reference(tmp_path / "sweep")
-        assert_identical(ckpt, reference)
-        for name, value in tensors.items():  # and equal to what was written
-            if value.dtype != object:
-                assert ckpt.read(name).tobytes() == value.tobytes(), name
+        assert_identical(ckpt, tf_reference(tmp_path / "sweep"))
+        for name, value in values.items():  # and equal to what was written
+            got = ckpt.read(name)
+            assert list(got.flat) == list(value.flat) if value.dtype == object else got.tobytes() == value.tobytes()
 
 
 def test_partitioned_variable_across_merged_shards(tmp_path):
@@ -220,3 +221,12 @@ def test_listing_maps_no_data_file(small, monkeypatch):
         assert maps == [] and len(infos) == 388
         ckpt.read(ckpt.names()[0])
         assert len(maps) == 1
+
+
+def test_the_comparison_catches_a_one_ulp_difference(small):
+    with open_checkpoint(small.v2) as ckpt:
+        reference = tf_reference(small.v2)
+        name = ckpt.names()[0]
+        reference[name] = np.nextafter(reference[name], np.float32(np.inf))
+        with pytest.raises(AssertionError, match=name):
+            assert_identical(ckpt, reference)

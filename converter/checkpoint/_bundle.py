@@ -22,6 +22,8 @@ SUPPORTED_VERSION = 1  # kTensorBundleVersion
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 LENGTH_CHECKSUM_SIZE = 4
 UINT32_MAX = 0xFFFFFFFF
+COPY_ALL_SHARDS = "copy every data file next to the .index file"
+CORRUPT_DATA = "the data file is corrupted; copy it again"
 
 
 def data_filename(prefix, shard, num_shards):
@@ -85,7 +87,7 @@ class Bundle:
                     missing.add(shard)
         if missing:
             names = ", ".join(data_filename(self.prefix, s, self.num_shards).name for s in sorted(missing))
-            problems.append(f"missing data shard {names}; copy every data file next to the .index file")
+            problems.append(f"missing data shard {names}; {COPY_ALL_SHARDS}")
         if problems:
             shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
             raise self._error(shown)
@@ -107,14 +109,13 @@ class Bundle:
 
     def describe(self, name):
         """(numpy dtype, shape, nbytes) of a full entry."""
-        entry = self._entries[self._full[name]]
+        key = self._full[name]
+        entry = self._entries[key]
         dtype = _dtypes.numpy_dtype(entry.dtype)
-        count = int(np.prod(entry.shape, dtype=np.int64))
-        if dtype == object:
-            nbytes = sum(self._entries[_slices.slice_key(self._full[name], e)].size for e in entry.slices) or entry.size
-        else:
-            nbytes = count * dtype.itemsize
-        return dtype, entry.shape, nbytes
+        if dtype == object:  # strings: their stored size
+            parts = [self._entries[_slices.slice_key(key, extents)] for extents in entry.slices] or [entry]
+            return dtype, entry.shape, sum(part.size for part in parts)
+        return dtype, entry.shape, int(np.prod(entry.shape, dtype=np.int64)) * dtype.itemsize
 
     def read(self, name):
         key = self._full[name]
@@ -138,9 +139,10 @@ class Bundle:
                 with open(path, "rb") as file:
                     size = file.seek(0, 2)
                     # an empty file cannot be mapped; it can only hold empty tensors
-                    self._maps[shard] = (path, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else b"")
+                    buffer = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
             except OSError as error:
-                raise self._error(f"cannot read ({error.strerror}); copy every data file next to the .index file", path) from error
+                raise self._error(f"cannot read ({error.strerror}); {COPY_ALL_SHARDS}", path) from error
+            self._maps[shard] = (path, buffer)
         return self._maps[shard]
 
     def _read_entry(self, name, entry, dtype, shape):
@@ -160,7 +162,7 @@ class Bundle:
         if actual != _crc.unmask(entry.crc32c):
             raise self._error(
                 f"tensor '{name}' fails its CRC32C check (stored {_crc.unmask(entry.crc32c):#010x}, "
-                f"computed {actual:#010x}): the data file is corrupted; copy it again",
+                f"computed {actual:#010x}): {CORRUPT_DATA}",
                 path,
             )
         return np.frombuffer(view, dtype=dtype, count=count).reshape(shape)
@@ -187,7 +189,7 @@ class Bundle:
             pos += length
         crc = _crc.crc32c(view[pos - sum(lengths) : pos], crc)
         if crc != _crc.unmask(entry.crc32c):
-            raise self._error(f"tensor '{name}' fails its CRC32C check: the data file is corrupted; copy it again", path)
+            raise self._error(f"tensor '{name}' fails its CRC32C check: {CORRUPT_DATA}", path)
         values.flags.writeable = False
         return values.reshape(shape)
 

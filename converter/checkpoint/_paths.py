@@ -32,41 +32,62 @@ def resolve(path):
     if path.is_file():
         if has_table_magic(path):
             return "v1", path
-        raise CheckpointError(f"{path}: not a TensorFlow checkpoint (no table footer); pass the checkpoint prefix, its .index file or a V1 checkpoint file")
+        raise CheckpointError(
+            f"{path}: not a TensorFlow checkpoint (no table footer); "
+            "pass the checkpoint prefix, its .index file or a V1 checkpoint file"
+        )
     raise CheckpointError(f"{path}: no such checkpoint (neither a file nor a prefix with a {path.name}.index file)")
 
 
+def _exists(target):
+    return _bundle.index_filename(target).is_file() or target.is_file()
+
+
 def _prefix(prefix, given):
-    if not _bundle.index_filename(prefix).is_file():
-        raise CheckpointError(f"{given}: the index file {_bundle.index_filename(prefix)} is missing; copy it next to the data files")
+    index = _bundle.index_filename(prefix)
+    if not index.is_file():
+        raise CheckpointError(f"{given}: the index file {index} is missing; copy it next to the data files")
     return "v2", prefix
 
 
 def _from_directory(directory):
     state = directory / STATE_FILENAME
     if state.is_file():
-        match = _STATE_PATH.search(state.read_text(errors="replace"))
-        if match is None:
-            raise CheckpointError(f"{state}: no model_checkpoint_path line; pass the checkpoint prefix instead")
-        target = pathlib.Path(_ESCAPES.sub(r"\1", match.group(1)))
-        if not target.is_absolute():
-            target = directory / target
-        if not (_bundle.index_filename(target).is_file() or target.is_file()):
-            # the state file may hold an absolute path from the machine that trained the model
-            local = directory / target.name
-            if _bundle.index_filename(local).is_file() or local.is_file():
-                target = local
-            else:
-                raise CheckpointError(f"{state}: names {target}, which does not exist; pass the checkpoint prefix instead")
-        return resolve(target)
+        return resolve(_from_state_file(state))
     found = sorted(
         {pathlib.Path(str(p)[: -len(_bundle.INDEX_SUFFIX)]) for p in directory.glob("*" + _bundle.INDEX_SUFFIX)}
-        | {p for p in directory.iterdir() if p.is_file() and not _NOT_CHECKPOINTS.search(p.name)
-           and not p.name.endswith(_bundle.INDEX_SUFFIX) and has_table_magic(p)}
+        | {p for p in directory.iterdir() if _is_v1_candidate(p)}
     )
     if not found:
-        raise CheckpointError(f"{directory}: a directory with no checkpoint in it (no *.index file, V1 file or checkpoint state file)")
+        raise CheckpointError(
+            f"{directory}: a directory with no checkpoint in it (no *.index file, V1 file or checkpoint state file)"
+        )
     if len(found) > 1:
         names = ", ".join(p.name for p in found[:5]) + (", ..." if len(found) > 5 else "")
         raise CheckpointError(f"{directory}: holds {len(found)} checkpoints ({names}); pass one of them")
     return resolve(found[0])
+
+
+def _from_state_file(state):
+    match = _STATE_PATH.search(state.read_text(errors="replace"))
+    if match is None:
+        raise CheckpointError(f"{state}: no model_checkpoint_path line; pass the checkpoint prefix instead")
+    target = pathlib.Path(_ESCAPES.sub(r"\1", match.group(1)))
+    if not target.is_absolute():
+        target = state.parent / target
+    if _exists(target):
+        return target
+    # an absolute path from the machine that trained the model: look beside the state file
+    local = state.parent / target.name
+    if _exists(local):
+        return local
+    raise CheckpointError(f"{state}: names {target}, which does not exist; pass the checkpoint prefix instead")
+
+
+def _is_v1_candidate(path):
+    return (
+        path.is_file()
+        and not _NOT_CHECKPOINTS.search(path.name)
+        and not path.name.endswith(_bundle.INDEX_SUFFIX)
+        and has_table_magic(path)
+    )

@@ -117,28 +117,26 @@ class Table:
             pos += value_size
 
     def _data_block(self, number):
+        """(keys, values) of data block ``number``, parsed once."""
         block = self._blocks.get(number)
         if block is None:
-            block = list(self._entries(self._block(*self._index_handles[number]), "data block"))
-            self._blocks[number] = block
+            entries = list(self._entries(self._block(*self._index_handles[number]), "data block"))
+            block = self._blocks[number] = ([key for key, _ in entries], [value for _, value in entries])
         return block
 
     def items(self):
         """Yield every (key, value) in key order."""
         for number in range(len(self._index_handles)):
-            yield from self._data_block(number)
+            yield from zip(*self._data_block(number))
 
     def get(self, key):
         """The value stored under ``key`` (a memoryview), or None."""
         number = bisect.bisect_left(self._index_keys, key)
         if number == len(self._index_keys):
             return None
-        block = self._data_block(number)
-        keys = [entry_key for entry_key, _ in block]
+        keys, values = self._data_block(number)
         found = bisect.bisect_left(keys, key)
-        if found < len(block) and block[found][0] == key:
-            return block[found][1]
-        return None
+        return values[found] if found < len(keys) and keys[found] == key else None
 
     def forget_blocks(self):
         """Drop cached data blocks (their values may pin large buffers)."""

@@ -149,7 +149,9 @@ class V1Checkpoint:
         if any(wire != _proto.LENGTH_DELIMITED for wire, _ in chunks):
             # unpacked repeated fixed-width values: each chunk is one decoded integer
             width = wire_dtype.itemsize
-            raw = b"".join(value.to_bytes(width, "little") if isinstance(value, int) else bytes(value) for _, value in chunks)
+            raw = b"".join(
+                value.to_bytes(width, "little") if isinstance(value, int) else bytes(value) for _, value in chunks
+            )
             chunks = [(_proto.LENGTH_DELIMITED, memoryview(raw))]
         if len(chunks) == 1:
             data = chunks[0][1]  # one packed run: a view straight into the file

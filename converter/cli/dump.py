@@ -63,7 +63,8 @@ def command(path, output, force, debug):
         if skipped:
             kinds = sorted({"string" if info.dtype == object else str(info.dtype) for info in skipped})
             shown = ", ".join(info.name for info in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-            click.echo(f"note: skipped {len(skipped)} {'/'.join(kinds)} tensor(s) that {label} cannot hold: {shown}", err=True)
+            note = f"note: skipped {len(skipped)} {'/'.join(kinds)} tensor(s) that {label} cannot hold: {shown}"
+            click.echo(note, err=True)
         kept = [info for info in infos if holds(info.dtype)]
         write(((info.name, ckpt.read(info.name)) for info in kept), temp)
     total = sum(info.nbytes for info in kept)
