@@ -1,0 +1,261 @@
+"""A torch module built from a mapping table's ``graph``, ``layers`` and ``kinds`` and a plan's shapes.
+
+It computes what TF-Slim computes, not what torchvision's re-implementation does: TensorFlow's
+``SAME`` padding (asymmetric when the stride is 2), average pooling that excludes the padding, and
+batch norm with the table's epsilon. Its ``state_dict`` keys are the plan's torch keys (the table's
+``torch`` column), so a converted ``.pth`` loads into it with ``strict=True`` for any depth multiplier
+and class count. ``forward`` returns every named end point (maps NCHW).
+
+Nothing here knows InceptionV3: the module tree and the forward pass are read from the table.
+"""
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from converter.errors import MappingError
+
+# TF-Slim's own parameter names: the layer op's kernel and bias, and the scope of its batch norm
+KERNEL = "weights"
+BIAS = "biases"
+BATCH_NORM_SCOPE = "BatchNorm/"
+# what follows a layer's op, by the table's ``compute.activation``
+ACTIVATIONS = {None: None, "relu": F.relu}
+NCHW_CHANNELS = 1
+NCHW_SPATIAL = (2, 3)
+DEFAULT_STRIDE = 1
+DEFAULT_PADDING = "SAME"
+
+
+def default_device():
+    """``cuda`` when a GPU is present, else ``cpu``."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def same_padding(size, kernel, stride):
+    """TensorFlow's ``SAME`` padding of one dimension: ``(before, after)``, the extra one after."""
+    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def _pads(x, kernel, stride, padding):
+    if padding != "SAME":
+        return (0, 0), (0, 0)
+    height, width = x.shape[NCHW_SPATIAL[0]], x.shape[NCHW_SPATIAL[1]]
+    return same_padding(height, kernel[0], stride), same_padding(width, kernel[1], stride)
+
+
+def _pad(x, pads, value=0.0):
+    (top, bottom), (left, right) = pads
+    if top == bottom == left == right == 0:
+        return x
+    # F.pad takes the last dimension first
+    return F.pad(x, (left, right, top, bottom), value=value)
+
+
+class _Layer:
+    """One slim layer: its op module, optional batch norm and activation, with the graph node's stride and padding."""
+
+    def __init__(self, op, norm, activation, stride, padding):
+        self.op, self.norm, self.activation = op, norm, activation
+        self.stride, self.padding = stride, padding
+
+    def __call__(self, x, points):
+        if isinstance(self.op, nn.Conv2d):
+            pads = _pads(x, self.op.kernel_size, self.stride, self.padding)
+            if pads[0][0] == pads[0][1] and pads[1][0] == pads[1][1]:
+                # symmetric: let the convolution pad, saving a copy
+                x = F.conv2d(x, self.op.weight, self.op.bias, self.stride, (pads[0][0], pads[1][0]))
+            else:
+                x = F.conv2d(_pad(x, pads), self.op.weight, self.op.bias, self.stride)
+        else:
+            x = self.op(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.activation(x) if self.activation is not None else x
+
+
+class _MaxPool:
+    def __init__(self, kernel, stride, padding):
+        self.kernel, self.stride, self.padding = tuple(kernel), stride, padding
+
+    def __call__(self, x, points):
+        # TF pads max pooling with -inf: padding never wins
+        x = _pad(x, _pads(x, self.kernel, self.stride, self.padding), value=-math.inf)
+        return F.max_pool2d(x, self.kernel, self.stride)
+
+
+class _AvgPool:
+    def __init__(self, kernel, stride, padding):
+        self.kernel, self.stride, self.padding = tuple(kernel), stride, padding
+
+    def __call__(self, x, points):
+        pads = _pads(x, self.kernel, self.stride, self.padding)
+        if pads == ((0, 0), (0, 0)):
+            return F.avg_pool2d(x, self.kernel, self.stride)
+        # TF averages over the window's inputs only: divide by how many of them lie inside the map
+        sums = F.avg_pool2d(_pad(x, pads), self.kernel, self.stride)
+        inside = _pad(torch.ones_like(x[:1, :1]), pads)
+        return sums / F.avg_pool2d(inside, self.kernel, self.stride)
+
+
+def _global_avg_pool(x, points):
+    return x.mean(dim=NCHW_SPATIAL, keepdim=True)
+
+
+def _flatten(x, points):
+    if x.shape[NCHW_SPATIAL[0]] != 1 or x.shape[NCHW_SPATIAL[1]] != 1:
+        raise ValueError(f"flatten expects a 1x1 map, got {tuple(x.shape)} (the input size differs from the table's)")
+    return torch.flatten(x, 1)
+
+
+class _Concat:
+    def __init__(self, branches):
+        self.branches = branches
+
+    def __call__(self, x, points):
+        return torch.cat([_run(branch, x, points) for branch in self.branches], dim=NCHW_CHANNELS)
+
+
+class _Sequence:
+    def __init__(self, steps):
+        self.steps = steps
+
+    def __call__(self, x, points):
+        return _run(self.steps, x, points)
+
+
+def _run(steps, x, points):
+    for name, source, step in steps:
+        if source is not None:
+            x = points[source]
+        x = step(x, points)
+        if name is not None:
+            points[name] = x
+    return x
+
+
+class SlimNet(nn.Module):
+    """A TF-Slim network as a torch module; ``forward(images NCHW) -> {end point: tensor}``."""
+
+    def __init__(self, plan):
+        super().__init__()
+        self.table = plan.table
+        self.end_points = []
+        entries = {entry.key: entry for entry in plan.entries}
+        self._steps = self._compile(plan.table.graph, "", plan, entries)
+
+    def _module(self, path, factory):
+        parent = self
+        *parents, leaf = path.split(".")
+        for part in parents:
+            if not hasattr(parent, part):
+                parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        module = factory()
+        parent.add_module(leaf, module)
+        return module
+
+    def _layer(self, layer, node, plan, entries):
+        table = self.table
+        row = table.layers[layer]
+        kind = table.kinds[row["kind"]]
+        compute, spec, path = kind["compute"], kind.get("torch", {}), row["torch"]
+        # the op and its batch norm are the modules holding the tensors taken from slim's kernel and BatchNorm/*
+        op_keys = [key for key, value in spec.items() if value.get("from") == KERNEL]
+        norm_prefixes = {key.rpartition(".")[0] for key, value in spec.items()
+                         if value.get("from", "").startswith(BATCH_NORM_SCOPE)}
+        if len(op_keys) != 1 or (compute.get("batch_norm") and len(norm_prefixes) != 1):
+            raise MappingError(f"{table.path}: kind {row['kind']} must take one torch tensor from `{KERNEL}` "
+                               f"and, with batch_norm, its BatchNorm/* tensors into one module")
+        op_prefix = op_keys[0].rpartition(".")[0]
+        weight = entries[_join(path, op_keys[0])]
+        bias = BIAS in kind["params"]
+        if compute["op"] == "conv":
+            out_channels, in_channels, kh, kw = weight.shape  # torch's OIHW
+            factory = functools.partial(nn.Conv2d, in_channels, out_channels, (kh, kw), bias=bias)
+        else:
+            out_features, in_features = weight.shape
+            factory = functools.partial(nn.Linear, in_features, out_features, bias=bias)
+        op = self._module(_join(path, op_prefix), factory)
+        norm = None
+        if compute.get("batch_norm"):
+            epsilon = table.facts["batch_norm_epsilon"]
+            norm = self._module(_join(path, norm_prefixes.pop()),
+                                functools.partial(nn.BatchNorm2d, weight.shape[0], eps=epsilon))
+        activation = compute.get("activation")
+        if activation not in ACTIVATIONS:
+            raise MappingError(f"{table.path}: kind {row['kind']}: unknown activation {activation!r}")
+        return _Layer(op, norm, ACTIVATIONS[activation], node.get("stride", DEFAULT_STRIDE),
+                      node.get("padding", DEFAULT_PADDING))
+
+    def _compile(self, nodes, scope, plan, entries):
+        steps = []
+        for node in nodes:
+            if "name" in node and not _planned(node, scope, plan):
+                continue  # an end point the plan leaves out (--no-aux, a headless model)
+            inner = f"{node['name']}/" if "name" in node else scope
+            stride, padding = node.get("stride", DEFAULT_STRIDE), node.get("padding", DEFAULT_PADDING)
+            if "layer" in node:
+                step = self._layer(scope + node["layer"], node, plan, entries)
+            elif "max_pool" in node:
+                step = _MaxPool(node["max_pool"], stride, padding)
+            elif "avg_pool" in node:
+                step = _global_avg_pool if node["avg_pool"] == "global" else _AvgPool(node["avg_pool"], stride, padding)
+            elif "concat" in node:
+                step = _Concat([self._compile(branch, inner, plan, entries) for branch in node["concat"]])
+            elif "nodes" in node:
+                step = _Sequence(self._compile(node["nodes"], inner, plan, entries))
+            else:
+                step = _flatten
+            if "name" in node:
+                self.end_points.append(node["name"])
+            steps.append((node.get("name"), node.get("input"), step))
+        return steps
+
+    def forward(self, images):
+        """Every named end point for ``images`` (NCHW, in the table's input range)."""
+        points = {}
+        # TF computes convolutions in full float32; cuDNN's TF32 would drift by about 1e-3
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            _run(self._steps, images, points)
+        return points
+
+
+def _join(path, key):
+    return f"{path}.{key}" if key else path
+
+
+def _layers_under(node, scope):
+    inner = f"{node['name']}/" if "name" in node else scope
+    if "layer" in node:
+        yield scope + node["layer"]
+    for branch in node.get("concat", []):
+        for child in branch:
+            yield from _layers_under(child, inner)
+    for child in node.get("nodes", []):
+        yield from _layers_under(child, inner)
+
+
+def _planned(node, scope, plan):
+    return all(layer in plan.dims for layer in _layers_under(node, scope))
+
+
+def build(plan, state_dict=None, device=None):
+    """A ``SlimNet`` for ``plan`` in eval mode on ``device`` (default: a GPU when present).
+
+    ``state_dict`` (from ``torch.load``, ``safetensors.torch.load_file`` or the plan itself) is loaded
+    with ``strict=True``: a missing, extra or misshapen tensor is an error.
+    """
+    net = SlimNet(plan)
+    if state_dict is not None:
+        net.load_state_dict(state_dict, strict=True)
+    return net.eval().to(device or default_device())
+
+
+def plan_state_dict(plan, read):
+    """The plan's tensors as a torch state dict, reading checkpoint variables with ``read``."""
+    return {key: torch.from_numpy(value.copy()) for key, value in plan.tensors(read)}
