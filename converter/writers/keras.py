@@ -38,6 +38,14 @@ BACKEND = "tensorflow"
 HDF5_OBJECT_HEADER_LIMIT = 64512
 # TensorFlow variable names end in the output index; the keras.applications files keep it
 WEIGHT_SUFFIX = ":0"
+# Keras layer class (snake_case, a role in the table) -> its variables in the order the layer creates
+# them, which is the order of both layouts (for these classes trainable ones come first, as the legacy
+# layout wants); a layer may lack some (no bias, no gamma). Ordered here, not by the table's keys.
+VARIABLES = {
+    "conv2d": ("kernel", "bias"),
+    "batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance"),
+    "dense": ("kernel", "bias"),
+}
 # --dtype names -> numpy dtypes that floating tensors are cast to, per layout
 LEGACY_DTYPES = {"float16": "float16"}
 WEIGHTS_DTYPES = {"float16": "float16", "bfloat16": "bfloat16"}
@@ -110,16 +118,18 @@ def ordered_layers(plan):
 
     Returns:
         ``[(name, role, [Entry, ...])]``: each layer's name, its role (snake_case class) and its
-        entries in the layer's weight order. Raises ``MappingError`` listing every problem: a layer
-        missing from ``targets.keras.order`` or listed twice, a name no row gives, a checkpoint whose
-        sizes differ from ``targets.keras.dims``.
+        entries in the order ``VARIABLES`` gives for the class. Raises ``MappingError`` for a
+        checkpoint whose sizes differ from ``targets.keras.dims``, then one listing every problem of
+        the table: a layer missing from ``targets.keras.order`` or listed twice, a name no row gives,
+        a variable its class does not have.
     """
     if plan.target != TARGET:
         raise ConvertError(f"a {plan.target} plan cannot be written as Keras weights; plan for {TARGET}")
     table = plan.table
     spec = table.targets.get(TARGET, {})
     where = table.path.name
-    problems = _dims_problems(plan, spec.get("dims", {}))
+    _check_dims(plan, spec.get("dims", {}))
+    problems = []
     order = spec.get("order")
     if not isinstance(order, list):
         raise MappingError(f"{where}: targets.{TARGET}.order is missing; it lists the layers with weights "
@@ -128,7 +138,7 @@ def ordered_layers(plan):
     for row in table.layers.values():
         for role, name in (row.get(TARGET) or {}).items():
             roles[name] = role
-    layers = {}  # layer name -> entries, in the plan's (the kind's) weight order
+    layers = {}  # layer name -> its entries
     for entry in plan.entries:
         name, _, _ = entry.key.partition("/")
         layers.setdefault(name, []).append(entry)
@@ -136,13 +146,27 @@ def ordered_layers(plan):
         problems.append(f"targets.{TARGET}.order lists {name} {order.count(name)} times")
     problems += [f"targets.{TARGET}.order: {name} is no row's keras name" for name in order if name not in roles]
     problems += [f"keras layer {name} is not in targets.{TARGET}.order" for name in layers if name not in order]
+    for name, entries in layers.items():
+        known = VARIABLES.get(roles.get(name), ())
+        problems += [f"{entry.key}: not a variable of Keras class {roles.get(name)} (known classes: "
+                     f"{', '.join(VARIABLES)})" for entry in entries if _variable(entry) not in known]
     if problems:
         raise MappingError(f"{where}: cannot write Keras weights ({len(problems)} problems):\n  "
                            + "\n  ".join(problems))
-    return [(name, roles[name], layers[name]) for name in order if name in layers]
+    ordered = []
+    for name in order:
+        if name in layers:
+            variables = VARIABLES[roles[name]]
+            ordered.append((name, roles[name], sorted(layers[name], key=lambda e: variables.index(_variable(e)))))
+    return ordered
 
 
-def _dims_problems(plan, required):
+def _variable(entry):
+    return entry.key.partition("/")[2]
+
+
+def _check_dims(plan, required):
+    """MappingError naming every layer whose sizes differ from those the target's models build."""
     mismatches = []
     for layer, dims in required.items():
         bound = plan.dims.get(layer)
@@ -150,12 +174,13 @@ def _dims_problems(plan, required):
             continue
         for dim, size in dims.items():
             if bound.get(dim) != size:
-                mismatches.append(f"{plan.prefix}{plan.table.scope}/{layer} has {dim}={bound.get(dim)}, needs {size}")
-    if not mismatches:
-        return []
-    models = ", ".join(plan.table.targets[TARGET].get("models", [TARGET]))
-    return [f"{models} builds only the full-size network (depth_multiplier 1.0); this checkpoint's sizes "
-            f"differ ({'; '.join(mismatches)}), as a depth-multiplied checkpoint's do"]
+                mismatches.append(f"{plan.prefix}{plan.table.scope}/{layer} has {dim} {bound.get(dim)}, needs {size}")
+    if mismatches:
+        models = ", ".join(plan.table.targets[TARGET].get("models", [TARGET]))
+        raise MappingError(
+            f"{models} builds only depth_multiplier 1.0 (full-size) networks and this checkpoint's sizes differ, "
+            f"as a depth-multiplied checkpoint's do ({'; '.join(mismatches)}); --to torch and --to onnx keep its sizes"
+        )
 
 
 def _set_strings(group, name, strings):
