@@ -7,6 +7,7 @@ are tables.
 """
 
 import bisect
+import collections
 import struct
 
 import cramjam
@@ -26,6 +27,9 @@ SNAPPY_COMPRESSION = 1
 # so a larger stated length is corruption, not a reason to allocate.
 SNAPPY_MAX_EXPANSION = 22
 SNAPPY_SLACK = 64
+# parsed data blocks kept per table: enough for the slices of one tensor, few enough that
+# decompressed blocks never add up to a second copy of a checkpoint
+BLOCK_CACHE_SIZE = 16
 
 
 def has_table_magic(path):
@@ -58,7 +62,7 @@ class Table:
         index = list(self._entries(self._block(*index_handle), "index block"))
         self._index_keys = [key for key, _ in index]
         self._index_handles = [self._handle(value, 0)[0] for _, value in index]
-        self._blocks = {}
+        self._blocks = collections.OrderedDict()
 
     def _error(self, problem):
         return CheckpointError(f"{self.path}: {problem}")
@@ -122,6 +126,10 @@ class Table:
         if block is None:
             entries = list(self._entries(self._block(*self._index_handles[number]), "data block"))
             block = self._blocks[number] = ([key for key, _ in entries], [value for _, value in entries])
+            if len(self._blocks) > BLOCK_CACHE_SIZE:
+                self._blocks.popitem(last=False)
+        else:
+            self._blocks.move_to_end(number)
         return block
 
     def items(self):
@@ -137,7 +145,3 @@ class Table:
         keys, values = self._data_block(number)
         found = bisect.bisect_left(keys, key)
         return values[found] if found < len(keys) and keys[found] == key else None
-
-    def forget_blocks(self):
-        """Drop cached data blocks (their values may pin large buffers)."""
-        self._blocks.clear()
