@@ -18,7 +18,8 @@ $(DEMO_VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 demo: $(DEMO_VENV)/.installed
-	$(DEMO_VENV)/bin/ckpt-convert --version
+	mkdir -p .cache/demo
+	$(DEMO_VENV)/bin/ckpt-convert --from slim --to torch $(FIXTURE) -o .cache/demo/inception_v3.pth --force
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -n 2 $(PYTEST_ARGS)

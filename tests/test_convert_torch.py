@@ -255,7 +255,7 @@ def test_torchvision_drifts_from_tf_at_the_borders(full, full_pth):
     exact = nets.build(convert(full.v2, "torch", dry_run=True).plan, _load_pth(full_pth[True]), device="cpu")
     ours = oracle.compare(reference, run(exact, full.input)["Logits"])
     assert ours.ok
-    assert drift.max_abs > ours.max_abs
+    assert not drift.ok and drift.max_abs > 100 * ours.max_abs
 
 
 # ---- the API's contract
