@@ -227,6 +227,13 @@ def test_corrupt_v1_file(small, tmp_path):
                 ckpt.read(name)
 
 
+def test_read_after_close(small):
+    with open_checkpoint(small.v1) as ckpt:
+        pass
+    with pytest.raises(CheckpointError, match=r"model_v1.ckpt: the checkpoint is closed"):
+        ckpt.read(ckpt.names()[0])
+
+
 def test_unknown_variable(small):
     with pytest.raises(CheckpointError, match=r"model.ckpt: no variable named 'nope'"):
         open_checkpoint(small.v2).read("nope")

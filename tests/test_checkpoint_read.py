@@ -230,3 +230,16 @@ def test_the_comparison_catches_a_one_ulp_difference(small):
         reference[name] = np.nextafter(reference[name], np.float32(np.inf))
         with pytest.raises(AssertionError, match=name):
             assert_identical(ckpt, reference)
+
+
+def test_sharded_v1_saver(tmp_path):
+    """A V1 Saver with sharded=True writes model.ckpt-0000N-of-00002 and names them by a glob pattern."""
+    path, full = _graph_checkpoint(tmp_path, tf.compat.v1.train.SaverDef.V1, sharded=True)
+    assert path.name == "model.ckpt-?????-of-00002" and len(list(tmp_path.glob("model.ckpt-*-of-00002"))) == 2
+    reference = tf_reference(path, sliced=full)
+    for given in (path, tmp_path, tmp_path / "model.ckpt-00001-of-00002"):  # pattern, state file, one shard
+        with open_checkpoint(given) as ckpt:
+            assert (ckpt.format, ckpt.path) == ("v1", path)
+            assert_identical(ckpt, reference)
+    (tmp_path / "checkpoint").unlink()  # without a state file the two shards still make one checkpoint
+    assert open_checkpoint(tmp_path).path == path

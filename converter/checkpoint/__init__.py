@@ -44,7 +44,8 @@ class _Boundary:
 
     def __exit__(self, kind, error, traceback):
         if isinstance(error, _CORRUPTION):
-            raise CheckpointError(f"{self.path}: corrupt checkpoint ({error or kind.__name__})") from error
+            detail = " ".join(str(error).split()) or kind.__name__  # one line, whatever the parser said
+            raise CheckpointError(f"{self.path}: corrupt checkpoint ({detail})") from error
         if isinstance(error, OSError):
             raise CheckpointError(f"{self.path}: cannot read ({error.strerror or error})") from error
         return False
@@ -59,12 +60,15 @@ class Checkpoint:
         self.format = source.format
         self._names = sorted(source.names())
         self._known = set(self._names)
+        self._closed = False
 
     def names(self):
         """Sorted variable names (a partitioned variable once, under its full name)."""
         return list(self._names)
 
     def _check_name(self, name):
+        if self._closed:
+            raise CheckpointError(f"{self.path}: the checkpoint is closed; read inside its `with` block")
         if name not in self._known:
             raise CheckpointError(f"{self.path}: no variable named '{name}'; list them with `ckpt-convert inspect`")
 
@@ -76,7 +80,7 @@ class Checkpoint:
         return TensorInfo(name, dtype, tuple(shape), nbytes)
 
     def read(self, name):
-        """Variable ``name`` as a read-only numpy array (CRC32C checked for V2 bundles)."""
+        """Variable ``name`` as a read-only numpy array, checked against its stored CRC32C."""
         self._check_name(name)
         with _Boundary(self.path):
             array = self._source.read(name)
@@ -86,6 +90,7 @@ class Checkpoint:
 
     def close(self):
         """Release the file maps (arrays already read stay valid)."""
+        self._closed = True
         self._source.close()
 
     def __contains__(self, name):

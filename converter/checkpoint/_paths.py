@@ -12,6 +12,10 @@ STATE_FILENAME = "checkpoint"
 # the text-format CheckpointState line naming the latest checkpoint
 _STATE_PATH = re.compile(r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"', re.MULTILINE)
 _DATA_SUFFIX = re.compile(r"\.data-\d{5}-of-\d{5}$")
+# a V1 Saver with sharded=True writes <prefix>-00000-of-00002 ... and names them by this pattern
+_V1_SHARD = re.compile(r"-\d{5}(-of-\d{5})$")
+_V1_SHARD_WILDCARD = "-?????"
+_GLOB_CHARACTERS = re.compile(r"[?*\[]")
 _ESCAPES = re.compile(r"\\(.)")
 # files in a checkpoint directory that are never a checkpoint themselves
 _NOT_CHECKPOINTS = re.compile(r"(\.meta|\.data-\d{5}-of-\d{5}|\.tempstate\d+)$")
@@ -31,16 +35,27 @@ def resolve(path):
         return "v2", path
     if path.is_file():
         if has_table_magic(path):
-            return "v1", path
+            return "v1", _v1_pattern(path)
         raise CheckpointError(
             f"{path}: not a TensorFlow checkpoint (no table footer); "
             "pass the checkpoint prefix, its .index file or a V1 checkpoint file"
         )
+    if _GLOB_CHARACTERS.search(path.name) and _shards(path):
+        return "v1", path
     raise CheckpointError(f"{path}: no such checkpoint (neither a file nor a prefix with a {path.name}.index file)")
 
 
+def _v1_pattern(path):
+    """One shard of a sharded V1 checkpoint means all of them: ``x-00001-of-00002`` -> ``x-?????-of-00002``."""
+    return path.with_name(_V1_SHARD.sub(_V1_SHARD_WILDCARD + r"\1", path.name))
+
+
+def _shards(pattern):
+    return [p for p in pattern.parent.glob(pattern.name) if has_table_magic(p)]
+
+
 def _exists(target):
-    return _bundle.index_filename(target).is_file() or target.is_file()
+    return _bundle.index_filename(target).is_file() or target.is_file() or bool(_shards(target))
 
 
 def _prefix(prefix, given):
@@ -56,7 +71,7 @@ def _from_directory(directory):
         return resolve(_from_state_file(state))
     found = sorted(
         {pathlib.Path(str(p)[: -len(_bundle.INDEX_SUFFIX)]) for p in directory.glob("*" + _bundle.INDEX_SUFFIX)}
-        | {p for p in directory.iterdir() if _is_v1_candidate(p)}
+        | {_v1_pattern(p) for p in directory.iterdir() if _is_v1_candidate(p)}
     )
     if not found:
         raise CheckpointError(

@@ -5,6 +5,7 @@ are a TensorProto under its ordered-code slice key, in typed ``*_val`` fields (a
 writes them, see ``saved_tensor_slice_util.h``) or in ``tensor_content``.
 """
 
+import glob
 import mmap
 import pathlib
 
@@ -64,31 +65,51 @@ def decode_varints(buf):
 
 
 class V1Checkpoint:
-    """An open V1 checkpoint file, memory-mapped; slices are looked up by their ordered-code keys."""
+    """An open V1 checkpoint: one file, or the shards a glob pattern names (``model.ckpt-?????-of-00002``),
+    memory-mapped; slices are looked up by their ordered-code keys."""
 
     format = "v1"
 
     def __init__(self, path):
         self.path = pathlib.Path(path)
-        try:
-            with open(self.path, "rb") as file:
-                size = file.seek(0, 2)
-                self._buffer = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
-        except OSError as error:
-            raise CheckpointError(f"{self.path}: cannot read ({error.strerror})") from error
-        self._table = Table(self.path, self._buffer)
-        value = self._table.get(META_KEY)
-        meta = _proto.parse_saved_slices(value)[0] if value is not None else None
-        if meta is None:
-            raise self._error("no SavedTensorSlices metadata entry: not a V1 checkpoint")
-        self._meta = {item.name.decode("utf-8", "surrogateescape"): item for item in meta}
-        problems = [
+        pattern = glob.escape(str(self.path.parent)) + "/" + self.path.name
+        files = [self.path] if self.path.is_file() else sorted(glob.glob(pattern))
+        if not files:
+            raise self._error("no such file")
+        self._buffers = []  # kept open for the tables' lifetime
+        self._meta, self._slices, problems = {}, {}, []
+        for file in files:
+            table = self._open(pathlib.Path(file))
+            for item in self._read_meta(table):
+                name = item.name.decode("utf-8", "surrogateescape")
+                known = self._meta.setdefault(name, item)
+                if (known.shape, known.dtype) != (item.shape, item.dtype):
+                    problems.append(f"'{name}' has a different shape or dtype in {file}")
+                self._slices.setdefault(name, []).extend((extents, table) for extents in item.slices)
+        problems += [
             f"'{name}' has unsupported dtype {_dtypes.describe(item.dtype)}"
             for name, item in self._meta.items()
             if _dtypes.numpy_dtype(item.dtype) is None
         ]
         if problems:
             raise self._error("; ".join(problems))
+
+    def _open(self, path):
+        try:
+            with open(path, "rb") as file:
+                size = file.seek(0, 2)
+                buffer = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) if size else b""
+        except OSError as error:
+            raise CheckpointError(f"{path}: cannot read ({error.strerror})") from error
+        self._buffers.append(buffer)
+        return Table(path, buffer)
+
+    def _read_meta(self, table):
+        value = table.get(META_KEY)
+        meta = _proto.parse_saved_slices(value)[0] if value is not None else None
+        if meta is None:
+            raise CheckpointError(f"{table.path}: no SavedTensorSlices metadata entry: not a V1 checkpoint")
+        return meta
 
     def _error(self, problem):
         return CheckpointError(f"{self.path}: {problem}")
@@ -106,19 +127,19 @@ class V1Checkpoint:
     def read(self, name):
         item = self._meta[name]
         dtype = _dtypes.numpy_dtype(item.dtype)
-        parts = [(extents, self._read_slice(name, item, extents, dtype)) for extents in item.slices]
+        parts = [(extents, self._read_slice(name, item, extents, table, dtype)) for extents, table in self._slices[name]]
         if len(parts) == 1 and parts[0][1].shape == item.shape:
             return parts[0][1]
         return _slices.assemble(item.shape, dtype, parts)
 
-    def _read_slice(self, name, item, extents, dtype):
+    def _read_slice(self, name, item, extents, table, dtype):
         shape = _slices.slice_shape(extents, item.shape)
-        value = self._table.get(_slices.slice_key(item.name, extents))
+        value = table.get(_slices.slice_key(item.name, extents))
         if value is None:
-            raise self._error(f"the data of '{name}' (slice {list(extents)}) is missing (corrupt file)")
+            raise CheckpointError(f"{table.path}: the data of '{name}' (slice {list(extents)}) is missing (corrupt file)")
         _, data = _proto.parse_saved_slices(value)
         if data is None or data[0] != item.name or data[2] is None:
-            raise self._error(f"the entry for '{name}' holds no data for it (corrupt file)")
+            raise CheckpointError(f"{table.path}: the entry for '{name}' holds no data for it (corrupt file)")
         array = self._tensor(name, data[2], dtype, int(np.prod(shape, dtype=np.int64)))
         return array.reshape(shape)
 
@@ -173,5 +194,5 @@ class V1Checkpoint:
         return values.astype(dtype) if dtype == np.bool_ else values.view(np.int64).astype(dtype)
 
     def close(self):
-        # the map closes once the last array handed out (a view into it) is gone
-        self._table = self._buffer = None
+        # each map closes once the last array handed out (a view into it) is gone
+        self._slices, self._buffers = {}, []
