@@ -19,7 +19,7 @@ class Comparison:
     """How one output compares with its reference."""
 
     max_abs: float
-    max_rel: float
+    max_rel: float  # max |delta| / max |reference|
     cosine: float
     bound: float
     top_k: dict  # k -> fraction of rows whose top-k class sets agree (classifier outputs only)
@@ -42,7 +42,8 @@ def compare(reference, output, *, atol=ATOL):
         raise ValueError(f"shape {output.shape} differs from the reference's {reference.shape}")
     delta = np.abs(output - reference)
     max_abs = float(delta.max()) if delta.size else 0.0
-    max_rel = float((delta / np.maximum(np.abs(reference), 1e-12)).max()) if delta.size else 0.0
+    scale = float(np.abs(reference).max()) if reference.size else 0.0
+    max_rel = max_abs / scale if scale else (0.0 if max_abs == 0.0 else float("inf"))
     norms = np.linalg.norm(reference) * np.linalg.norm(output)
     cosine = float(np.dot(reference.ravel(), output.ravel()) / norms) if norms else float(max_abs == 0.0)
     top_k = {}

@@ -24,17 +24,24 @@ EMA_SUFFIX = "/ExponentialMovingAverage"
 MIN_DEPTH = 16
 
 
+def preload_before_tensorflow():
+    """Load torch and triton, where installed, before TensorFlow in this process.
+
+    Their bundled native libraries and TensorFlow's clash when they load second: a segfault at
+    import. A process that imports TensorFlow other than through this module calls this first.
+    """
+    for module in PRELOAD_BEFORE_TENSORFLOW:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(module)
+
+
 def import_tensorflow():
     """Import TensorFlow and tf-slim, working around tf-slim's import of ``tf_keras.legacy_tf_layers``.
 
     tf-slim's layers reach Keras-2 legacy layers under a module path that tf-keras 2.21 ships as
     ``tf_keras.src.legacy_tf_layers``; an alias in ``sys.modules`` lets the original code run unchanged.
     """
-    # torch's (and its triton's) bundled native libraries and TensorFlow's clash when torch loads
-    # second: a segfault at import. Where installed, they load first in a process that runs the reference.
-    for module in PRELOAD_BEFORE_TENSORFLOW:
-        with contextlib.suppress(ImportError):
-            importlib.import_module(module)
+    preload_before_tensorflow()
     try:
         import tensorflow as tf
         import tf_keras.src.legacy_tf_layers as legacy_layers
@@ -108,6 +115,14 @@ def infer_depth_multiplier(architecture, checkpoint_shapes, *, num_classes=1001,
     return (low + high) / 2
 
 
+def tf_device(device):
+    """TensorFlow's device string for ``device``: its first GPU for ``cuda`` where it sees one, else the CPU."""
+    tf, _ = import_tensorflow()
+    if device == "cuda" and tf.config.list_physical_devices("GPU"):
+        return "/GPU:0"
+    return "/CPU:0"
+
+
 def run_reference(
     checkpoint,
     images,
@@ -116,6 +131,7 @@ def run_reference(
     end_points=("Mixed_5b", "Mixed_6e", "Mixed_7c", "AuxLogits", "Logits"),
     ema=False,
     depth_multiplier=None,
+    device="cpu",
 ):
     """Run TF-Slim's network with the weights of ``checkpoint`` on ``images`` (NHWC, float32).
 
@@ -125,6 +141,7 @@ def run_reference(
         end_points: names from tf-slim's end_points dict to return.
         ema: restore each variable from its ``/ExponentialMovingAverage`` shadow where one exists.
         depth_multiplier: inferred from the checkpoint's shapes when omitted.
+        device: ``cpu``, or ``cuda`` to run on TensorFlow's first GPU where it sees one.
 
     Returns:
         ``{end_point: np.ndarray}``, in TF's NHWC layout.
@@ -138,7 +155,7 @@ def run_reference(
         depth_multiplier = infer_depth_multiplier(
             architecture, checkpoint_shapes, num_classes=num_classes, image_size=images.shape[1]
         )
-    with tf.Graph().as_default() as graph:
+    with tf.Graph().as_default() as graph, tf.device(tf_device(device)):
         inputs = tf.compat.v1.placeholder(tf.float32, [None, *images.shape[1:]])
         _, points = build_network(
             architecture, inputs, num_classes=num_classes, depth_multiplier=depth_multiplier
@@ -154,7 +171,8 @@ def run_reference(
                 )
             variables[source] = variable
         saver = tf.compat.v1.train.Saver(var_list=variables)
-        with tf.compat.v1.Session(graph=graph) as session:
+        config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
+        with tf.compat.v1.Session(graph=graph, config=config) as session:
             saver.restore(session, str(checkpoint))
             outputs = session.run({name: points[name] for name in end_points}, {inputs: images})
     return {name: np.asarray(value) for name, value in outputs.items()}

@@ -11,6 +11,11 @@ import sys
 import numpy as np
 import pytest
 
+from converter import reference
+
+# test modules import TensorFlow directly; torch's native libraries must be loaded before it
+reference.preload_before_tensorflow()
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 SMALL = FIXTURES / "inception_v3"

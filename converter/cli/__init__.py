@@ -19,6 +19,7 @@ COMMANDS = {
     "convert": "converter.cli.convert",
     "inspect": "converter.cli.inspect",
     "dump": "converter.cli.dump",
+    "verify": "converter.cli.verify",
 }
 
 DEFAULT_COMMAND = "convert"
@@ -51,6 +52,7 @@ def cli():
     ckpt-convert --from slim --to torch model.ckpt     convert one checkpoint
     ckpt-convert inspect model.ckpt                    list its variables by scope
     ckpt-convert dump model.ckpt -o raw.safetensors    export every variable, unmapped
+    ckpt-convert verify model.ckpt model.pth           prove a port equivalent (exit 0) or not
     """
 
 
@@ -64,7 +66,8 @@ def main(argv=None):
     args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args or bool(os.environ.get("CKPT_CONVERT_DEBUG"))
     try:
-        cli.main(args=args, prog_name="ckpt-convert", standalone_mode=False)
+        # without standalone mode click returns a command's exit status instead of exiting
+        status = cli.main(args=args, prog_name="ckpt-convert", standalone_mode=False)
     except ConvertError as error:
         if debug:
             raise
@@ -78,3 +81,5 @@ def main(argv=None):
         sys.exit(error.exit_code)
     except click.exceptions.Exit as exit_:
         sys.exit(exit_.exit_code)
+    if isinstance(status, int) and status:
+        sys.exit(status)

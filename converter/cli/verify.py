@@ -1,0 +1,50 @@
+"""``ckpt-convert verify``: prove ported files equivalent to their TF-Slim checkpoint; exit 0 only if they are."""
+
+import json
+import pathlib
+
+import click
+
+from converter import oracle
+from converter.cli import debug_option
+
+
+@click.command("verify")
+@click.argument("checkpoint", type=click.Path())
+@click.argument("ported", nargs=-1, type=click.Path())
+@click.option("--arch", help="Architecture of the checkpoint (detected from its variable names by default).")
+@click.option("--mapping", "mapping_path", type=click.Path(), help="A mapping table YAML of your own.")
+@click.option("--ema", is_flag=True, help="The ports were made from the EMA shadows (convert --ema).")
+@click.option("--keep-background", is_flag=True, help="The ports keep the background class (1001 classes).")
+@click.option("--no-aux", is_flag=True, help="The ports have no auxiliary head.")
+@click.option("--no-top", is_flag=True, help="The Keras ports have no classifier (include_top=False).")
+@click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False),
+              help="An .npy batch (NHWC, in the network's input range) or an image; seeded random input otherwise.")
+@click.option("--batch", default=2, show_default=True, help="Size of the seeded random batch.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random batch.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where every backend and the reference run; auto takes a GPU where one is present.")
+@click.option("--atol", type=float, default=oracle.ATOL, show_default=True,
+              help="Allowed max |delta| per end point, relative to max(1, max|reference|).")
+@click.option("--torch-model", type=click.Choice(["exact", "torchvision", "timm"]), default="exact",
+              show_default=True, help="Run torch files in the exact TF-semantics module or a third-party model.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full report as JSON.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Write a JUnit XML report.")
+@debug_option
+def command(checkpoint, ported, mapping_path, json_path, junit_path, no_aux, debug, **options):
+    """Check PORTED files (.pth, .safetensors, .h5, .weights.h5, .onnx) against CHECKPOINT.
+
+    Runs TF-Slim's own network in TensorFlow (the `tf` extra) as the reference. With no PORTED file,
+    converts the checkpoint to every target on the fly and checks each. Every tensor must equal the
+    checkpoint's after the mapping's transform, bit for bit; every end point must agree within the
+    bound. Exit status 0 means equivalent, 1 means a check failed.
+    """
+    from converter.verify import verify
+
+    report = verify(checkpoint, ported, mapping_path=mapping_path, aux=not no_aux, **options)
+    click.echo(report.table())
+    if json_path:
+        pathlib.Path(json_path).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    if junit_path:
+        pathlib.Path(junit_path).write_text(report.to_junit() + "\n")
+    raise click.exceptions.Exit(0 if report.ok else 1)

@@ -1,0 +1,48 @@
+"""Runtimes that load and run ported files for the verifier, one module per framework.
+
+Each module has the same public names:
+
+- ``describe(path, **options) -> str``: what runs the file, for the report;
+- ``load_weights(path) -> {key: np.ndarray}``: every tensor of the file under its key, in the file's dtype;
+- ``run(path, plan, images, *, device, **options) -> ({end point: np.ndarray}, device)``: the outputs
+  on ``images`` (NHWC, as TF-Slim takes them), feature maps returned NHWC so that every backend
+  compares with the reference in one layout.
+"""
+
+import numpy as np
+
+# torch and ONNX put channels first; TF-Slim's end points are NHWC
+NCHW_TO_NHWC = (0, 2, 3, 1)
+NHWC_TO_NCHW = (0, 3, 1, 2)
+
+
+def to_nhwc(outputs):
+    """Feature maps (rank 4) from NCHW to NHWC; classifier outputs unchanged."""
+    return {name: value.transpose(NCHW_TO_NHWC) if value.ndim == 4 else value for name, value in outputs.items()}
+
+
+def end_point_modules(table):
+    """``{end point: (module path, input end point or None)}`` for torch modules named as the table's torch column.
+
+    An end point is the module of its name where the model has one (``Mixed_5b``, ``AuxLogits``), or
+    else the module of the last layer of its graph node (``Logits`` -> ``fc``).
+    """
+    modules = {}
+    for node in table.graph:
+        name = node.get("name")
+        if name not in table.facts["end_points"]:
+            continue
+        last = _last_layer(node, f"{name}/")
+        modules[name] = (name, table.layers[last]["torch"], node.get("input"))
+    return modules
+
+
+def _last_layer(node, scope):
+    if "layer" in node:
+        return scope + node["layer"]
+    last = node["nodes"][-1] if "nodes" in node else node["concat"][-1][-1]
+    return _last_layer(last, scope)
+
+
+def as_float32(images):
+    return np.ascontiguousarray(images, dtype=np.float32)

@@ -1,0 +1,44 @@
+"""Run ported ONNX models in onnxruntime."""
+
+from converter.errors import ConvertError
+from converter.runtimes import NHWC_TO_NCHW, as_float32, to_nhwc
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+def describe(path, **_):
+    return "onnxruntime"
+
+
+def load_weights(path):
+    """Every initializer of the model, by name."""
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        raise ConvertError("reading an ONNX port needs onnx: pip install 'ckpt-convert[onnx]'") from None
+    model = onnx.load(str(path))
+    return {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
+
+
+def run(path, plan, images, *, device="cpu", **_):
+    """Every end point the model outputs on ``images`` (NHWC); the provider that ran it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ConvertError("running an ONNX port needs onnxruntime: pip install 'ckpt-convert[onnx]'") from None
+    providers = [CPU_PROVIDER]
+    if device == "cuda" and CUDA_PROVIDER in onnxruntime.get_available_providers():
+        providers.insert(0, CUDA_PROVIDER)
+    session = onnxruntime.InferenceSession(str(path), providers=providers)
+    (model_input,) = session.get_inputs()
+    # a model written with --input-layout nhwc takes TF-Slim's layout as it is
+    nhwc = model_input.shape[-1] == images.shape[-1]
+    batch = as_float32(images if nhwc else images.transpose(NHWC_TO_NCHW))
+    if "float16" in model_input.type:
+        batch = batch.astype("float16")
+    names = [o.name for o in session.get_outputs() if o.name in plan.table.facts["end_points"]]
+    values = session.run(names, {model_input.name: batch})
+    outputs = {name: value.astype("float32") for name, value in zip(names, values)}
+    return (outputs if nhwc else to_nhwc(outputs)), session.get_providers()[0]

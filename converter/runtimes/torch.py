@@ -1,0 +1,104 @@
+"""Run ported PyTorch files: the exact TF-semantics module, or torchvision's / timm's own model."""
+
+import pathlib
+
+from converter.errors import ConvertError
+from converter.runtimes import as_float32, end_point_modules, to_nhwc, NHWC_TO_NCHW
+
+MODELS = ("exact", "torchvision", "timm")
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise ConvertError("running a torch port needs torch: pip install 'ckpt-convert[torch]'") from None
+    return torch
+
+
+def describe(path, model="exact", **_):
+    return {"exact": "torch exact", "torchvision": "torchvision", "timm": "timm"}[model]
+
+
+def _load_state(torch, path):
+    path = pathlib.Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def load_weights(path):
+    """Every tensor of a ``.pth`` (loaded with ``weights_only=True``) or ``.safetensors`` file, as numpy."""
+    torch = _torch()
+    return {key: _to_numpy(torch, value) for key, value in _load_state(torch, path).items()}
+
+
+def _to_numpy(torch, tensor):
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16; keep the bits, typed by ml_dtypes
+        import ml_dtypes
+
+        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return tensor.numpy()
+
+
+def _model(torch, name, plan, state):
+    if name == "exact":
+        from converter.nets.torch import build
+
+        return build(plan, device="cpu")
+    num_classes = state["fc.weight"].shape[0]
+    aux = any(key.startswith("AuxLogits.") for key in state)
+    if name == "torchvision":
+        import torchvision
+
+        return torchvision.models.inception_v3(
+            weights=None, aux_logits=aux, init_weights=False, num_classes=num_classes, transform_input=False
+        )
+    import timm
+
+    return timm.create_model("inception_v3", pretrained=False, num_classes=num_classes, aux_logits=aux)
+
+
+def run(path, plan, images, *, device="cpu", model="exact"):
+    """Load ``path`` into ``model`` (strictly) and return its end points on ``images`` (NHWC) and the device."""
+    if model not in MODELS:
+        raise ConvertError(f"unknown torch model {model!r}; known: {', '.join(MODELS)}")
+    torch = _torch()
+    state = _load_state(torch, path)
+    network = _model(torch, model, plan, state)
+    try:
+        network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+    except RuntimeError as error:
+        raise ConvertError(f"{path}: does not load into {describe(path, model)} ({str(error).splitlines()[0]})") from None
+    network = network.to(device).eval()
+    batch = torch.from_numpy(as_float32(images).transpose(NHWC_TO_NCHW).copy()).to(device)
+    if model == "exact":
+        with torch.no_grad():
+            outputs = network(batch)
+        return to_nhwc({k: v.cpu().numpy() for k, v in outputs.items()}), str(batch.device)
+    return _run_with_hooks(torch, network, plan, batch), str(batch.device)
+
+
+def _run_with_hooks(torch, network, plan, batch):
+    # third-party models return logits only: capture end points from their modules as they run
+    modules = dict(network.named_modules())
+    captured, wanted = {}, {}
+    for point, (own, last, _) in end_point_modules(plan.table).items():
+        path = own if own in modules else last
+        if path in modules:
+            wanted[point] = path
+    hooks = [modules[path].register_forward_hook(lambda _m, _i, out, point=point: captured.__setitem__(point, out))
+             for point, path in wanted.items()]
+    try:
+        with torch.no_grad():
+            network(batch)
+            # heads a model skips at inference (torchvision's aux head runs only in training)
+            for point, (own, _, source) in end_point_modules(plan.table).items():
+                if point not in captured and point in wanted and source in captured:
+                    captured[point] = modules[wanted[point]](captured[source])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return to_nhwc({k: v.cpu().numpy() for k, v in captured.items() if isinstance(v, torch.Tensor)})

@@ -1,0 +1,379 @@
+"""Prove a port equivalent to its TF-Slim checkpoint.
+
+Two kinds of check, each a line of the report:
+
+- weights: every tensor of a ported file equals the checkpoint's after the mapping's transform, bit
+  for bit (after the file's own dtype cast); missing and extra tensors are listed by name;
+- outputs: TF-Slim's own network run by TensorFlow (``converter.reference``) and each ported
+  artefact run by its runtime see the same input; every end point must agree within the bound of
+  ``converter.oracle``.
+
+The report passes only when every check passes; it renders as a table, JSON, or JUnit XML.
+"""
+
+import dataclasses
+import importlib
+import json
+import pathlib
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+
+import numpy as np
+
+from converter import mapping, oracle
+from converter.checkpoint import open_checkpoint
+from converter.errors import ConvertError
+
+# ported file suffix -> (target, runtime module)
+PORTED = {
+    ".weights.h5": ("keras", "converter.runtimes.keras"),
+    ".h5": ("keras", "converter.runtimes.keras"),
+    ".pth": ("torch", "converter.runtimes.torch"),
+    ".safetensors": ("torch", "converter.runtimes.torch"),
+    ".onnx": ("onnx", "converter.runtimes.onnx"),
+}
+# what `verify` converts on the fly when no ported file is given: (file name, runtime options, advisory).
+# torchvision's Inception3 averages padding into its pools where TF-Slim does not: its drift is
+# reported, but only decides the verdict when asked for (--torch-model torchvision).
+ON_THE_FLY = (
+    ("model.pth", {"model": "exact"}, False),
+    ("model.pth", {"model": "torchvision"}, True),
+    ("model.h5", {}, False),
+    ("model.onnx", {}, False),
+)
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclasses.dataclass
+class Check:
+    """One line of the report."""
+
+    backend: str
+    kind: str  # "weights" or "output"
+    name: str  # tensor or end point
+    passed: bool
+    message: str = ""
+    metrics: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Backend:
+    """One ported artefact and the runtime that ran it."""
+
+    name: str
+    path: str
+    target: str
+    device: str = "cpu"
+    advisory: bool = False  # reported, but does not decide the exit code
+    note: str = ""
+
+
+@dataclasses.dataclass
+class Report:
+    """Everything ``verify`` found."""
+
+    checkpoint: str
+    architecture: str
+    input: str
+    atol: float
+    reference_device: str = "cpu"
+    backends: list = dataclasses.field(default_factory=list)
+    checks: list = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self):
+        advisory = {b.name for b in self.backends if b.advisory}
+        gating = [c for c in self.checks if c.backend not in advisory]
+        return bool(gating) and all(c.passed for c in gating)
+
+    def failures(self):
+        return [c for c in self.checks if not c.passed]
+
+    def to_dict(self):
+        return {
+            "ok": self.ok,
+            "checkpoint": self.checkpoint,
+            "architecture": self.architecture,
+            "input": self.input,
+            "atol": self.atol,
+            "reference_device": self.reference_device,
+            "seconds": round(self.seconds, 3),
+            "backends": [dataclasses.asdict(b) for b in self.backends],
+            "checks": [dataclasses.asdict(c) for c in self.checks],
+        }
+
+    def to_junit(self):
+        """JUnit XML: a test suite per backend, a test case per check."""
+        suites = ET.Element("testsuites", name="ckpt-convert verify", time=f"{self.seconds:.3f}")
+        for backend in self.backends:
+            checks = [c for c in self.checks if c.backend == backend.name]
+            suite = ET.SubElement(
+                suites, "testsuite", name=backend.name, tests=str(len(checks)),
+                failures=str(sum(not c.passed for c in checks)),
+            )
+            for check in checks:
+                case = ET.SubElement(suite, "testcase", classname=f"{backend.name}.{check.kind}", name=check.name)
+                if not check.passed:
+                    failure = ET.SubElement(case, "failure", message=check.message)
+                    failure.text = json.dumps(check.metrics)
+        return ET.tostring(suites, encoding="unicode")
+
+    def table(self):
+        """A concise human summary: weight checks per backend, then one row per end point."""
+        lines = [f"checkpoint {self.checkpoint} ({self.architecture}); input {self.input}; "
+                 f"reference TF-Slim on {self.reference_device}; bound {self.atol:g} x max(1, max|ref|)"]
+        header = f"{'backend':<34} {'end point':<10} {'max|d|':>9} {'bound':>9} {'max rel':>9} {'cosine':>10} {'top1':>5} {'top5':>5}  status"
+        for backend in self.backends:
+            checks = [c for c in self.checks if c.backend == backend.name]
+            weights = [c for c in checks if c.kind == "weights"]
+            bad = [c for c in weights if not c.passed]
+            note = f" [{backend.note}]" if backend.note else ""
+            lines.append("")
+            lines.append(f"{backend.name} on {backend.device}{' (advisory)' if backend.advisory else ''}{note}")
+            if weights:
+                lines.append(f"  weights: {len(weights) - len(bad)}/{len(weights)} bit-exact"
+                             + "".join(f"\n    FAIL {c.name}: {c.message}" for c in bad[:20])
+                             + (f"\n    ... and {len(bad) - 20} more" if len(bad) > 20 else ""))
+            outputs = [c for c in checks if c.kind == "output"]
+            if outputs:
+                lines.append("  " + header)
+            for c in outputs:
+                m = c.metrics
+                if "max_abs" not in m:
+                    lines.append(f"  {backend.name:<34} {c.name:<10} {c.message}")
+                    continue
+                top = [f"{m['top_k'].get(str(k), m['top_k'].get(k, float('nan'))):5.2f}" if m["top_k"] else "    -"
+                       for k in oracle.TOP_K]
+                status = "ok" if c.passed else ("DRIFT" if backend.advisory else "FAIL")
+                lines.append(f"  {backend.name:<34} {c.name:<10} {m['max_abs']:9.2e} {m['bound']:9.2e} "
+                             f"{m['max_rel']:9.2e} {m['cosine']:10.7f} {top[0]} {top[1]}  {status}")
+        lines.append("")
+        lines.append("EQUIVALENT" if self.ok else f"NOT EQUIVALENT: {len([c for c in self.failures() if not self._advisory(c)])} failed checks")
+        return "\n".join(lines)
+
+    def _advisory(self, check):
+        return any(b.advisory and b.name == check.backend for b in self.backends)
+
+
+def target_of(path):
+    """``(target, runtime module)`` for a ported file, by suffix."""
+    name = pathlib.Path(path).name
+    for suffix, found in PORTED.items():
+        if name.endswith(suffix):
+            return found
+    raise ConvertError(f"{path}: cannot verify this kind of file; known suffixes: {', '.join(PORTED)}")
+
+
+def make_input(table, *, input_file=None, batch=2, seed=0):
+    """The batch every backend sees (NHWC float32 in the architecture's input range) and its description."""
+    spec = table.facts["input"]
+    shape = (spec["height"], spec["width"], spec["channels"])
+    low, high = spec.get("range", [-1.0, 1.0])
+    if input_file is None:
+        images = np.random.default_rng(seed).uniform(low, high, (batch, *shape)).astype(np.float32)
+        return images, f"seeded uniform [{low}, {high}] batch {batch}x{'x'.join(map(str, shape))} (seed {seed})"
+    path = pathlib.Path(input_file)
+    if path.suffix == ".npy":
+        images = np.load(path, allow_pickle=False).astype(np.float32)
+        if images.ndim == 3:
+            images = images[None]
+        if images.shape[1:] != shape:
+            raise ConvertError(f"{path}: input batch has shape {images.shape}, the network takes [N, {', '.join(map(str, shape))}] (NHWC)")
+        return images, f"{path.name} ({images.shape[0]}x{'x'.join(map(str, shape))})"
+    return _load_image(path, shape, low, high), f"image {path.name} (central crop 87.5%, bilinear {shape[0]}x{shape[1]}, scaled to [{low}, {high}])"
+
+
+def _load_image(path, shape, low, high):
+    # TF-Slim's inception evaluation preprocessing: central crop of 87.5%, bilinear resize, scale to range
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ConvertError("reading an image needs Pillow: pip install pillow (or pass an .npy batch)") from None
+    try:
+        image = Image.open(path).convert("RGB")
+    except OSError as error:
+        raise ConvertError(f"{path}: not an image or .npy batch ({error})") from None
+    width, height = image.size
+    crop_w, crop_h = round(width * 0.875), round(height * 0.875)
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    image = image.crop((left, top, left + crop_w, top + crop_h)).resize((shape[1], shape[0]), Image.BILINEAR)
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    return (pixels * (high - low) + low)[None]
+
+
+def compare_weights(backend, expected, found):
+    """Bit-exact weight checks of ``found`` against ``expected`` (both ``{key: array}``)."""
+    checks = []
+    for key in sorted(set(expected) - set(found)):
+        checks.append(Check(backend, "weights", key, False, f"missing from the ported file (expected shape {list(expected[key].shape)})"))
+    for key in sorted(set(found) - set(expected)):
+        checks.append(Check(backend, "weights", key, False, "extra tensor: no mapping row produces it"))
+    for key in sorted(set(expected) & set(found)):
+        want, got = np.asarray(expected[key]), np.asarray(found[key])
+        if want.shape != got.shape:
+            checks.append(Check(backend, "weights", key, False, f"shape {list(got.shape)}, expected {list(want.shape)}"))
+            continue
+        if got.dtype != want.dtype:
+            want = want.astype(got.dtype)  # a port written with --dtype holds the cast value
+        if np.array_equal(want, got, equal_nan=want.dtype.kind == "f"):
+            checks.append(Check(backend, "weights", key, True))
+        else:
+            delta = float(np.max(np.abs(want.astype(np.float64) - got.astype(np.float64))))
+            checks.append(Check(backend, "weights", key, False, f"differs from the checkpoint (max |delta| {delta:.3g})",
+                                {"max_abs": delta}))
+    return checks
+
+
+def compare_outputs(backend, reference, outputs, *, atol):
+    """Oracle checks of every end point a backend produced against TF-Slim's."""
+    checks = []
+    for name, ref in reference.items():
+        if name not in outputs:
+            continue
+        out = np.asarray(outputs[name])
+        if out.shape != ref.shape:
+            checks.append(Check(backend, "output", name, False, f"{name}: shape {list(out.shape)}, TF-Slim gives {list(ref.shape)}"))
+            continue
+        result = oracle.compare(ref, out, atol=atol)
+        metrics = dataclasses.asdict(result)
+        metrics["top_k"] = {str(k): v for k, v in result.top_k.items()}
+        message = "" if result.ok else f"{name}: max |delta| {result.max_abs:.3g} exceeds {result.bound:.3g}"
+        checks.append(Check(backend, "output", name, result.ok, message, metrics))
+    return checks
+
+
+def _drop_background(reference, table, keep_background):
+    background = table.background_class
+    if keep_background or background is None:
+        return reference
+    # classifier outputs carry the classes on their last axis; feature maps are untouched
+    return {k: np.delete(v, background, axis=-1) if v.ndim == 2 else v for k, v in reference.items()}
+
+
+def resolve_device(device):
+    """``auto`` becomes ``cuda`` where torch sees a GPU, else ``cpu``; ``cuda`` without one is an error."""
+    if device not in DEVICES:
+        raise ConvertError(f"--device must be one of {', '.join(DEVICES)}")
+    if device == "cpu":
+        return "cpu"
+    try:
+        import torch
+
+        available = torch.cuda.is_available()
+    except ImportError:
+        available = False
+    if device == "cuda" and not available:
+        raise ConvertError("--device cuda: no CUDA device is available here; use --device auto or cpu")
+    return "cuda" if available else "cpu"
+
+
+def verify(
+    checkpoint,
+    ported=(),
+    *,
+    arch=None,
+    mapping_path=None,
+    ema=False,
+    keep_background=False,
+    aux=True,
+    no_top=False,
+    input_file=None,
+    batch=2,
+    seed=0,
+    device="auto",
+    atol=oracle.ATOL,
+    torch_model="exact",
+):
+    """Check each ported file (or, with none, a fresh port to every target) against the checkpoint.
+
+    Args:
+        checkpoint: the TF-Slim checkpoint (any path form the reader takes).
+        ported: files to check: ``.pth``, ``.safetensors``, ``.h5``, ``.weights.h5``, ``.onnx``.
+        ema, keep_background, aux, no_top: how the files were converted (same meaning as ``convert``).
+        input_file: an ``.npy`` batch (NHWC) or an image; seeded random input otherwise.
+        device: ``auto``, ``cpu`` or ``cuda`` for every backend and the reference.
+        atol: the oracle's relative bound.
+        torch_model: run torch files in ``exact`` (TF semantics), ``torchvision`` or ``timm`` models.
+
+    Returns:
+        a ``Report``; ``report.ok`` is the verdict.
+    """
+    from converter import reference
+
+    started = time.perf_counter()
+    device = resolve_device(device)
+    with open_checkpoint(checkpoint) as ckpt:
+        shapes = {name: ckpt.info(name).shape for name in ckpt.names()}
+        if ckpt.format == "tf2":
+            raise ConvertError(f"{ckpt.path}: a TF2 object-based checkpoint, not a TF-Slim one; nothing to verify")
+        table = mapping.load_table(mapping_path or arch or _detect(shapes, ckpt.path))
+        images, described = make_input(table, input_file=input_file, batch=batch, seed=seed)
+        end_points = tuple(table.facts["end_points"])
+        ref = reference.run_reference(
+            ckpt.path, images, architecture=table.architecture, end_points=end_points, ema=ema, device=device
+        )
+        ref = _drop_background(ref, table, keep_background)
+        report = Report(str(ckpt.path), table.architecture, described, atol, reference.tf_device(device))
+        options = dict(ema=ema, keep_background=keep_background, aux=aux)
+        with tempfile.TemporaryDirectory(prefix="ckpt-convert-verify-") as scratch:
+            jobs = [(pathlib.Path(p), {"model": torch_model}, False) for p in ported] or _convert_on_the_fly(
+                ckpt.path, table, scratch, report, options
+            )
+            for path, runtime_options, advisory in jobs:
+                _check_file(report, ckpt, shapes, table, path, images, ref, device, atol,
+                            dict(options, no_top=no_top), runtime_options, advisory)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _detect(shapes, path):
+    architecture = mapping.detect_architecture(shapes)
+    if architecture is None:
+        raise ConvertError(f"{path}: no built-in mapping table fits this checkpoint; pass --arch or --mapping")
+    return architecture
+
+
+def _convert_on_the_fly(checkpoint, table, scratch, report, options):
+    from converter.convert import convert
+
+    jobs, written = [], {}
+    for name, runtime_options, advisory in ON_THE_FLY:
+        target, _ = target_of(name)
+        if name not in written:
+            # an ONNX model outputs logits only unless asked for the other end points
+            extra = {"outputs": list(table.facts["end_points"])} if target == "onnx" else {}
+            try:
+                convert(checkpoint, to=target, output=pathlib.Path(scratch) / name, mapping=table.path,
+                        **options, **extra)
+                written[name] = None
+            except ConvertError as error:
+                written[name] = str(error)
+        if written[name] is not None:
+            report.backends.append(Backend(f"{target} (not convertible)", name, target, note=written[name].splitlines()[0]))
+            continue
+        jobs.append((pathlib.Path(scratch) / name, runtime_options, advisory))
+    return jobs
+
+
+def _check_file(report, ckpt, shapes, table, path, images, ref, device, atol, options, runtime_options, advisory):
+    target, module_name = target_of(path)
+    runtime = importlib.import_module(module_name)
+    label = f"{runtime.describe(path, **runtime_options)} ({path.name})"
+    backend = Backend(label, str(path), target, advisory=advisory)
+    report.backends.append(backend)
+    if not path.is_file():
+        report.checks.append(Check(label, "weights", str(path), False, f"{path}: no such file"))
+        return
+    plan = mapping.plan(shapes, table, target, ema=options["ema"], keep_background=options["keep_background"],
+                        aux=options["aux"], drop=("Logits",) if options["no_top"] else ())
+    expected = dict(plan.tensors(ckpt.read))
+    found = runtime.load_weights(path, plan) if target == "keras" else runtime.load_weights(path)
+    report.checks += compare_weights(label, expected, found)
+    try:
+        outputs, backend.device = runtime.run(path, plan, images, device=device, **runtime_options)
+    except ConvertError as error:
+        report.checks.append(Check(label, "output", "run", False, str(error)))
+        return
+    report.checks += compare_outputs(label, ref, outputs, atol=atol)
