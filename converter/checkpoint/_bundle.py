@@ -49,10 +49,10 @@ class Bundle:
         raw = dict(table.items())
         if HEADER_KEY not in raw:
             raise self._error("no bundle header entry: not a V2 checkpoint index")
-        header = _proto.parse_header(raw.pop(HEADER_KEY))
+        header = self._parse(_proto.parse_header, HEADER_KEY, raw.pop(HEADER_KEY))
         self._check_header(header)
         self.num_shards = header.num_shards
-        entries = {key: _proto.parse_entry(value) for key, value in raw.items()}
+        entries = {key: self._parse(_proto.parse_entry, key, value) for key, value in raw.items()}
         slice_keys = {
             _slices.slice_key(key, extents) for key, entry in entries.items() for extents in entry.slices
         }
@@ -65,6 +65,14 @@ class Bundle:
 
     def _error(self, problem, path=None):
         return CheckpointError(f"{path or self.index_path}: {problem}")
+
+    def _parse(self, parser, key, value):
+        try:
+            return parser(value)
+        except _proto.ProtoError as error:
+            name = key.decode("utf-8", "replace") or "(header)"
+            problem = f"entry '{name}' does not parse ({error}): the index is corrupted; copy it again"
+            raise self._error(problem) from error
 
     def _check_header(self, header):
         if header.endianness != LITTLE_ENDIAN:

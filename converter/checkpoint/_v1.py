@@ -64,6 +64,13 @@ def decode_varints(buf):
     return out
 
 
+def _parse(table, what, value):
+    try:
+        return _proto.parse_saved_slices(value)
+    except _proto.ProtoError as error:
+        raise CheckpointError(f"{table.path}: {what} does not parse ({error}): the file is corrupted") from error
+
+
 class V1Checkpoint:
     """An open V1 checkpoint: one file, or the shards a glob pattern names (``model.ckpt-?????-of-00002``),
     memory-mapped; slices are looked up by their ordered-code keys."""
@@ -106,7 +113,7 @@ class V1Checkpoint:
 
     def _read_meta(self, table):
         value = table.get(META_KEY)
-        meta = _proto.parse_saved_slices(value)[0] if value is not None else None
+        meta = _parse(table, "the metadata", value)[0] if value is not None else None
         if meta is None:
             raise CheckpointError(f"{table.path}: no SavedTensorSlices metadata entry: not a V1 checkpoint")
         return meta
@@ -127,7 +134,9 @@ class V1Checkpoint:
     def read(self, name):
         item = self._meta[name]
         dtype = _dtypes.numpy_dtype(item.dtype)
-        parts = [(extents, self._read_slice(name, item, extents, table, dtype)) for extents, table in self._slices[name]]
+        parts = [
+            (extents, self._read_slice(name, item, extents, table, dtype)) for extents, table in self._slices[name]
+        ]
         if len(parts) == 1 and parts[0][1].shape == item.shape:
             return parts[0][1]
         return _slices.assemble(item.shape, dtype, parts)
@@ -136,8 +145,9 @@ class V1Checkpoint:
         shape = _slices.slice_shape(extents, item.shape)
         value = table.get(_slices.slice_key(item.name, extents))
         if value is None:
-            raise CheckpointError(f"{table.path}: the data of '{name}' (slice {list(extents)}) is missing (corrupt file)")
-        _, data = _proto.parse_saved_slices(value)
+            problem = f"the data of '{name}' (slice {list(extents)}) is missing (corrupt file)"
+            raise CheckpointError(f"{table.path}: {problem}")
+        _, data = _parse(table, f"the entry of '{name}'", value)
         if data is None or data[0] != item.name or data[2] is None:
             raise CheckpointError(f"{table.path}: the entry for '{name}' holds no data for it (corrupt file)")
         array = self._tensor(name, data[2], dtype, int(np.prod(shape, dtype=np.int64)))
