@@ -5,6 +5,7 @@ BundleHeaderProto; every other entry names a tensor (or, under an ordered-code k
 partitioned tensor whose full entry lists its ``slices``). Data files hold raw little-endian bytes.
 """
 
+import math
 import mmap
 import pathlib
 import struct
@@ -123,7 +124,7 @@ class Bundle:
         if dtype == object:  # strings: their stored size
             parts = [self._entries[_slices.slice_key(key, extents)] for extents in entry.slices] or [entry]
             return dtype, entry.shape, sum(part.size for part in parts)
-        return dtype, entry.shape, int(np.prod(entry.shape, dtype=np.int64)) * dtype.itemsize
+        return dtype, entry.shape, math.prod(entry.shape) * dtype.itemsize
 
     def read(self, name):
         key = self._full[name]
@@ -154,7 +155,7 @@ class Bundle:
         return self._maps[shard]
 
     def _read_entry(self, name, entry, dtype, shape):
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         if dtype != object and entry.size != count * dtype.itemsize:
             raise self._error(
                 f"'{name}' is stored as {entry.size} bytes but shape {shape} of {dtype} needs "
@@ -178,6 +179,8 @@ class Bundle:
     def _read_strings(self, name, path, view, count, entry, shape):
         # [varint64 length]*count [masked crc32c of the lengths] [bytes]*count; the entry's crc32c
         # covers each length as a uint32 (uint64 if larger), the length checksum and the bytes
+        if count > len(view):  # every string takes at least its one-byte length
+            raise self._error(f"string tensor '{name}' has more elements than stored bytes (corrupt index)", path)
         values = np.empty(count, dtype=object)
         if entry.size == 0:
             if count:

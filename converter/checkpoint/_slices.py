@@ -5,6 +5,7 @@ A slice of tensor ``name`` is stored under ``EncodeTensorNameSlice(name, slice)`
 SignedNumIncreasing(start), SignedNumIncreasing(length) per dimension, length -1 for "all".
 """
 
+import math
 import numpy as np
 
 from converter.checkpoint._proto import FULL_EXTENT, ProtoError
@@ -66,7 +67,7 @@ def slice_shape(extents, shape):
 
 def assemble(shape, dtype, parts):
     """A full read-only tensor from ``(extents, array)`` parts that must cover it exactly once."""
-    total = int(np.prod(shape, dtype=np.int64))
+    total = math.prod(shape)
     covered = sum(part.size for _, part in parts)
     if covered != total:
         raise ProtoError(f"slices hold {covered} elements of a tensor of {total}")

@@ -5,6 +5,7 @@ are a TensorProto under its ordered-code slice key, in typed ``*_val`` fields (a
 writes them, see ``saved_tensor_slice_util.h``) or in ``tensor_content``.
 """
 
+import math
 import glob
 import mmap
 import pathlib
@@ -129,7 +130,7 @@ class V1Checkpoint:
         dtype = _dtypes.numpy_dtype(item.dtype)
         if dtype == object:
             return dtype, item.shape, sum(len(value) for value in self.read(name).flat)
-        return dtype, item.shape, int(np.prod(item.shape, dtype=np.int64)) * dtype.itemsize
+        return dtype, item.shape, math.prod(item.shape) * dtype.itemsize
 
     def read(self, name):
         item = self._meta[name]
@@ -150,7 +151,7 @@ class V1Checkpoint:
         _, data = _parse(table, f"the entry of '{name}'", value)
         if data is None or data[0] != item.name or data[2] is None:
             raise CheckpointError(f"{table.path}: the entry for '{name}' holds no data for it (corrupt file)")
-        array = self._tensor(name, data[2], dtype, int(np.prod(shape, dtype=np.int64)))
+        array = self._tensor(name, data[2], dtype, math.prod(shape))
         return array.reshape(shape)
 
     def _tensor(self, name, proto, dtype, count):
