@@ -9,13 +9,12 @@ cannot fill, and shapes that disagree are all gathered into one error.
 import dataclasses
 import importlib.resources
 import pathlib
-import re
 
 import numpy as np
 import yaml
 
-from converter import transforms
-from converter.errors import MappingError
+from converter import names, transforms
+from converter.errors import ConvertError, MappingError
 
 SCHEMA = 1
 TARGETS = ("torch", "keras", "onnx")
@@ -29,10 +28,14 @@ FILL_DTYPES = ("float32", "int64")
 # libyaml's safe loader where PyYAML has it (ten times faster than the pure-Python one); both are safe_load
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-EMA_SUFFIX = "/ExponentialMovingAverage"
-# optimizer slots (RMSProp, RMSProp_1, Momentum, Adam, Adam_1, ...) and optimizer bookkeeping
-SLOT_PATTERN = re.compile(r"/(RMSProp|Momentum|Adam|Adagrad|Adadelta|Ftrl|Nadam|AdamW)(_\d+)?(/[^/]+)?$")
-TRAINING_ONLY = re.compile(r"(^|/)(global_step|beta1_power|beta2_power|learning_rate)$")
+EMA_SUFFIX = names.SEPARATOR + names.EMA_SUFFIX
+# what a variable the table does not take is, by the name parser's role
+SKIPPED_ROLES = {
+    names.ROLE_SLOT: "optimizer slots",
+    "global_step": "training state",
+    "optimizer": "training state",
+    "learning_rate": "training state",
+}
 
 
 def _builtin_dir():
@@ -402,12 +405,11 @@ def plan(shapes, table, target, *, ema=False, keep_background=False, aux=True, d
             entries.append(_entry(row, scope, shapes, dims[row.layer], ema, background, problems))
         consumed.update(entry.source for entry in entries if entry is not None)
     for name in sorted(set(shapes) - consumed):
-        if name.endswith(EMA_SUFFIX) and name[: -len(EMA_SUFFIX)] in consumed:
+        role = _role(name, table.scope)
+        if role == names.ROLE_EMA and name[: -len(EMA_SUFFIX)] in consumed:
             skipped["ema shadows"].append(name)
-        elif SLOT_PATTERN.search(name):
-            skipped["optimizer slots"].append(name)
-        elif TRAINING_ONLY.search(name):
-            skipped["training state"].append(name)
+        elif role in SKIPPED_ROLES:
+            skipped[SKIPPED_ROLES[role]].append(name)
         elif strict:
             problems.append(f"unmapped variable {name} (no row of {table.path.name} takes it; --lenient skips it)")
         else:
@@ -418,6 +420,13 @@ def plan(shapes, table, target, *, ema=False, keep_background=False, aux=True, d
             f"({len(problems)} problems):\n  " + "\n  ".join(problems)
         )
     return Plan(table, target, prefix, entries, {k: v for k, v in skipped.items() if v}, dims)
+
+
+def _role(name, scope):
+    try:
+        return names.parse(name, model_scopes=[scope]).role
+    except ConvertError:
+        return None  # a name the parser cannot split is unmapped like any other
 
 
 def _entry(row, scope, shapes, dims, ema, background, problems):
