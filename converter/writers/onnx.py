@@ -83,15 +83,14 @@ def _same_pads(size, kernel, stride):
 class _GraphBuilder:
     """Builds the ONNX nodes of a table's graph, checking every shape on the way."""
 
-    def __init__(self, onnx, plan, tensors, dtype):
+    def __init__(self, onnx, plan, tensors, reserved):
         self.onnx = onnx
         self.plan = plan
         self.table = plan.table
         self.tensors = tensors  # initializer name -> array in the model's dtype
-        self.dtype = dtype
         self.used = set()
         self.nodes = []
-        self.names = set()
+        self.names = set(reserved)  # value names no node output may take
         self.points = {}  # end point -> _Value
 
     def _unique(self, name):
@@ -102,7 +101,8 @@ class _GraphBuilder:
         self.names.add(candidate)
         return candidate
 
-    def _op(self, op, inputs, name, shape, **attributes):
+    def op(self, op, inputs, name, shape, **attributes):
+        """Append node ``op`` under a unique ``name`` (also its output's); returns the output."""
         name = self._unique(name)
         self.nodes.append(self.onnx.helper.make_node(op, inputs, [name], name=name, **attributes))
         return _Value(name, shape)
@@ -162,24 +162,24 @@ class _GraphBuilder:
             if len(spatial) != 1:
                 raise ConvertError(f"ONNX: concat in {inner or 'the graph'} joins maps of sizes {sorted(spatial)}")
             channels = sum(b.shape[CHANNEL_AXIS] for b in branches)
-            return self._op("Concat", [b.name for b in branches], f"{inner}concat",
+            return self.op("Concat", [b.name for b in branches], f"{inner}concat",
                             (None, channels, *branches[0].shape[2:]), axis=CHANNEL_AXIS)
         if "nodes" in node:
             return self._sequence(node["nodes"], value, inner)
         # flatten: schema's [N, 1, 1, C] -> [N, C]; only a 1x1 map flattens the same in NCHW and NHWC
         if len(value.shape) != 4 or value.shape[2:] != (1, 1):
             raise ConvertError(f"ONNX: flatten in {inner or 'the graph'} needs a 1x1 map, got shape {value.shape[1:]}")
-        return self._op("Flatten", [value.name], f"{inner}Flatten", value.shape[:2], axis=1)
+        return self.op("Flatten", [value.name], f"{inner}Flatten", value.shape[:2], axis=1)
 
     def _pool(self, op, kernel, value, stride, padding, scope):
         _, channels, height, width = value.shape
         if kernel == GLOBAL:
-            return self._op(f"Global{op}", [value.name], f"{scope}{op}", (None, channels, 1, 1))
+            return self.op(f"Global{op}", [value.name], f"{scope}{op}", (None, channels, 1, 1))
         attributes = self._window(kernel, (height, width), stride, padding)
         if op == "AveragePool":
             attributes["count_include_pad"] = 0  # TF's SAME average excludes the padding
         shape = (None, channels, *self._spatial(kernel, (height, width), stride, padding, scope + op))
-        return self._op(op, [value.name], f"{scope}{op}", shape, **attributes)
+        return self.op(op, [value.name], f"{scope}{op}", shape, **attributes)
 
     @staticmethod
     def _window(kernel, size, stride, padding):
@@ -227,20 +227,20 @@ class _GraphBuilder:
             kernel = shape[2:]
             size = value.shape[2:]
             out = (None, shape[0], *self._spatial(kernel, size, stride, padding, layer))
-            value = self._op("Conv", inputs, f"{layer}/Conv2D", out, **self._window(kernel, size, stride, padding))
+            value = self.op("Conv", inputs, f"{layer}/Conv2D", out, **self._window(kernel, size, stride, padding))
         else:
-            value = self._op("Gemm", inputs, f"{layer}/Gemm", (None, shape[0]), transB=1)
+            value = self.op("Gemm", inputs, f"{layer}/Gemm", (None, shape[0]), transB=1)
         if compute.get("batch_norm"):
             if not all(key in params for key in BATCH_NORM):
                 raise ConvertError(f"ONNX: kind {row['kind']} has batch norm but not every one of {', '.join(BATCH_NORM)}")
             norm = [self._vector(layer, params[key], value.shape[CHANNEL_AXIS]) for key in BATCH_NORM]
-            value = self._op("BatchNormalization", [value.name, *norm], f"{layer}/BatchNorm", value.shape,
+            value = self.op("BatchNormalization", [value.name, *norm], f"{layer}/BatchNorm", value.shape,
                              epsilon=float(self.table.facts["batch_norm_epsilon"]))
         activation = compute.get("activation")
         if activation:
             if activation not in ACTIVATIONS:
                 raise ConvertError(f"ONNX: unknown activation {activation!r} (known: {', '.join(ACTIVATIONS)})")
-            value = self._op(ACTIVATIONS[activation], [value.name], f"{layer}/{ACTIVATIONS[activation]}", value.shape)
+            value = self.op(ACTIVATIONS[activation], [value.name], f"{layer}/{ACTIVATIONS[activation]}", value.shape)
         return value
 
 
@@ -294,22 +294,23 @@ def build_model(plan, read, *, dtype=None, opset=None, input_layout=NCHW, output
     table = plan.table
     tensors = {}
     for key, array in plan.tensors(read):
-        tensors[key] = np.ascontiguousarray(array, dtype=dtype)
+        floating = np.issubdtype(array.dtype, np.floating)
+        tensors[key] = np.ascontiguousarray(array, dtype=dtype if floating else array.dtype)
     spec = table.facts["input"]
     height, width, channels = spec["height"], spec["width"], spec["channels"]
     elem_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-    builder = _GraphBuilder(onnx, plan, tensors, dtype)
+    # the input's and end points' names are the graph's interface; no inner node may take them
+    builder = _GraphBuilder(onnx, plan, tensors, reserved=[INPUT_NAME, *_named(table.graph)])
     if input_layout == NHWC:
         graph_input = onnx.helper.make_tensor_value_info(INPUT_NAME, elem_type, [BATCH_DIM, height, width, channels])
-        source = builder._op("Transpose", [INPUT_NAME], "input/to_nchw", (None, channels, height, width),
+        source = builder.op("Transpose", [INPUT_NAME], "input/to_nchw", (None, channels, height, width),
                              perm=list(NHWC_TO_NCHW))
     else:
         graph_input = onnx.helper.make_tensor_value_info(INPUT_NAME, elem_type, [BATCH_DIM, channels, height, width])
         source = _Value(INPUT_NAME, (None, channels, height, width))
-    builder.names.update([INPUT_NAME, *_named(table.graph)])  # reserved for the graph's input and outputs
     points = builder.build(source)
 
-    wanted = [_default_output(table, points)] + list(outputs or [])
+    wanted = [_default_output(table, points)] + ([outputs] if isinstance(outputs, str) else list(outputs or []))
     missing = [name for name in wanted if name not in points]
     if missing:
         raise ConvertError(
