@@ -33,6 +33,9 @@ VARIANTS = {
 }
 AUTO_NAME = re.compile(r"^(?P<base>.*?)(?:_(?P<index>\d+))?$")
 
+# Keras 3.15's TensorFlow backend converts tensors with np.array(x), which numpy 2 warns about on every predict
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+
 
 @pytest.fixture(scope="module")
 def keras():
@@ -246,7 +249,7 @@ def test_existing_output_needs_force(full, tmp_path, capsys):
 
 def test_depth_multiplied_checkpoint_is_refused(small, tmp_path, capsys):
     error = _one_line_error(capsys, small.v2, "-o", tmp_path / "small.h5")
-    assert "depth_multiplier 1.0" in error and "InceptionV3/Conv2d_1a_3x3 has out 16, needs 32" in error
+    assert "depth_multiplier 1.0" in error and "InceptionV3/Conv2d_1a_3x3 out 16 (needs 32)" in error
     assert list(tmp_path.iterdir()) == []
 
 
@@ -262,3 +265,48 @@ def test_other_architecture_is_refused(keras, tmp_path, capsys):
     error = _one_line_error(capsys, prefix, "-o", tmp_path / "mobilenet.h5")
     assert "no mapping table" in error and "MobilenetV1/Conv2d_0/weights" in error
     assert not (tmp_path / "mobilenet.h5").exists()
+
+
+def test_weights_are_bit_exact(outputs, full, table):
+    import h5py
+
+    with open_checkpoint(full.v2) as ckpt, h5py.File(outputs["h5"], "r") as f:
+        kernel = ckpt.read("InceptionV3/Logits/Conv2d_1c_1x1/weights")
+        # [1, 1, 2048, 1001] -> [2048, 1000]: the 1x1 convolution as a Dense kernel, class 0 dropped
+        assert np.array_equal(f["predictions/predictions/kernel:0"][()], kernel[0, 0, :, 1:])
+        plan = mapping.plan(_shapes(full.v2), table, "keras")
+        for entry in plan.entries:
+            name = entry.key.partition("/")[0]
+            value = f[f"{name}/{entry.key}:0"][()]
+            assert value.dtype == np.float32 and np.array_equal(value, entry.value(ckpt.read)), entry.key
+
+
+def test_dtype_casts_floating_tensors(full, tmp_path, capsys):
+    import h5py
+    import ml_dtypes
+
+    _convert(full.v2, "-o", tmp_path / "half.h5", "--dtype", "float16")
+    _convert(full.v2, "-o", tmp_path / "brain.weights.h5", "--dtype", "bfloat16")
+    with open_checkpoint(full.v2) as ckpt:
+        weights = ckpt.read("InceptionV3/Conv2d_1a_3x3/weights")
+    with h5py.File(tmp_path / "half.h5", "r") as f:
+        assert np.array_equal(f["conv2d/conv2d/kernel:0"][()], weights.astype(np.float16))
+    with h5py.File(tmp_path / "brain.weights.h5", "r") as f:
+        dataset = f["layers/conv2d/vars/0"]
+        assert dataset.attrs["dtype"] == "bfloat16"  # how Keras marks bfloat16, which HDF5 lacks
+        assert dataset[()].tobytes() == weights.astype(ml_dtypes.bfloat16).tobytes()
+    error = _one_line_error(capsys, full.v2, "-o", tmp_path / "brain.h5", "--dtype", "bfloat16")
+    assert "legacy .h5" in error and "float16" in error
+
+
+def test_long_name_lists_are_chunked_as_keras_reads_them(keras, tmp_path):
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    from converter.writers.keras import HDF5_OBJECT_HEADER_LIMIT, _set_strings
+
+    names = [f"layer_{i:05d}_" + "x" * 200 for i in range(1000)]  # about 210 kB: over the header limit
+    with h5py.File(tmp_path / "names.h5", "w") as f:
+        _set_strings(f, "layer_names", names)
+        assert "layer_names" not in f.attrs and all(a.nbytes <= HDF5_OBJECT_HEADER_LIMIT for a in f.attrs.values())
+        assert legacy_h5_format.load_attributes_from_hdf5_group(f, "layer_names") == names

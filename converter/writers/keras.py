@@ -21,10 +21,12 @@ Keras 3 ``.weights.h5`` (``model.load_weights(PATH)``), keyed by class and index
     /layers/<class>[_<k>]/vars              attr ``name``; the k-th layer of that class in model order
     /layers/<class>[_<k>]/vars/<i>          its i-th variable, in the layer's variable order
 
+Layers without variables (activations, pools) need no group in either layout.
 ``<class>`` is the snake_case class name (``conv2d``, ``batch_normalization``, ``dense``), which the
 table gives as the role of each layer; ``_<k>`` is left out for k = 0.
 """
 
+import ml_dtypes
 import numpy as np
 
 from converter.errors import ConvertError, MappingError
@@ -46,9 +48,12 @@ VARIABLES = {
     "batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance"),
     "dense": ("kernel", "bias"),
 }
-# --dtype names -> numpy dtypes that floating tensors are cast to, per layout
-LEGACY_DTYPES = {"float16": "float16"}
-WEIGHTS_DTYPES = {"float16": "float16", "bfloat16": "bfloat16"}
+# --dtype names -> numpy dtypes that floating tensors are cast to
+CAST_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+BFLOAT16 = CAST_DTYPES["bfloat16"]
+# HDF5 has no bfloat16: Keras 3 stores it as opaque 2-byte data with this attribute; the legacy loader cannot
+LEGACY_DTYPES = ("float16",)
+WEIGHTS_DTYPES = ("float16", "bfloat16")
 
 
 def _h5py():
@@ -83,7 +88,11 @@ def save_h5(plan, read, path, *, dtype=None, **options):
             weight_names = [entry.key + WEIGHT_SUFFIX for entry in entries]
             _set_strings(group, "weight_names", weight_names)
             for weight_name, entry in zip(weight_names, entries):
-                group.create_dataset(weight_name, data=cast(entry.value(read)))
+                value = cast(entry.value(read))
+                if value.dtype == BFLOAT16:
+                    raise ConvertError(f"{entry.source}: bfloat16, which the legacy .h5 layout cannot hold; "
+                                       f"pass --dtype float16 or write a .weights.h5 file")
+                group.create_dataset(weight_name, data=value)
 
 
 def save_weights_h5(plan, read, path, *, dtype=None, **options):
@@ -105,8 +114,7 @@ def save_weights_h5(plan, read, path, *, dtype=None, **options):
             group.attrs["name"] = name
             for i, entry in enumerate(entries):
                 value = cast(entry.value(read))
-                if value.dtype.name == "bfloat16":
-                    # h5py keeps bfloat16 as 2-byte opaque data; Keras marks it to read it back
+                if value.dtype == BFLOAT16:
                     dataset = group.create_dataset(str(i), data=value)
                     dataset.attrs["dtype"] = "bfloat16"
                 else:
@@ -172,14 +180,14 @@ def _check_dims(plan, required):
         bound = plan.dims.get(layer)
         if bound is None:  # a group the plan leaves out (the classifier for include_top=False)
             continue
-        for dim, size in dims.items():
-            if bound.get(dim) != size:
-                mismatches.append(f"{plan.prefix}{plan.table.scope}/{layer} has {dim} {bound.get(dim)}, needs {size}")
+        wrong = [f"{dim} {bound.get(dim)} (needs {size})" for dim, size in dims.items() if bound.get(dim) != size]
+        if wrong:
+            mismatches.append(f"{plan.prefix}{plan.table.scope}/{layer} {', '.join(wrong)}")
     if mismatches:
         models = ", ".join(plan.table.targets[TARGET].get("models", [TARGET]))
         raise MappingError(
-            f"{models} builds only depth_multiplier 1.0 (full-size) networks and this checkpoint's sizes differ, "
-            f"as a depth-multiplied checkpoint's do ({'; '.join(mismatches)}); --to torch and --to onnx keep its sizes"
+            f"{models} builds only full-size networks (depth_multiplier 1.0), and this checkpoint's channels "
+            f"differ as a depth-multiplied one's do: {'; '.join(mismatches)}; --to torch and --to onnx keep its sizes"
         )
 
 
@@ -203,20 +211,12 @@ def _caster(dtype, allowed, layout):
         return np.asarray
     if dtype not in allowed:
         raise ConvertError(f"the Keras {layout} layout cannot hold {dtype}; choose one of {', '.join(allowed)}")
-    target = np.dtype(_numpy_dtype(allowed[dtype]))
+    target = CAST_DTYPES[dtype]
 
     def cast(array):
         array = np.asarray(array)
-        if np.issubdtype(array.dtype, np.floating) or array.dtype.name == "bfloat16":
+        if np.issubdtype(array.dtype, np.floating) or array.dtype == BFLOAT16:
             return array.astype(target)
         return array
 
     return cast
-
-
-def _numpy_dtype(name):
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return ml_dtypes.bfloat16
-    return name
