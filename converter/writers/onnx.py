@@ -17,7 +17,7 @@ from converter import mapping
 from converter.errors import ConvertError
 
 # Opset 17 (2022) is deployable on every maintained runtime (onnxruntime >= 1.12, TensorRT >= 8.6,
-# OpenVINO); no later opset changes any op written here except to add types.
+# OpenVINO); later opsets change the ops written here only by adding types or attributes left unset.
 DEFAULT_OPSET = 17
 # The supported range: 13 (2020) is the oldest the tests cover, which every maintained runtime
 # runs; 28 is the newest the pinned onnx defines and onnxruntime 1.32 runs.
