@@ -259,8 +259,18 @@ def _bad_dtype(bundle):
     _set_entry(bundle, name, lambda value: b"\x08\x63" + value[2:])
 
 
+def _corrupt_index_block(bundle):
+    _flip(_index(bundle), 3)
+
+
+def _bad_magic(bundle):
+    _flip(_index(bundle), -1)
+
+
 CLI_CASES = {
     "tensor crc": (_corrupt_crc, "fails its CRC32C check"),
+    "block crc": (_corrupt_index_block, "block at offset 0 fails its CRC32C check"),
+    "bad magic": (_bad_magic, "bad magic number"),
     "missing shard": (_remove_data, "missing data shard"),
     "truncated index": (_truncate_index, "bad magic number"),
     "unknown dtype": (_bad_dtype, "unsupported dtype DataType 99"),
@@ -283,13 +293,18 @@ def test_cli_errors(bundle, tmp_path, capsys, case, suffix):
     assert list(out.iterdir()) == []
 
 
-@pytest.mark.parametrize("path", ["nothere", "dir"])
-def test_cli_not_a_checkpoint(tmp_path, capsys, path):
+@pytest.mark.parametrize(
+    "path, expected",
+    [("nothere", "no such checkpoint"), ("dir", "a directory with no checkpoint"), ("notes.txt", "not a TensorFlow")],
+)
+def test_cli_not_a_checkpoint(tmp_path, capsys, path, expected):
     (tmp_path / "dir").mkdir()
+    (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(SystemExit) as exit_:
         cli.main(["dump", str(tmp_path / path), "-o", str(tmp_path / "x.npz")])
-    assert exit_.value.code == 2 and capsys.readouterr().err.count("\n") == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"]
+    stderr = capsys.readouterr().err
+    assert exit_.value.code == 2 and stderr.count("\n") == 1 and expected in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "notes.txt"]
 
 
 # --- fuzz: mutated real files raise CheckpointError or read fine, never anything else
