@@ -310,3 +310,10 @@ def test_long_name_lists_are_chunked_as_keras_reads_them(keras, tmp_path):
         _set_strings(f, "layer_names", names)
         assert "layer_names" not in f.attrs and all(a.nbytes <= HDF5_OBJECT_HEADER_LIMIT for a in f.attrs.values())
         assert legacy_h5_format.load_attributes_from_hdf5_group(f, "layer_names") == names
+
+
+def test_keras_2_loads_the_legacy_h5(keras, outputs, full, table):
+    tf_keras = pytest.importorskip("tf_keras", reason="Keras 2 (tf-keras, the tf extra) reads the same legacy layout")
+    model = tf_keras.applications.InceptionV3(weights=str(outputs["h5"]), classifier_activation=None)
+    logits = model.predict(full.input, verbose=0)
+    assert oracle.compare(_golden(full, table, "h5")[LOGITS], logits).ok
