@@ -317,3 +317,16 @@ def test_keras_2_loads_the_legacy_h5(keras, outputs, full, table):
     model = tf_keras.applications.InceptionV3(weights=str(outputs["h5"]), classifier_activation=None)
     logits = model.predict(full.input, verbose=0)
     assert oracle.compare(_golden(full, table, "h5")[LOGITS], logits).ok
+
+
+def test_background_kept_does_not_load_as_1000_classes(keras, outputs):
+    with pytest.raises(ValueError, match="predictions"):
+        keras.applications.InceptionV3(weights=str(outputs["background"]))
+
+
+def test_no_top_weights_h5_has_no_classifier(full, tmp_path):
+    import h5py
+
+    _convert(full.v2, "-o", tmp_path / "headless.weights.h5", "--no-top")
+    with h5py.File(tmp_path / "headless.weights.h5", "r") as f:
+        assert "dense" not in f["layers"] and len(f["layers"]) == 2 * 94
