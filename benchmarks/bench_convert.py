@@ -92,7 +92,8 @@ def main():
             runs[label] = (statistics.median(s for s, _ in samples), max(r for _, r in samples))
         (ours, ours_rss), (naive, naive_rss) = runs["ckpt-convert"], runs["naive"]
         speedup = naive / ours
-        print(f"{suffix:13s} ckpt-convert {ours:6.2f} s, peak RSS {ours_rss / MB:6.0f} MB ({ours_rss / size:.2f}x data) | "
+        print(f"{suffix:13s} ckpt-convert {ours:6.2f} s, "
+              f"peak RSS {ours_rss / MB:6.0f} MB ({ours_rss / size:.2f}x data) | "
               f"naive {naive:6.2f} s, peak RSS {naive_rss / MB:6.0f} MB ({naive_rss / size:.2f}x data) | "
               f"{speedup:.1f}x faster (target {TARGET_SPEEDUP[suffix]:.0f}x)")
         if speedup < TARGET_SPEEDUP[suffix]:

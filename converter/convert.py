@@ -78,7 +78,8 @@ def writer_for(target, output):
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise ConvertError(
-            f"the {target} target is not available ({error}); install it with: pip install 'ckpt-convert[{EXTRAS[target]}]'"
+            f"the {target} target is not available ({error}); "
+            f"install it with: pip install 'ckpt-convert[{EXTRAS[target]}]'"
         ) from None
     return getattr(module, function)
 

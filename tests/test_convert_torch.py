@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from converter import mapping, oracle, transforms
+from converter import mapping, oracle
 from converter.checkpoint import open_checkpoint
 from converter.cli import main
 from converter.convert import convert, default_output

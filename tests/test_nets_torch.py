@@ -88,7 +88,9 @@ def test_strict_load_refuses_a_missing_tensor(small):
         nets.build(plan, state)
 
 
-@pytest.mark.parametrize("size, kernel, stride", [(35, 3, 1), (17, 7, 1), (299, 3, 2), (150, 3, 2), (8, 3, 2), (9, 1, 2)])
+@pytest.mark.parametrize(
+    "size, kernel, stride", [(35, 3, 1), (17, 7, 1), (299, 3, 2), (150, 3, 2), (8, 3, 2), (9, 1, 2)]
+)
 def test_same_padding_and_pools_match_tensorflow(size, kernel, stride):
     from converter.reference import import_tensorflow
 

@@ -80,17 +80,17 @@ class _Pickle:
         data = text.encode()
         self.out += b"X" + struct.pack("<I", len(data)) + data  # BINUNICODE
 
-    def int(self, value):
+    def integer(self, value):
         if 0 <= value < 1 << 31:
             self.out += b"J" + struct.pack("<i", value)  # BININT
         else:
             data = value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
             self.out += b"\x8a" + bytes([len(data)]) + data  # LONG1
 
-    def tuple(self, items):
+    def integers(self, items):
         self.out += b"("  # MARK
         for item in items:
-            self.int(item)
+            self.integer(item)
         self.out += b"t"  # TUPLE
 
     def empty_ordered_dict(self):
@@ -104,11 +104,11 @@ class _Pickle:
         self.global_("torch", storage_type)
         self.string(key)
         self.string("cpu")
-        self.int(numel)
+        self.integer(numel)
         self.out += b"tQ"  # TUPLE, BINPERSID
-        self.int(0)  # storage offset
-        self.tuple(shape)
-        self.tuple(stride)
+        self.integer(0)  # storage offset
+        self.integers(shape)
+        self.integers(stride)
         self.out += b"\x89"  # NEWFALSE: requires_grad
         self.empty_ordered_dict()  # backward hooks
         self.out += b"tR"  # TUPLE, REDUCE
