@@ -187,8 +187,13 @@ def test_weights_h5_equals_what_keras_saves(models, outputs, tmp_path):
 
     def datasets(path):
         found = {}
+
+        def visit(name, item):
+            if isinstance(item, h5py.Dataset):
+                found[name] = item[()]
+
         with h5py.File(path, "r") as f:
-            f.visititems(lambda name, item: found.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+            f.visititems(visit)
         return found
 
     ours, keras_own = datasets(outputs["weights_h5"]), datasets(saved)
