@@ -231,6 +231,14 @@ def test_full_size_loads_strictly(full_pth, model, aux):
         assert torch.equal(value, state[key]), key
 
 
+def test_full_size_headless_loads_into_timm_without_classifier(full, tmp_path):
+    timm = pytest.importorskip("timm", reason="loads into timm's inception_v3")
+    result = convert(full.v2, "torch", tmp_path / "headless.pth", include_top=False, aux=False)
+    assert result.tensors == 564
+    timm.create_model("inception_v3", pretrained=False, num_classes=0).load_state_dict(
+        _load_pth(result.output), strict=True)
+
+
 def test_full_size_safetensors_loads_strictly(full, tmp_path):
     state = _load_safetensors(convert(full.v2, "torch", tmp_path / "full.safetensors").output)
     _torchvision(True).load_state_dict(state, strict=True)
@@ -317,6 +325,8 @@ def test_problems_are_found_before_writing(small, tmp_path):
         convert(small.v2, "torch", tmp_path / "out.pth", ema=True)
     with pytest.raises(ConvertError, match="dtype"):
         convert(small.v2, "torch", tmp_path / "out.pth", dtype="int8")
+    with pytest.raises(ConvertError, match="opset do not apply to the torch target"):
+        convert(small.v2, "torch", tmp_path / "out.pth", opset=17)
     assert list(tmp_path.iterdir()) == []
 
 

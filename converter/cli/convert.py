@@ -52,7 +52,7 @@ def _print_skipped(result):
 @click.option("--dry-run", is_flag=True, help="Print the plan (source -> target, shapes, transform); write nothing.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--lenient", is_flag=True, help="Skip (and list) unmapped variables instead of failing.")
-@click.option("--no-top", is_flag=True, help="keras: leave out the classifier (include_top=False).")
+@click.option("--no-top", is_flag=True, help="Leave out the classifier (keras: include_top=False; torch: no fc, as timm's num_classes=0).")
 @click.option("--opset", type=int, help="onnx: the opset to write.")
 @click.option("--input-layout", type=click.Choice(["nchw", "nhwc"]), help="onnx: layout of the graph input.")
 @click.option("--outputs", help="onnx: comma-separated end points to expose as graph outputs.")

@@ -51,6 +51,8 @@ STORAGE_TYPES = {
     np.dtype(np.uint8): "ByteStorage",
     np.dtype(np.bool_): "BoolStorage",
 }
+# writer options the torch target understands; ``include_top=False`` is applied by the plan (no ``fc``)
+OPTIONS = ("include_top",)
 # --dtype names -> numpy dtypes that floating tensors are cast to
 CAST_DTYPES = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 
@@ -65,6 +67,12 @@ def cast(array, dtype):
         # round to nearest even, as torch's Tensor.to does
         return array.astype(CAST_DTYPES[dtype])
     return array
+
+
+def _check_options(options):
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ConvertError(f"option(s) {', '.join(unknown)} do not apply to the torch target; drop them")
 
 
 class _Pickle:
@@ -161,6 +169,7 @@ def save_pth(plan, read, path, *, dtype=None, **options):
     Returns:
         ``{key: (dtype, shape)}`` of what was written.
     """
+    _check_options(options)
     records, written = collections.OrderedDict(), {}
     with open(path, "wb") as file, zipfile.ZipFile(file, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         for index, (name, value) in enumerate(plan.tensors(read)):
@@ -189,6 +198,7 @@ def save_safetensors_state(plan, read, path, *, dtype=None, **options):
 
     Same arguments and return value as ``save_pth``.
     """
+    _check_options(options)
     tensors = [(name, cast(np.asarray(value), dtype)) for name, value in plan.tensors(read)]
     save_safetensors(tensors, path, metadata={"format": "pt"})
     return {name: (value.dtype, value.shape) for name, value in tensors}
