@@ -4,7 +4,9 @@
 output suffix comes from ``WRITERS``, a table of import paths: a target is added by adding a row.
 Every writer has the signature ``writer(plan, read, path, *, dtype=None, **options)``, where
 ``read(name) -> np.ndarray`` reads a checkpoint variable and ``path`` is a temporary file that is
-renamed into place only once the writer returns.
+renamed into place only once the writer returns. A writer's module may also define
+``check(plan, path, *, dtype=None, **options)``: what only that format constrains, checked before
+anything is written and on a dry run.
 """
 
 import dataclasses
@@ -142,6 +144,9 @@ def convert(checkpoint, to="torch", output=None, *, arch=None, mapping=None, ema
                            strict=strict)
         target = pathlib.Path(output) if output is not None else default_output(ckpt.path, to)
         write = writer_for(to, target)
+        check = getattr(importlib.import_module(write.__module__), "check", None)
+        if check is not None:
+            check(plan, target, dtype=dtype, **options)
         size = 0
         if not dry_run:
             with atomic_output(target, force) as temp:

@@ -335,3 +335,15 @@ def test_no_top_weights_h5_has_no_classifier(full, tmp_path):
     _convert(full.v2, "-o", tmp_path / "headless.weights.h5", "--no-top")
     with h5py.File(tmp_path / "headless.weights.h5", "r") as f:
         assert "dense" not in f["layers"] and len(f["layers"]) == 2 * 94
+
+
+def test_dry_run_checks_what_the_keras_layouts_constrain(small, full):
+    from converter.convert import convert
+    from converter.errors import ConvertError
+
+    with pytest.raises(ConvertError, match="depth_multiplier 1.0"):
+        convert(small.v2, to="keras", output=small.root / "never.h5", dry_run=True)
+    with pytest.raises(ConvertError, match="cannot hold bfloat16"):
+        convert(full.v2, to="keras", output=full.root / "never.h5", dtype="bfloat16", dry_run=True)
+    assert convert(full.v2, to="keras", output=full.root / "never.h5", dry_run=True).dry_run
+    assert not (small.root / "never.h5").exists() and not (full.root / "never.h5").exists()

@@ -66,6 +66,13 @@ def _h5py():
     return h5py
 
 
+def check(plan, path, *, dtype=None, **options):
+    """What the Keras layouts constrain (layer order, full-size channels, dtype), before writing or on a dry run."""
+    legacy = not str(path).endswith(".weights.h5")
+    _caster(dtype, LEGACY_DTYPES if legacy else WEIGHTS_DTYPES, "legacy .h5" if legacy else ".weights.h5")
+    ordered_layers(plan)
+
+
 def save_h5(plan, read, path, *, dtype=None, **options):
     """Write ``plan`` as Keras's legacy HDF5 weights, loaded by position like the keras.applications files.
 
