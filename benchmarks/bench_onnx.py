@@ -7,8 +7,8 @@ package writes, in onnxruntime (CPU); TF-Slim's own graph in a ``tf.compat.v1.Se
 reference); and PyTorch: the table-built module of ``converter.nets.torch`` where present, else
 torchvision's ``inception_v3`` loaded with the converted state dict. Every runtime gets the same
 thread count. Each contender's outputs are checked against TensorFlow's first (a fast wrong
-network is no result); then the median of ``--repeat`` timed runs after warm-up is reported, with
-ratios to onnxruntime. The checkpoint is generated once into ``.cache/bench/`` (TensorFlow needed).
+network is no result); then the contenders take turns for ``--repeat`` timed runs after warm-up, and
+the median of each is reported, with ratios to onnxruntime. The checkpoint is generated once into ``.cache/bench/`` (TensorFlow needed).
 """
 
 import argparse
@@ -116,15 +116,18 @@ def torch_runner(ckpt, table, threads):
     return f"PyTorch {torch.__version__}, {name}", run
 
 
-def median_ms(run, images, repeat):
-    for _ in range(WARMUP):
-        run(images)
-    times = []
+def median_ms(runs, images, repeat):
+    """Median milliseconds per contender; contenders take turns, so a shared machine's load hits all alike."""
+    for run in runs.values():
+        for _ in range(WARMUP):
+            run(images)
+    times = {key: [] for key in runs}
     for _ in range(repeat):
-        start = time.perf_counter()
-        run(images)
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+        for key, run in runs.items():
+            start = time.perf_counter()
+            run(images)
+            times[key].append(time.perf_counter() - start)
+    return {key: 1e3 * statistics.median(values) for key, values in times.items()}
 
 
 def main():
@@ -158,7 +161,7 @@ def main():
             result = oracle.compare(want, run(images))
             if not result.ok:
                 print(f"  warning: {key} differs from TensorFlow by {result.max_abs:.2e} (bound {result.bound:.2e})")
-        ms = {key: median_ms(run, images, args.repeat) for key, (_, run) in contenders.items()}
+        ms = median_ms({key: run for key, (_, run) in contenders.items()}, images, args.repeat)
         row = f"{batch:5d} " + " ".join(f"{value:16.1f}" for value in ms.values())
         print(row + f" {ms['tensorflow'] / ms['onnxruntime']:8.2f} {ms['torch'] / ms['onnxruntime']:9.2f}")
 
