@@ -20,6 +20,7 @@ COMMANDS = {
     "inspect": "converter.cli.inspect",
     "dump": "converter.cli.dump",
     "verify": "converter.cli.verify",
+    "batch": "converter.cli.batch",
 }
 
 DEFAULT_COMMAND = "convert"
@@ -53,6 +54,7 @@ def cli():
     ckpt-convert inspect model.ckpt                    list its variables by scope
     ckpt-convert dump model.ckpt -o raw.safetensors    export every variable, unmapped
     ckpt-convert verify model.ckpt model.pth           prove a port equivalent (exit 0) or not
+    ckpt-convert batch models/ -o ported/ --to onnx    port every checkpoint under a folder
     """
 
 

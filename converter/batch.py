@@ -1,0 +1,818 @@
+"""Batch migration: many checkpoints to many targets, in parallel, resumable, with one report.
+
+``run_batch`` finds checkpoints (directories searched recursively, and manifests), converts each to
+each target in worker processes or Ray tasks, optionally verifies the outputs, and writes
+``OUTDIR/report.json`` and ``OUTDIR/report.md``. Model ``<id>`` (its checkpoint's path relative to
+its source) gets the folder ``OUTDIR/<id>/``: its outputs and ``state.json``, which records per
+target a key over everything the output depends on (the checkpoint's bytes, the mapping table, the
+options, the tool version). A rerun skips a target whose key and output file are unchanged and
+redoes the rest; every file is written atomically, so an interrupted batch resumes cleanly.
+"""
+
+import concurrent.futures
+import contextlib
+import csv
+import ctypes
+import dataclasses
+import fcntl
+import glob
+import hashlib
+import json
+import multiprocessing
+import os
+import pathlib
+import re
+import signal
+import time
+import traceback
+
+import yaml
+
+from converter import __version__
+from converter import mapping as tables
+from converter._atomic import atomic_output
+from converter.checkpoint import _paths, open_checkpoint
+from converter.convert import CHECKPOINT_SUFFIX, DEFAULT_SUFFIXES, convert
+from converter.errors import CheckpointError, ConvertError
+
+STATE_FILENAME = "state.json"
+REPORT_JSON = "report.json"
+REPORT_MARKDOWN = "report.md"
+LOCK_FILENAME = ".batch.lock"
+# the temporary files of converter._atomic: ".<name>.<random>.partial" beside the output
+PARTIAL_GLOB = ".*.partial"
+EXECUTORS = ("process", "ray")
+# TensorFlow and torch hold threads and locks that a forked child would inherit in a broken state
+START_METHOD = "spawn"
+HASH_CHUNK = 1 << 20
+DIGEST_SIZE = 16
+# per-model options and their defaults (the keyword arguments of ``convert``)
+DEFAULT_OPTIONS = {"arch": None, "mapping": None, "ema": False, "keep_background": False, "aux": True}
+MANIFEST_FORMATS = {".yaml": "yaml", ".yml": "yaml", ".csv": "csv"}
+MANIFEST_FIELDS = ("path", "id", "architecture", "mapping", "ema", "keep_background", "aux", "targets")
+BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
+# statuses of a target and of a model
+OK, UP_TO_DATE, FAILED, PARTIAL, PENDING = "ok", "up to date", "failed", "partial", "pending"
+# the exit status of a batch in which any model failed
+EXIT_FAILED = 1
+WORKER_DIED = "the worker process died (out of memory or a crash); rerun the batch to retry this model"
+# Linux prctl option: a signal for this process when its parent dies
+PR_SET_PDEATHSIG = 1
+EXIT_ORPHANED = 3
+
+# "model.ckpt-1234" is step 1234 of the training run "model.ckpt" (a V1 shard pattern stripped first)
+_STEP = re.compile(r"^(?P<stem>.+)-(?P<step>\d+)$")
+_V1_SHARDS = re.compile(r"-\?{5}-of-\d{5}$")
+_DATA_PART = re.compile(r"\.data-\d{5}-of-\d{5}$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=@,-]")
+_TARGET_SEPARATORS = re.compile(r"[,;\s]+")
+
+
+@dataclasses.dataclass
+class Model:
+    """One checkpoint of a batch: its id (its folder in OUTDIR), where it is and how to convert it."""
+
+    id: str
+    checkpoint: str
+    targets: tuple
+    options: dict
+    error: str = ""  # why it cannot be converted, found while looking for it
+
+
+@dataclasses.dataclass
+class Job:
+    """What a worker needs for one model."""
+
+    model: Model
+    outdir: str
+    verify: bool = False
+    force: bool = False
+    device: str = "cpu"
+
+
+@dataclasses.dataclass
+class BatchReport:
+    """One record per model (a dict, as in ``report.json``), in id order."""
+
+    outdir: pathlib.Path
+    targets: tuple
+    models: list
+    seconds: float
+
+    @property
+    def ok(self):
+        return all(record["status"] in (OK, UP_TO_DATE) for record in self.models)
+
+    def counts(self):
+        """Status -> number of models."""
+        counts = {}
+        for record in self.models:
+            counts[record["status"]] = counts.get(record["status"], 0) + 1
+        return counts
+
+    def summary(self):
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(self.counts().items()))
+        return f"{len(self.models)} models to {', '.join(self.targets)}: {counts or 'none'}; {self.seconds:.1f} s"
+
+    def to_dict(self):
+        return {
+            "ok": self.ok,
+            "version": __version__,
+            "outdir": str(self.outdir),
+            "targets": list(self.targets),
+            "seconds": round(self.seconds, 3),
+            "counts": self.counts(),
+            "models": self.models,
+        }
+
+    def markdown(self):
+        """A Markdown table: model, architecture, targets, status, max error, time, reason."""
+        lines = [
+            "# ckpt-convert batch report",
+            "",
+            f"{self.summary()} (ckpt-convert {__version__})",
+            "",
+            "| model | architecture | targets | status | max error | time | reason |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for record in self.models:
+            targets = ", ".join(f"{t} {entry['status']}" for t, entry in record["targets"].items())
+            error = f"{record['max_error']:.2e}" if record["max_error"] is not None else "-"
+            cells = [f"`{record['id']}`", record["architecture"] or "-", targets, record["status"], error,
+                     f"{record['seconds']:.1f} s", record["reason"]]
+            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- finding the models
+
+
+def discover(sources, *, targets=("torch",), options=None, all_steps=False, exclude=()):
+    """The models of a batch, sorted by id.
+
+    Args:
+        sources: directories (searched recursively), ``.yaml``/``.csv`` manifests, or checkpoints.
+        targets, options: the defaults for every model (a manifest row may set its own).
+        all_steps: every step of a training run, not only its latest.
+        exclude: directories not to search (the batch's own output).
+
+    Returns:
+        a list of ``Model``; ConvertError for a source that does not exist, a bad manifest or colliding ids.
+    """
+    options = {**DEFAULT_OPTIONS, **(options or {})}
+    targets = parse_targets(targets)
+    sources = [pathlib.Path(source) for source in sources]
+    excluded = {pathlib.Path(path).resolve() for path in exclude}
+    labels = _labels(sources) if len(sources) > 1 else [None]
+    models = []
+    for source, label in zip(sources, labels):
+        if source.is_file() and source.suffix.lower() in MANIFEST_FORMATS:
+            found = read_manifest(source, targets=targets, options=options)
+        elif source.is_dir():
+            found = [Model(_safe_id(rel), path, targets, dict(options), error)
+                     for rel, path, error in _search(source, all_steps, excluded)]
+        else:
+            try:
+                _, path = _paths.resolve(source)
+            except CheckpointError:
+                raise ConvertError(
+                    f"{source}: no such directory, manifest or checkpoint; "
+                    "pass directories of checkpoints or .yaml/.csv manifests"
+                ) from None
+            found = [Model(_safe_id(source.name), os.path.abspath(path), targets, dict(options))]
+        models += [dataclasses.replace(m, id=f"{label}/{m.id}") if label else m for m in found]
+    _check_unique(models)
+    return sorted(models, key=lambda m: m.id)
+
+
+def _labels(sources):
+    # several sources: each model id starts with its source's name, made unique
+    labels, seen = [], {}
+    for source in sources:
+        name = _safe_id(source.stem if source.is_file() else source.resolve().name) or "source"
+        seen[name] = seen.get(name, 0) + 1
+        labels.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return labels
+
+
+def _safe_id(text):
+    parts = [_UNSAFE.sub("_", part) for part in pathlib.PurePath(text).parts if part not in ("/", ".", "..")]
+    return "/".join(parts)
+
+
+def _check_unique(models):
+    seen = {}
+    for model in models:
+        if model.id in seen:
+            raise ConvertError(
+                f"{model.checkpoint} and {seen[model.id]} would both be written to {model.id}/; "
+                "give one an id in its manifest"
+            )
+        seen[model.id] = model.checkpoint
+
+
+def _search(root, all_steps, excluded):
+    """(id, checkpoint, error) for every checkpoint under ``root``."""
+    for directory, subdirs, files in os.walk(root):
+        directory = pathlib.Path(directory)
+        subdirs[:] = sorted(d for d in subdirs if (directory / d).resolve() not in excluded)
+        found, broken = _checkpoints_in(directory, sorted(files))
+        chosen = found if all_steps else _latest_steps(directory, found)
+        for path in chosen:
+            yield path.relative_to(root).as_posix(), os.path.abspath(path), ""
+        for path, error in broken:
+            yield path.relative_to(root).as_posix(), os.path.abspath(path), error
+
+
+def _checkpoints_in(directory, files):
+    found, broken = set(), []
+    for name in files:
+        try:
+            _, resolved = _paths.resolve(directory / name)
+        except CheckpointError as error:
+            # a data shard without its index is a checkpoint, broken; any other file is not one
+            if _DATA_PART.search(name):
+                broken.append((directory / name, str(error)))
+            continue
+        found.add(pathlib.Path(resolved))
+    return sorted(found), broken
+
+
+def _latest_steps(directory, found):
+    """Of each training run's steps, the one its ``checkpoint`` state file names, else the highest."""
+    runs = {}
+    for path in found:
+        match = _STEP.match(_V1_SHARDS.sub("", path.name))
+        run = match["stem"] if match else path.name
+        runs.setdefault(run, []).append((int(match["step"]) if match else -1, path))
+    latest = None
+    if (directory / _paths.STATE_FILENAME).is_file():
+        with contextlib.suppress(CheckpointError):
+            latest = pathlib.Path(_paths.resolve(directory)[1]).resolve()
+    chosen = []
+    for steps in runs.values():
+        named = [path for _, path in steps if path.resolve() == latest]
+        chosen.append(named[0] if named else max(steps)[1])
+    return sorted(chosen)
+
+
+def parse_targets(targets):
+    """A tuple of target names from ``"torch,onnx"`` or a list; ConvertError naming an unknown one."""
+    if isinstance(targets, str):
+        targets = [t for t in _TARGET_SEPARATORS.split(targets) if t]
+    targets = tuple(dict.fromkeys(targets))
+    unknown = [t for t in targets if t not in DEFAULT_SUFFIXES]
+    if unknown or not targets:
+        raise ConvertError(f"unknown target {', '.join(unknown) or '(none)'}; choose from {', '.join(DEFAULT_SUFFIXES)}")
+    return targets
+
+
+def read_manifest(path, *, targets=("torch",), options=None):
+    """The models a manifest lists: a YAML list (or ``models:`` list) of rows, or a CSV file with a header.
+
+    A row has ``path`` (relative to the manifest's folder) and may set ``id``, ``architecture``,
+    ``mapping``, ``ema``, ``keep_background``, ``aux`` and ``targets`` (``torch;onnx`` in CSV).
+    Returns a list of ``Model``; ConvertError naming the manifest and row for a malformed one.
+    """
+    path = pathlib.Path(path)
+    defaults = {**DEFAULT_OPTIONS, **(options or {})}
+    models = []
+    for where, row in _manifest_rows(path):
+        unknown = sorted(set(row) - set(MANIFEST_FIELDS))
+        if unknown:
+            raise ConvertError(f"{where}: unknown field {', '.join(unknown)}; known: {', '.join(MANIFEST_FIELDS)}")
+        if not row.get("path"):
+            raise ConvertError(f"{where}: no path; every row names a checkpoint")
+        checkpoint = path.parent / str(row["path"])
+        options = dict(defaults)
+        for name in ("ema", "keep_background", "aux"):
+            if row.get(name) not in (None, ""):
+                options[name] = _boolean(row[name], f"{where}: {name}")
+        if row.get("architecture"):
+            options["arch"] = str(row["architecture"])
+        if row.get("mapping"):
+            options["mapping"] = os.path.abspath(path.parent / str(row["mapping"]))
+        try:
+            row_targets = parse_targets(row["targets"]) if row.get("targets") else tuple(targets)
+        except ConvertError as error:
+            raise ConvertError(f"{where}: {error}") from None
+        model_id = str(row.get("id") or _manifest_id(checkpoint, path.parent))
+        try:
+            _, resolved = _paths.resolve(checkpoint)
+            models.append(Model(_safe_id(model_id), os.path.abspath(resolved), row_targets, options))
+        except CheckpointError as error:
+            models.append(Model(_safe_id(model_id), os.path.abspath(checkpoint), row_targets, options, str(error)))
+    return models
+
+
+def _manifest_rows(path):
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConvertError(f"{path}: cannot read the manifest ({error.strerror})") from None
+    if MANIFEST_FORMATS[path.suffix.lower()] == "csv":
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise ConvertError(f"{path}: a CSV manifest starts with a header line naming a path column")
+        return [(f"{path}, line {number}", {k.strip(): (v or "").strip() for k, v in row.items() if k})
+                for number, row in enumerate(reader, start=2)]
+    try:
+        data = yaml.load(text, Loader=tables.SAFE_LOADER)
+    except yaml.YAMLError as error:
+        raise ConvertError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if isinstance(data, dict) and set(data) == {"models"}:
+        data = data["models"]
+    if not isinstance(data, list):
+        raise ConvertError(f"{path}: a YAML manifest is a list of models (or a 'models:' list)")
+    rows = []
+    for number, item in enumerate(data, start=1):
+        if isinstance(item, str):
+            item = {"path": item}
+        if not isinstance(item, dict):
+            raise ConvertError(f"{path}, model {number}: a path or a mapping with a path")
+        rows.append((f"{path}, model {number}", item))
+    return rows
+
+
+def _boolean(value, where):
+    if isinstance(value, bool):
+        return value
+    try:
+        return BOOLEANS[str(value).strip().lower()]
+    except KeyError:
+        raise ConvertError(f"{where} is {value!r}; use true or false") from None
+
+
+def _manifest_id(checkpoint, folder):
+    checkpoint = pathlib.Path(os.path.abspath(checkpoint))
+    with contextlib.suppress(ValueError):
+        return checkpoint.relative_to(os.path.abspath(folder)).as_posix()
+    return checkpoint.as_posix()
+
+
+# ---------------------------------------------------------------------------- keys and state
+
+
+def checkpoint_files(checkpoint):
+    """The files holding a checkpoint's bytes: V2 index and data shards, or the V1 file (or its shards)."""
+    kind, path = _paths.resolve(checkpoint)
+    path = pathlib.Path(path)
+    if kind == "v2":
+        return [pathlib.Path(f"{path}.index"), *sorted(path.parent.glob(glob.escape(path.name) + ".data-*"))]
+    return sorted(path.parent.glob(path.name)) if glob.has_magic(path.name) else [path]
+
+
+def file_digest(path):
+    """blake2b of a file's bytes, read in chunks."""
+    digest = hashlib.blake2b(digest_size=DIGEST_SIZE)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_hash(files, cache):
+    """One digest over ``files``' bytes, and the cache entries for them.
+
+    ``cache`` maps a path to ``{"size", "mtime_ns", "digest"}``; a file whose size and mtime match its
+    entry is not read again. Returns ``(digest, entries)``, the entries of exactly ``files``.
+    """
+    whole = hashlib.blake2b(digest_size=DIGEST_SIZE)
+    entries = {}
+    for path in files:
+        stat = pathlib.Path(path).stat()
+        entry = cache.get(str(path))
+        if not entry or (entry["size"], entry["mtime_ns"]) != (stat.st_size, stat.st_mtime_ns):
+            entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "digest": file_digest(path)}
+        entries[str(path)] = entry
+        whole.update(f"{pathlib.Path(path).name}\0{entry['digest']}\0".encode())
+    return whole.hexdigest(), entries
+
+
+def _unchanged(files, cache):
+    if sorted(map(str, files)) != sorted(cache):
+        return False
+    for path in files:
+        stat = path.stat()
+        if (cache[str(path)]["size"], cache[str(path)]["mtime_ns"]) != (stat.st_size, stat.st_mtime_ns):
+            return False
+    return True
+
+
+def target_key(content, mapping_digest, target, output, options):
+    """The key of one output: everything that decides its bytes."""
+    text = json.dumps({"version": __version__, "checkpoint": content, "mapping": mapping_digest,
+                       "target": target, "output": output, "options": options}, sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=DIGEST_SIZE).hexdigest()
+
+
+def output_name(model_id, target):
+    """``<name>.<suffix>`` of a model's output: the checkpoint's name without ``.ckpt``, the target's suffix."""
+    name = pathlib.PurePosixPath(model_id).name
+    if name.endswith(CHECKPOINT_SUFFIX):
+        name = name[: -len(CHECKPOINT_SUFFIX)]
+    return name + DEFAULT_SUFFIXES[target]
+
+
+def _read_state(folder):
+    try:
+        return json.loads((folder / STATE_FILENAME).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path, data):
+    with atomic_output(path, force=True) as temp:
+        temp.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def _output_current(entry, key, folder):
+    """The state's entry says this key's output was written, and the file is still the one written."""
+    if entry.get("status") != OK or entry.get("key") != key:
+        return False
+    try:
+        stat = (folder / entry["output"]).stat()
+    except OSError:
+        return False
+    return (stat.st_size, stat.st_mtime_ns) == (entry["size"], entry["mtime_ns"])
+
+
+def _table_for(model):
+    if model.options["mapping"]:
+        return tables.load_table(model.options["mapping"])
+    if model.options["arch"]:
+        return tables.load_table(model.options["arch"])
+    with open_checkpoint(model.checkpoint) as ckpt:
+        architecture = tables.detect_architecture(ckpt.names())
+    # no table fits: convert says so, per target
+    return tables.load_table(architecture) if architecture else None
+
+
+# ---------------------------------------------------------------------------- one model
+
+
+def _record(model, architecture=None):
+    return {"id": model.id, "checkpoint": model.checkpoint, "architecture": architecture, "status": FAILED,
+            "seconds": 0.0, "max_error": None, "reason": "", "targets": {}}
+
+
+def _one_line(error):
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def failed_record(model, reason, seconds=0.0):
+    """The report record of a model none of whose targets could be done, for ``reason``."""
+    record = _record(model)
+    record["targets"] = {t: {"status": FAILED, "output": None, "max_error": None, "seconds": 0.0, "reason": reason}
+                         for t in model.targets}
+    record.update(reason=reason, seconds=round(seconds, 3))
+    return record
+
+
+def _finish(record, seconds):
+    entries = record["targets"]
+    statuses = {entry["status"] for entry in entries.values()}
+    failed = {t: entry["reason"] for t, entry in entries.items() if entry["status"] == FAILED}
+    if statuses == {UP_TO_DATE}:
+        record["status"] = UP_TO_DATE
+    elif not failed:
+        record["status"] = OK
+    else:
+        record["status"] = FAILED if len(failed) == len(entries) else PARTIAL
+    reasons = set(failed.values())
+    record["reason"] = reasons.pop() if len(failed) > 1 and len(reasons) == 1 else "; ".join(
+        f"{t}: {reason}" for t, reason in failed.items())
+    errors = [entry["max_error"] for entry in entries.values() if entry.get("max_error") is not None]
+    record["max_error"] = max(errors) if errors else None
+    record["seconds"] = round(seconds, 3)
+    return record
+
+
+def _report_entry(model_id, entry, status, seconds=0.0):
+    output = f"{model_id}/{entry['output']}" if entry.get("output") and entry.get("status") == OK else None
+    return {"status": status, "output": output, "max_error": entry.get("max_error"),
+            "seconds": round(seconds, 3), "reason": entry.get("reason", "")}
+
+
+def current_record(job):
+    """The report record of a model whose every output is up to date, from its state alone; else None.
+
+    Reads no checkpoint bytes: the files' sizes and mtimes must match the state's, and the mapping
+    table's digest, the options and the version must give the recorded keys.
+    """
+    model = job.model
+    folder = pathlib.Path(job.outdir, model.id)
+    state = _read_state(folder)
+    if model.error or state.get("version") != __version__:
+        return None
+    try:
+        if not _unchanged(checkpoint_files(model.checkpoint), state["files"]):
+            return None
+        table = state["mapping"]["path"]
+        if (file_digest(table) if table else "") != state["mapping"]["digest"]:
+            return None
+    except (ConvertError, OSError, KeyError):
+        return None
+    record = _record(model, state.get("architecture"))
+    for target in model.targets:
+        entry = state["targets"].get(target, {})
+        name = output_name(model.id, target)
+        key = target_key(state["content"], state["mapping"]["digest"], target, name, model.options)
+        if not _output_current(entry, key, folder) or (job.verify and entry.get("verified") is not True):
+            return None
+        record["targets"][target] = _report_entry(model.id, entry, UP_TO_DATE)
+    return _finish(record, 0.0)
+
+
+def process_model(job):
+    """Convert (and verify) one model's targets that are not up to date; returns its report record.
+
+    Runs in a worker. Every failure is recorded with its reason, never raised.
+    """
+    started = time.perf_counter()
+    model = job.model
+    if model.error:
+        return failed_record(model, model.error)
+    folder = pathlib.Path(job.outdir, model.id)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        state = _read_state(folder)
+        content, files = content_hash(checkpoint_files(model.checkpoint), state.get("files", {}))
+        table = _table_for(model)
+        mapping = {"path": str(table.path) if table else None, "digest": file_digest(table.path) if table else ""}
+    except ConvertError as error:
+        return failed_record(model, _one_line(error), time.perf_counter() - started)
+    except Exception as error:  # a bug must not stop the batch: the model fails with the reason
+        return failed_record(model, f"unexpected {type(error).__name__}: {_one_line(error)}",
+                             time.perf_counter() - started)
+    previous = state.get("targets", {})
+    state = {"version": __version__, "checkpoint": model.checkpoint, "architecture": table and table.architecture,
+             "content": content, "files": files, "mapping": mapping, "targets": dict(previous)}
+    record = _record(model, table and table.architecture)
+    did = {}
+    for target in model.targets:
+        name = output_name(model.id, target)
+        key = target_key(content, mapping["digest"], target, name, model.options)
+        entry = previous.get(target, {})
+        if _output_current(entry, key, folder):
+            did[target] = (entry, 0.0, False)
+            continue
+        did[target] = _convert_target(job, folder, state, target, name, key, entry)
+    if job.verify:
+        _verify(job, folder, state, [t for t in model.targets if state["targets"].get(t, {}).get("status") == OK
+                                     and state["targets"][t].get("verified") is not True], did)
+    _write_json(folder / STATE_FILENAME, state)
+    for target, (_, seconds, worked) in did.items():
+        entry = state["targets"][target]
+        status = entry["status"] if worked or entry["status"] == FAILED else UP_TO_DATE
+        record["targets"][target] = _report_entry(model.id, entry, status, seconds)
+    return _finish(record, time.perf_counter() - started)
+
+
+def _convert_target(job, folder, state, target, name, key, previous):
+    """Write one target; the state claims the output first, so a rerun may replace what this run wrote."""
+    model, output = job.model, folder / name
+    started = time.perf_counter()
+    if output.exists() and previous.get("output") != name and not job.force:
+        entry = {"status": FAILED, "key": key, "reason": f"{output}: exists and this batch did not write it; "
+                                                           "pass --force to replace it"}
+        state["targets"][target] = entry
+        return entry, 0.0, True
+    state["targets"][target] = {"status": PENDING, "key": key, "output": name}
+    _write_json(folder / STATE_FILENAME, state)
+    options = model.options
+    try:
+        convert(model.checkpoint, target, output, arch=options["arch"], mapping=options["mapping"], ema=options["ema"],
+                keep_background=options["keep_background"], aux=options["aux"], force=True)
+        stat = output.stat()
+        entry = {"status": OK, "key": key, "output": name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                 "verified": None, "max_error": None}
+    except ConvertError as error:
+        entry = {"status": FAILED, "key": key, "output": name, "reason": _one_line(error)}
+    except Exception as error:  # a bug must not stop the batch: the target fails with the reason
+        entry = {"status": FAILED, "key": key, "output": name,
+                 "reason": f"unexpected {type(error).__name__}: {_one_line(error)}",
+                 "detail": traceback.format_exc()}
+    state["targets"][target] = entry
+    return entry, time.perf_counter() - started, True
+
+
+def _verify(job, folder, state, targets, did):
+    """Run ``converter.verify`` once on the outputs of ``targets``; record the max error, fail the non-equivalent."""
+    if not targets:
+        return
+    from converter.verify import verify
+
+    started = time.perf_counter()
+    model, options = job.model, job.model.options
+    paths = {t: folder / state["targets"][t]["output"] for t in targets}
+    try:
+        report = verify(model.checkpoint, list(paths.values()), arch=options["arch"], mapping_path=options["mapping"],
+                        ema=options["ema"], keep_background=options["keep_background"], aux=options["aux"],
+                        device=job.device)
+    except ConvertError as error:
+        report, reason = None, f"verification failed: {_one_line(error)}"
+    share = (time.perf_counter() - started) / len(targets)
+    labels = {backend.path: backend.name for backend in (report.backends if report else [])}
+    for target, path in paths.items():
+        entry = state["targets"][target]
+        checks = [c for c in (report.checks if report else []) if c.backend == labels.get(str(path))]
+        errors = [c.metrics["max_abs"] for c in checks if c.kind == "output" and "max_abs" in c.metrics]
+        failures = [c for c in checks if not c.passed]
+        entry["max_error"] = max(errors) if errors else None
+        entry["verified"] = bool(checks) and not failures
+        if report is not None and not entry["verified"]:
+            first = failures[0] if failures else None
+            reason = (f"not equivalent: {first.name}: {first.message} ({len(failures)} failed checks)" if first
+                      else "verify ran no check on it")
+        if not entry["verified"]:
+            entry.update(status=FAILED, reason=reason)
+        _, seconds, _ = did[target]
+        did[target] = (entry, seconds + share, True)
+
+
+# ---------------------------------------------------------------------------- executors
+
+
+_busy = False
+
+
+class _Orphaned(BaseException):
+    """The batch that started this worker is gone: stop, removing any partial file, and exit."""
+
+
+def _on_orphaned(signum, frame):
+    if _busy:
+        raise _Orphaned()
+    os._exit(EXIT_ORPHANED)
+
+
+def _worker_init(parent):
+    # Ctrl-C reaches every process of the terminal: the batch stops, a worker finishes its model first
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a batch killed outright (kill -9) must not leave workers converting on their own
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return  # not Linux: an orphaned worker finishes its model, then finds its queue gone
+    signal.signal(signal.SIGTERM, _on_orphaned)
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:
+        os._exit(EXIT_ORPHANED)
+
+
+def _in_worker(job):
+    global _busy
+    _busy = True
+    try:
+        return process_model(job)
+    except _Orphaned:
+        os._exit(EXIT_ORPHANED)
+    finally:
+        _busy = False
+
+
+def _run_processes(jobs, workers, started, address=None):
+    """Yield each job's record, at most ``workers`` models (default: the CPU cores) in worker processes at once."""
+    workers = min(workers or default_jobs(), len(jobs))
+    queue = list(reversed(jobs))
+    running, pool = {}, None
+    context = multiprocessing.get_context(START_METHOD)
+    try:
+        while queue or running:
+            if pool is None:
+                pool = concurrent.futures.ProcessPoolExecutor(
+                    max_workers=workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),))
+            broken = False
+            while queue and len(running) < workers:
+                job = queue.pop()
+                running[pool.submit(_in_worker, job)] = job
+                started(job.model.id)
+            done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                job = running.pop(future)
+                try:
+                    yield future.result()
+                except concurrent.futures.process.BrokenProcessPool:
+                    broken = True
+                    yield failed_record(job.model, WORKER_DIED)
+            if broken:
+                # every model the dead pool held comes back failed; the rest go to a fresh pool
+                for future in list(running):
+                    yield failed_record(running.pop(future).model, WORKER_DIED)
+                pool.shutdown(wait=True)
+                pool = None
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_ray(jobs, workers, started, address=None):
+    """Yield each job's record, run as Ray tasks on the cluster at ``address`` (default: a local instance)."""
+    try:
+        import ray
+    except ImportError:
+        raise ConvertError("--executor ray needs Ray; install it with: pip install 'ckpt-convert[ray]'") from None
+    own = not ray.is_initialized()
+    if own:
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            raise ConvertError(f"cannot start or join Ray at {address or 'a local instance'} ({_one_line(error)}); "
+                               "check --address") from None
+    workers = min(workers or max(1, int(ray.cluster_resources().get("CPU", 1))), len(jobs))
+    task = ray.remote(num_cpus=1)(process_model)
+    queue, running = list(reversed(jobs)), {}
+    try:
+        while queue or running:
+            while queue and len(running) < workers:
+                job = queue.pop()
+                running[task.remote(job)] = job
+                started(job.model.id)
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for ref in ready:
+                job = running.pop(ref)
+                try:
+                    yield ray.get(ref)
+                except ray.exceptions.RayError as error:
+                    yield failed_record(job.model, f"the Ray task failed: {_one_line(error)[:500]}")
+    finally:
+        for ref in running:
+            ray.cancel(ref)  # not force: the task's conversion removes its partial file as it stops
+        if own:
+            ray.shutdown()
+
+
+RUNNERS = {"process": _run_processes, "ray": _run_ray}
+
+
+def default_jobs():
+    """Models at once by default: the CPU cores this process may use."""
+    with contextlib.suppress(AttributeError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _exclusive(outdir):
+    with open(outdir / LOCK_FILENAME, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConvertError(f"{outdir}: another batch is writing to it; wait for it to finish or pass another -o") \
+                from None
+        yield
+
+
+def run_batch(sources, outdir, *, targets=("torch",), options=None, verify=False, jobs=None, all_steps=False,
+              executor="process", address=None, force=False, device="cpu", progress=None):
+    """Convert every model of ``sources`` to each target under ``outdir``; write ``report.json`` and ``report.md``.
+
+    Args:
+        sources: directories (searched recursively), ``.yaml``/``.csv`` manifests, or checkpoints.
+        targets: ``torch``, ``keras``, ``onnx`` (a list or ``"torch,onnx"``); options: defaults of
+            ``convert``'s ``arch``, ``mapping``, ``ema``, ``keep_background``, ``aux``.
+        verify: check each output with ``converter.verify`` (TF-Slim reference on ``device``).
+        jobs: models at once (default: the CPU cores; Ray: the cluster's CPUs).
+        all_steps: every step of a training directory, not only the latest.
+        executor: ``process`` (this machine) or ``ray`` (the cluster at ``address``).
+        force: replace output files this batch did not write.
+        progress: called as ``progress(event, value)``: ``("found", count)``, ``("started", model id)``,
+            ``("finished", record)``.
+
+    Returns:
+        a ``BatchReport``; ``report.ok`` is false when any model failed.
+    """
+    started = time.perf_counter()
+    if executor not in RUNNERS:
+        raise ConvertError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    notify = progress or (lambda event, value: None)
+    targets = parse_targets(targets)
+    # absolute, so that workers (and Ray nodes) find the same files
+    outdir = pathlib.Path(os.path.abspath(outdir))
+    if outdir.exists() and not outdir.is_dir():
+        raise ConvertError(f"{outdir}: not a directory; pass an output directory with -o")
+    outdir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(outdir):
+        for partial in outdir.rglob(PARTIAL_GLOB):
+            partial.unlink()  # left by a batch that was killed; the lock says none is running
+        models = discover(sources, targets=targets, options=options, all_steps=all_steps, exclude=[outdir])
+        notify("found", len(models))
+        records, todo = {}, []
+        for model in models:
+            job = Job(model, str(outdir), verify=verify, force=force, device=device)
+            record = current_record(job)
+            if record is None:
+                todo.append(job)
+            else:
+                records[model.id] = record
+                notify("finished", record)
+        if todo:
+            for record in RUNNERS[executor](todo, jobs, lambda model_id: notify("started", model_id), address):
+                records[record["id"]] = record
+                notify("finished", record)
+        report = BatchReport(outdir, targets, [records[m.id] for m in models], time.perf_counter() - started)
+        _write_json(outdir / REPORT_JSON, report.to_dict())
+        with atomic_output(outdir / REPORT_MARKDOWN, force=True) as temp:
+            temp.write_text(report.markdown())
+    return report

@@ -1,0 +1,109 @@
+"""``ckpt-convert batch SRC... -o OUTDIR``: every checkpoint under SRC to each target, in parallel, resumable."""
+
+import pathlib
+import sys
+
+import click
+
+from converter import batch
+from converter.cli import debug_option
+
+
+class _Progress:
+    """A bar on a terminal (tqdm), else one line per finished model."""
+
+    def __init__(self):
+        self.total = 0
+        self.done = 0
+        self.running = []
+        self.bar = None
+        if sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                tqdm = None
+            self.tqdm = tqdm
+        else:
+            self.tqdm = None
+
+    def __call__(self, event, value):
+        if event == "found":
+            self.total = value
+            if self.tqdm is not None:
+                self.bar = self.tqdm(total=value, unit="model", dynamic_ncols=True, file=sys.stderr)
+        elif event == "started":
+            self.running.append(value)
+            self._show()
+        elif event == "finished":
+            self.done += 1
+            if value["id"] in self.running:
+                self.running.remove(value["id"])
+            self._write(self._line(value))
+            if self.bar is not None:
+                self.bar.update(1)
+            self._show()
+
+    def _line(self, record):
+        targets = ", ".join(f"{t} {entry['status']}" for t, entry in record["targets"].items())
+        error = f", max error {record['max_error']:.1e}" if record["max_error"] is not None else ""
+        reason = f": {record['reason']}" if record["reason"] else ""
+        return (f"[{self.done}/{self.total}] {record['id']}: {record['status']} ({targets}{error}) "
+                f"{record['seconds']:.1f} s{reason}")
+
+    def _write(self, line):
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            click.echo(line)
+
+    def _show(self):
+        if self.bar is not None:
+            self.bar.set_postfix_str(", ".join(self.running[-3:]), refresh=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+@click.command("batch")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=pathlib.Path))
+@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False, path_type=pathlib.Path),
+              help="Output directory: OUTDIR/<model id>/<name>.<suffix>, report.json and report.md.")
+@click.option("--to", "targets", default="torch", show_default=True,
+              help="Comma-separated targets: torch, keras, onnx.")
+@click.option("--verify", is_flag=True, help="Check every output against TF-Slim (the tf extra); record max error.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1),
+              help="Models converted at once. Default: the CPU cores (Ray: the cluster's CPUs).")
+@click.option("--all-steps", is_flag=True, help="Every step of a training directory, not only the latest.")
+@click.option("--executor", type=click.Choice(batch.EXECUTORS), default="process", show_default=True,
+              help="process: worker processes here; ray: tasks on a Ray cluster.")
+@click.option("--address", help="ray: the cluster to join (auto, or ray://head:10001). Default: a local instance.")
+@click.option("--arch", help="Architecture of every checkpoint instead of detecting it.")
+@click.option("--mapping", "mapping_path", type=click.Path(path_type=pathlib.Path, dir_okay=False),
+              help="Your own mapping table (YAML) for every checkpoint.")
+@click.option("--ema", is_flag=True, help="Use the /ExponentialMovingAverage shadows.")
+@click.option("--keep-background", is_flag=True, help="Keep TF-Slim's background class 0 (1001 classes).")
+@click.option("--no-aux", is_flag=True, help="Leave out the auxiliary head.")
+@click.option("--force", is_flag=True, help="Replace output files that this batch did not write.")
+@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+              help="Where --verify runs the reference and the outputs.")
+@debug_option
+def command(sources, outdir, targets, verify, jobs, all_steps, executor, address, arch, mapping_path, ema,
+            keep_background, no_aux, force, device, debug):
+    """Convert every checkpoint under SOURCES to each target, in parallel; write OUTDIR/report.{json,md}.
+
+    SOURCES are directories (searched recursively for V1 and V2 checkpoints; of a training run, the
+    latest step) or .yaml/.csv manifests listing checkpoints with per-model options. A rerun skips
+    outputs that are up to date and redoes what changed or failed. Exit status 1 when any model failed.
+    """
+    options = {"arch": arch, "mapping": str(mapping_path.resolve()) if mapping_path else None, "ema": ema,
+               "keep_background": keep_background, "aux": not no_aux}
+    progress = _Progress()
+    try:
+        report = batch.run_batch(sources, outdir, targets=targets, options=options, verify=verify, jobs=jobs,
+                                 all_steps=all_steps, executor=executor, address=address, force=force,
+                                 device=device, progress=progress)
+    finally:
+        progress.close()
+    click.echo(f"{report.summary()}; report: {report.outdir / batch.REPORT_MARKDOWN}")
+    raise click.exceptions.Exit(0 if report.ok else batch.EXIT_FAILED)
