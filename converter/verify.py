@@ -283,7 +283,7 @@ def verify(
     batch=2,
     seed=0,
     device="auto",
-    atol=oracle.ATOL,
+    atol=None,
     torch_model="exact",
 ):
     """Check each ported file (or, with none, a fresh port to every target) against the checkpoint.
@@ -294,7 +294,8 @@ def verify(
         ema, keep_background, aux, no_top: how the files were converted (same meaning as ``convert``).
         input_file: an ``.npy`` batch (NHWC) or an image; seeded random input otherwise.
         device: ``auto``, ``cpu`` or ``cuda`` for every backend and the reference.
-        atol: the oracle's relative bound.
+        atol: the oracle's relative bound; by default ``oracle.ATOL``, or the reduced-precision bound
+            for a file holding float16 or bfloat16 tensors.
         torch_model: run torch files in ``exact`` (TF semantics), ``torchvision`` or ``timm`` models.
 
     Returns:
@@ -315,7 +316,7 @@ def verify(
             ckpt.path, images, architecture=table.architecture, end_points=end_points, ema=ema, device=device
         )
         ref = _drop_background(ref, table, keep_background)
-        report = Report(str(ckpt.path), table.architecture, described, atol, reference.tf_device(device))
+        report = Report(str(ckpt.path), table.architecture, described, atol or oracle.ATOL, reference.tf_device(device))
         options = dict(ema=ema, keep_background=keep_background, aux=aux)
         with tempfile.TemporaryDirectory(prefix="ckpt-convert-verify-") as scratch:
             jobs = [(pathlib.Path(p), {"model": torch_model}, False) for p in ported] or _convert_on_the_fly(
@@ -371,6 +372,10 @@ def _check_file(report, ckpt, shapes, table, path, images, ref, device, atol, op
     expected = dict(plan.tensors(ckpt.read))
     found = runtime.load_weights(path, plan) if target == "keras" else runtime.load_weights(path)
     report.checks += compare_weights(label, expected, found)
+    if atol is None:
+        atol = oracle.atol_for(value.dtype for value in found.values())
+        if atol != oracle.ATOL:
+            backend.note = f"reduced precision: bound {atol:g} x max(1, max|ref|)"
     try:
         outputs, backend.device = runtime.run(path, plan, images, device=device, **runtime_options)
     except ConvertError as error:

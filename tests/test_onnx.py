@@ -17,7 +17,7 @@ ort = pytest.importorskip("onnxruntime", reason="the ONNX target runs in onnxrun
 
 # float16 keeps 11 significant bits and rounds after each of ~95 layers: measured max |delta| is
 # 3.5e-3 * max(1, max|ref|) on the fixtures (float32: 3e-6), so float16 is judged at 1e-2, and on top-1.
-FLOAT16_ATOL = 1e-2
+FLOAT16_ATOL = oracle.REDUCED_PRECISION_ATOL
 PROVIDERS = ["CPUExecutionProvider", "CUDAExecutionProvider"]
 
 

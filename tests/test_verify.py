@@ -161,3 +161,13 @@ def test_with_no_port_every_target_is_converted_and_checked(small):
     onnx_points = {c.name for c in report.checks if c.kind == "output" and c.backend.startswith("onnxruntime")}
     assert onnx_points == set(small.meta["end_points"])
     assert "EQUIVALENT" in report.table()
+
+
+def test_reduced_precision_port_gets_the_reduced_precision_bound(small, tmp_path):
+    half = tmp_path / "half.pth"
+    convert(small.v2, to="torch", output=half, dtype="float16")
+    report = verify(small.v2, [half])
+    assert report.ok, report.table()
+    assert "reduced precision" in report.backends[0].note
+    assert all(c.passed for c in report.checks if c.kind == "weights")  # bit-exact after the file's own cast
+    assert not verify(small.v2, [half], atol=1e-4).ok
