@@ -58,7 +58,8 @@ EXIT_FAILED = 1
 WORKER_DIED = "the worker process died (out of memory or a crash); rerun the batch to retry this model"
 # Linux prctl option: a signal for this process when its parent dies
 PR_SET_PDEATHSIG = 1
-EXIT_ORPHANED = 3
+# how a worker exits when stopped by SIGTERM
+EXIT_STOPPED = 3
 
 # "model.ckpt-1234" is step 1234 of the training run "model.ckpt" (a V1 shard pattern stripped first)
 _STEP = re.compile(r"^(?P<stem>.+)-(?P<step>\d+)$")
@@ -637,28 +638,25 @@ def _verify(job, folder, state, targets, did):
 _busy = False
 
 
-class _Orphaned(BaseException):
-    """The batch that started this worker is gone: stop, removing any partial file, and exit."""
+class _Stopped(BaseException):
+    """SIGTERM: the batch is stopping or gone; unwind (removing any partial file), then exit."""
 
 
-def _on_orphaned(signum, frame):
+def _on_terminate(signum, frame):
     if _busy:
-        raise _Orphaned()
-    os._exit(EXIT_ORPHANED)
+        raise _Stopped()
+    os._exit(EXIT_STOPPED)
 
 
 def _worker_init(parent):
-    # Ctrl-C reaches every process of the terminal: the batch stops, a worker finishes its model first
+    # Ctrl-C reaches every process of the terminal; the batch alone decides, and stops its workers
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_terminate)
     # a batch killed outright (kill -9) must not leave workers converting on their own
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return  # not Linux: an orphaned worker finishes its model, then finds its queue gone
-    signal.signal(signal.SIGTERM, _on_orphaned)
-    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    with contextlib.suppress(OSError, AttributeError):  # Linux only; elsewhere an orphan finishes its model
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:
-        os._exit(EXIT_ORPHANED)
+        os._exit(EXIT_STOPPED)
 
 
 def _in_worker(job):
@@ -666,8 +664,8 @@ def _in_worker(job):
     _busy = True
     try:
         return process_model(job)
-    except _Orphaned:
-        os._exit(EXIT_ORPHANED)
+    except _Stopped:
+        os._exit(EXIT_STOPPED)
     finally:
         _busy = False
 
@@ -678,6 +676,7 @@ def _run_processes(jobs, workers, started, address=None):
     queue = list(reversed(jobs))
     running, pool = {}, None
     context = multiprocessing.get_context(START_METHOD)
+    others = set(multiprocessing.active_children())
     try:
         while queue or running:
             if pool is None:
@@ -702,6 +701,11 @@ def _run_processes(jobs, workers, started, address=None):
                     yield failed_record(running.pop(future).model, WORKER_DIED)
                 pool.shutdown(wait=True)
                 pool = None
+    except BaseException:
+        # Ctrl-C or an error here: stop the workers now; each removes its partial file as it exits
+        for child in set(multiprocessing.active_children()) - others:
+            child.terminate()
+        raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
