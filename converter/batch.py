@@ -463,6 +463,7 @@ def _one_line(error):
 
 def failed_record(model, reason, seconds=0.0):
     """The report record of a model none of whose targets could be done, for ``reason``."""
+    reason = _one_line(reason)
     record = _record(model)
     record["targets"] = {t: {"status": FAILED, "output": None, "max_error": None, "seconds": 0.0, "reason": reason}
                          for t in model.targets}

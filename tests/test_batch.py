@@ -157,6 +157,7 @@ def test_ids_stay_apart_across_sources(tmp_path, small):
     assert [m.id for m in discover([tmp_path / "zoo"])] == ["model.ckpt", "model_v1.ckpt"]
     models = discover([tmp_path / "zoo", tmp_path / "other"])
     assert [m.id for m in models] == ["other/model.ckpt", "zoo/model.ckpt", "zoo/model_v1.ckpt"]
+    assert [m.id for m in discover([tmp_path], exclude=[tmp_path / "zoo"])] == ["other/model.ckpt"]
     with pytest.raises(ConvertError, match="no such directory, manifest or checkpoint"):
         discover([tmp_path / "missing"])
 
@@ -256,18 +257,28 @@ def _alive(group):
     return alive
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a shell may start background jobs with SIGINT ignored
+
+
 @pytest.mark.skipif(not pathlib.Path("/proc").is_dir(), reason="waits for the killed batch's workers through /proc")
-def test_a_killed_batch_leaves_no_partial_file_and_resumes(tmp_path, small):
+@pytest.mark.parametrize("how", ["kill -9 the batch", "Ctrl-C"])
+def test_a_killed_batch_leaves_no_partial_file_and_resumes(tmp_path, small, how):
     tree, outdir = tmp_path / "tree", tmp_path / "out"
     for i in range(INTERRUPT_COPIES):
         _copy_v2(small.v2, tree / f"m{i:02d}" / "model.ckpt")
     process = subprocess.Popen(
         [sys.executable, "-m", "converter", "batch", str(tree), "-o", str(outdir), "--to", TARGETS, "-j", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True,
+        preexec_fn=_default_sigint)
     first = process.stdout.readline()  # a line per finished model
     assert first.startswith(f"[1/{INTERRUPT_COPIES}] "), first
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    if how == "Ctrl-C":
+        os.killpg(process.pid, signal.SIGINT)  # a terminal signals its whole foreground group
+        assert process.wait(timeout=WAIT_S) == 130
+    else:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
     deadline = time.monotonic() + WAIT_S
     while _alive(process.pid) and time.monotonic() < deadline:
         time.sleep(0.1)
