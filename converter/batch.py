@@ -614,6 +614,8 @@ def _verify(job, folder, state, targets, did):
                         device=job.device)
     except ConvertError as error:
         report, reason = None, f"verification failed: {_one_line(error)}"
+    except Exception as error:  # a bug must not stop the batch: the targets fail with the reason
+        report, reason = None, f"verification failed: unexpected {type(error).__name__}: {_one_line(error)}"
     share = (time.perf_counter() - started) / len(targets)
     labels = {backend.path: backend.name for backend in (report.backends if report else [])}
     for target, path in paths.items():
@@ -625,7 +627,7 @@ def _verify(job, folder, state, targets, did):
         entry["verified"] = bool(checks) and not failures
         if report is not None and not entry["verified"]:
             first = failures[0] if failures else None
-            reason = (f"not equivalent: {first.name}: {first.message} ({len(failures)} failed checks)" if first
+            reason = (f"not equivalent: {first.message or first.name} ({len(failures)} failed checks)" if first
                       else "verify ran no check on it")
         if not entry["verified"]:
             entry.update(status=FAILED, reason=reason)
@@ -696,6 +698,8 @@ def _run_processes(jobs, workers, started, address=None):
                 except concurrent.futures.process.BrokenProcessPool:
                     broken = True
                     yield failed_record(job.model, WORKER_DIED)
+                except Exception as error:  # e.g. the output directory became unwritable: this model fails
+                    yield failed_record(job.model, f"unexpected {type(error).__name__}: {_one_line(error)}")
             if broken:
                 # every model the dead pool held comes back failed; the rest go to a fresh pool
                 for future in list(running):
