@@ -32,7 +32,7 @@ from converter import __version__
 from converter import mapping as tables
 from converter._atomic import atomic_output
 from converter.checkpoint import _paths, open_checkpoint
-from converter.convert import CHECKPOINT_SUFFIX, DEFAULT_SUFFIXES, convert
+from converter.convert import CHECKPOINT_SUFFIX, DEFAULT_SUFFIXES, TF2_FORMAT, convert
 from converter.errors import CheckpointError, ConvertError
 
 STATE_FILENAME = "state.json"
@@ -161,7 +161,7 @@ def discover(sources, *, targets=("torch",), options=None, all_steps=False, excl
         a list of ``Model``; ConvertError for a source that does not exist, a bad manifest or colliding ids.
     """
     options = {**DEFAULT_OPTIONS, **(options or {})}
-    targets = parse_targets(targets)
+    targets = _parse_targets(targets)
     sources = [pathlib.Path(source) for source in sources]
     excluded = {pathlib.Path(path).resolve() for path in exclude}
     labels = _labels(sources) if len(sources) > 1 else [None]
@@ -257,14 +257,15 @@ def _latest_steps(directory, found):
     return sorted(chosen)
 
 
-def parse_targets(targets):
+def _parse_targets(targets):
     """A tuple of target names from ``"torch,onnx"`` or a list; ConvertError naming an unknown one."""
     if isinstance(targets, str):
         targets = [t for t in _TARGET_SEPARATORS.split(targets) if t]
     targets = tuple(dict.fromkeys(targets))
     unknown = [t for t in targets if t not in DEFAULT_SUFFIXES]
     if unknown or not targets:
-        raise ConvertError(f"unknown target {', '.join(unknown) or '(none)'}; choose from {', '.join(DEFAULT_SUFFIXES)}")
+        known = ", ".join(DEFAULT_SUFFIXES)
+        raise ConvertError(f"unknown target {', '.join(unknown) or '(none)'}; choose from {known}")
     return targets
 
 
@@ -294,7 +295,7 @@ def read_manifest(path, *, targets=("torch",), options=None):
         if row.get("mapping"):
             options["mapping"] = os.path.abspath(path.parent / str(row["mapping"]))
         try:
-            row_targets = parse_targets(row["targets"]) if row.get("targets") else tuple(targets)
+            row_targets = _parse_targets(row["targets"]) if row.get("targets") else tuple(targets)
         except ConvertError as error:
             raise ConvertError(f"{where}: {error}") from None
         model_id = str(row.get("id") or _manifest_id(checkpoint, path.parent))
@@ -363,7 +364,7 @@ def checkpoint_files(checkpoint):
     return sorted(path.parent.glob(path.name)) if glob.has_magic(path.name) else [path]
 
 
-def file_digest(path):
+def _file_digest(path):
     """blake2b of a file's bytes, read in chunks."""
     digest = hashlib.blake2b(digest_size=DIGEST_SIZE)
     with open(path, "rb") as handle:
@@ -384,7 +385,7 @@ def content_hash(files, cache):
         stat = pathlib.Path(path).stat()
         entry = cache.get(str(path))
         if not entry or (entry["size"], entry["mtime_ns"]) != (stat.st_size, stat.st_mtime_ns):
-            entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "digest": file_digest(path)}
+            entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "digest": _file_digest(path)}
         entries[str(path)] = entry
         whole.update(f"{pathlib.Path(path).name}\0{entry['digest']}\0".encode())
     return whole.hexdigest(), entries
@@ -400,14 +401,14 @@ def _unchanged(files, cache):
     return True
 
 
-def target_key(content, mapping_digest, target, output, options):
+def _target_key(content, mapping_digest, target, output, options):
     """The key of one output: everything that decides its bytes."""
     text = json.dumps({"version": __version__, "checkpoint": content, "mapping": mapping_digest,
                        "target": target, "output": output, "options": options}, sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=DIGEST_SIZE).hexdigest()
 
 
-def output_name(model_id, target):
+def _output_name(model_id, target):
     """``<name>.<suffix>`` of a model's output: the checkpoint's name without ``.ckpt``, the target's suffix."""
     name = pathlib.PurePosixPath(model_id).name
     if name.endswith(CHECKPOINT_SUFFIX):
@@ -444,8 +445,8 @@ def _table_for(model):
     if model.options["arch"]:
         return tables.load_table(model.options["arch"])
     with open_checkpoint(model.checkpoint) as ckpt:
-        architecture = tables.detect_architecture(ckpt.names())
-    # no table fits: convert says so, per target
+        # a TF2 checkpoint, or one no table fits: convert says which, per target
+        architecture = tables.detect_architecture(ckpt.names()) if ckpt.format != TF2_FORMAT else None
     return tables.load_table(architecture) if architecture else None
 
 
@@ -461,7 +462,7 @@ def _one_line(error):
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def failed_record(model, reason, seconds=0.0):
+def _failed_record(model, reason, seconds=0.0):
     """The report record of a model none of whose targets could be done, for ``reason``."""
     reason = _one_line(reason)
     record = _record(model)
@@ -496,7 +497,7 @@ def _report_entry(model_id, entry, status, seconds=0.0):
             "seconds": round(seconds, 3), "reason": entry.get("reason", "")}
 
 
-def current_record(job):
+def _current_record(job):
     """The report record of a model whose every output is up to date, from its state alone; else None.
 
     Reads no checkpoint bytes: the files' sizes and mtimes must match the state's, and the mapping
@@ -511,22 +512,22 @@ def current_record(job):
         if not _unchanged(checkpoint_files(model.checkpoint), state["files"]):
             return None
         table = state["mapping"]["path"]
-        if (file_digest(table) if table else "") != state["mapping"]["digest"]:
+        if (_file_digest(table) if table else "") != state["mapping"]["digest"]:
             return None
     except (ConvertError, OSError, KeyError):
         return None
     record = _record(model, state.get("architecture"))
     for target in model.targets:
         entry = state["targets"].get(target, {})
-        name = output_name(model.id, target)
-        key = target_key(state["content"], state["mapping"]["digest"], target, name, model.options)
+        name = _output_name(model.id, target)
+        key = _target_key(state["content"], state["mapping"]["digest"], target, name, model.options)
         if not _output_current(entry, key, folder) or (job.verify and entry.get("verified") is not True):
             return None
         record["targets"][target] = _report_entry(model.id, entry, UP_TO_DATE)
     return _finish(record, 0.0)
 
 
-def process_model(job):
+def _process_model(job):
     """Convert (and verify) one model's targets that are not up to date; returns its report record.
 
     Runs in a worker. Every failure is recorded with its reason, never raised.
@@ -534,18 +535,18 @@ def process_model(job):
     started = time.perf_counter()
     model = job.model
     if model.error:
-        return failed_record(model, model.error)
+        return _failed_record(model, model.error)
     folder = pathlib.Path(job.outdir, model.id)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         state = _read_state(folder)
         content, files = content_hash(checkpoint_files(model.checkpoint), state.get("files", {}))
         table = _table_for(model)
-        mapping = {"path": str(table.path) if table else None, "digest": file_digest(table.path) if table else ""}
+        mapping = {"path": str(table.path) if table else None, "digest": _file_digest(table.path) if table else ""}
     except ConvertError as error:
-        return failed_record(model, _one_line(error), time.perf_counter() - started)
+        return _failed_record(model, _one_line(error), time.perf_counter() - started)
     except Exception as error:  # a bug must not stop the batch: the model fails with the reason
-        return failed_record(model, f"unexpected {type(error).__name__}: {_one_line(error)}",
+        return _failed_record(model, f"unexpected {type(error).__name__}: {_one_line(error)}",
                              time.perf_counter() - started)
     previous = state.get("targets", {})
     state = {"version": __version__, "checkpoint": model.checkpoint, "architecture": table and table.architecture,
@@ -553,8 +554,8 @@ def process_model(job):
     record = _record(model, table and table.architecture)
     did = {}
     for target in model.targets:
-        name = output_name(model.id, target)
-        key = target_key(content, mapping["digest"], target, name, model.options)
+        name = _output_name(model.id, target)
+        key = _target_key(content, mapping["digest"], target, name, model.options)
         entry = previous.get(target, {})
         if _output_current(entry, key, folder):
             did[target] = (entry, 0.0, False)
@@ -666,7 +667,7 @@ def _in_worker(job):
     global _busy
     _busy = True
     try:
-        return process_model(job)
+        return _process_model(job)
     except _Stopped:
         os._exit(EXIT_STOPPED)
     finally:
@@ -675,7 +676,7 @@ def _in_worker(job):
 
 def _run_processes(jobs, workers, started, address=None):
     """Yield each job's record, at most ``workers`` models (default: the CPU cores) in worker processes at once."""
-    workers = min(workers or default_jobs(), len(jobs))
+    workers = min(workers or _default_jobs(), len(jobs))
     queue = list(reversed(jobs))
     running, pool = {}, None
     context = multiprocessing.get_context(START_METHOD)
@@ -697,13 +698,13 @@ def _run_processes(jobs, workers, started, address=None):
                     yield future.result()
                 except concurrent.futures.process.BrokenProcessPool:
                     broken = True
-                    yield failed_record(job.model, WORKER_DIED)
+                    yield _failed_record(job.model, WORKER_DIED)
                 except Exception as error:  # e.g. the output directory became unwritable: this model fails
-                    yield failed_record(job.model, f"unexpected {type(error).__name__}: {_one_line(error)}")
+                    yield _failed_record(job.model, f"unexpected {type(error).__name__}: {_one_line(error)}")
             if broken:
                 # every model the dead pool held comes back failed; the rest go to a fresh pool
                 for future in list(running):
-                    yield failed_record(running.pop(future).model, WORKER_DIED)
+                    yield _failed_record(running.pop(future).model, WORKER_DIED)
                 pool.shutdown(wait=True)
                 pool = None
     except BaseException:
@@ -730,7 +731,7 @@ def _run_ray(jobs, workers, started, address=None):
             raise ConvertError(f"cannot start or join Ray at {address or 'a local instance'} ({_one_line(error)}); "
                                "check --address") from None
     workers = min(workers or max(1, int(ray.cluster_resources().get("CPU", 1))), len(jobs))
-    task = ray.remote(num_cpus=1)(process_model)
+    task = ray.remote(num_cpus=1)(_process_model)
     queue, running = list(reversed(jobs)), {}
     try:
         while queue or running:
@@ -744,7 +745,7 @@ def _run_ray(jobs, workers, started, address=None):
                 try:
                     yield ray.get(ref)
                 except ray.exceptions.RayError as error:
-                    yield failed_record(job.model, f"the Ray task failed: {_one_line(error)[:500]}")
+                    yield _failed_record(job.model, f"the Ray task failed: {_one_line(error)[:500]}")
     finally:
         for ref in running:
             ray.cancel(ref)  # not force: the task's conversion removes its partial file as it stops
@@ -755,7 +756,7 @@ def _run_ray(jobs, workers, started, address=None):
 RUNNERS = {"process": _run_processes, "ray": _run_ray}
 
 
-def default_jobs():
+def _default_jobs():
     """Models at once by default: the CPU cores this process may use."""
     with contextlib.suppress(AttributeError):
         return len(os.sched_getaffinity(0))
@@ -796,7 +797,7 @@ def run_batch(sources, outdir, *, targets=("torch",), options=None, verify=False
     if executor not in RUNNERS:
         raise ConvertError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
     notify = progress or (lambda event, value: None)
-    targets = parse_targets(targets)
+    targets = _parse_targets(targets)
     # absolute, so that workers (and Ray nodes) find the same files
     outdir = pathlib.Path(os.path.abspath(outdir))
     if outdir.exists() and not outdir.is_dir():
@@ -810,7 +811,7 @@ def run_batch(sources, outdir, *, targets=("torch",), options=None, verify=False
         records, todo = {}, []
         for model in models:
             job = Job(model, str(outdir), verify=verify, force=force, device=device)
-            record = current_record(job)
+            record = _current_record(job)
             if record is None:
                 todo.append(job)
             else:

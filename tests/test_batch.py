@@ -315,7 +315,8 @@ def test_yaml_manifest_with_per_model_options(tmp_path, small):
     assert set(records) == {"inception/plain", "zoo/train", "zoo/missing.ckpt"}
     assert list(records["inception/plain"]["targets"]) == ["onnx"]
     assert (outdir / "inception" / "plain" / "plain.onnx").is_file()
-    assert records["zoo/missing.ckpt"]["status"] == "failed" and "no such checkpoint" in records["zoo/missing.ckpt"]["reason"]
+    missing = records["zoo/missing.ckpt"]
+    assert missing["status"] == "failed" and "no such checkpoint" in missing["reason"]
     ported = _load(outdir / "zoo" / "train" / "train.pth")
     from converter.convert import convert
 
