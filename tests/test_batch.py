@@ -398,3 +398,12 @@ def test_the_ray_executor_on_a_local_instance(local_ray, tmp_path, small):
     assert "fc.weight" in _load(tmp_path / "out" / "model_v1.ckpt" / "model_v1.pth")
     again = run_batch([tree], tmp_path / "out", targets=TARGETS, executor="ray")
     assert {r["id"]: r["status"] for r in again.models}["a/model.ckpt"] == "up to date"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--to", "torch,tensorflow"], "error: unknown target tensorflow; choose from torch, keras, onnx"),
+    (["--executor", "spark"], "Invalid value for '--executor'"),
+])
+def test_usage_errors_are_one_line(tmp_path, small, args, message):
+    result = _cli(small.root, "-o", tmp_path / "out", *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
