@@ -24,6 +24,9 @@ COMPUTE_OPS = ("conv", "linear")
 NODE_KINDS = ("layer", "max_pool", "avg_pool", "concat", "nodes", "flatten")
 NODE_OPTIONS = ("name", "input", "stride", "padding")
 PADDINGS = ("SAME", "VALID")
+# `flatten: true` takes a 1x1 map; `flatten: spatial` any map, in the order of the target's layout
+FLATTENS = (True, "spatial")
+REFERENCE_KEYS = ("module", "network", "arg_scope", "classifier")
 FILL_DTYPES = ("float32", "int64")
 # libyaml's safe loader where PyYAML has it (ten times faster than the pure-Python one); both are safe_load
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -182,6 +185,9 @@ def validate(data):
     for layer in data["layers"]:
         if used.count(layer) != 1:
             problems.append(f"layers: {layer} is used {used.count(layer)} times in the graph (must be once)")
+    classifier = (data["facts"].get("reference") or {}).get("classifier")
+    if classifier is not None and classifier not in data["layers"]:
+        problems.append(f"facts.reference.classifier: {classifier} is not a row of layers")
     for point in data["facts"].get("end_points", []):
         if point not in names:
             problems.append(f"facts.end_points: {point} is not a named graph node")
@@ -201,6 +207,12 @@ def _validate_facts(facts):
             problems.append(f"facts.input.{key} must be an integer")
     if not isinstance(facts.get("end_points"), list):
         problems.append("facts.end_points must be a list")
+    reference = facts.get("reference")
+    if reference is not None:
+        if not isinstance(reference, dict) or not all(isinstance(reference.get(k), str) for k in REFERENCE_KEYS):
+            problems.append(f"facts.reference must give {', '.join(REFERENCE_KEYS)} as strings")
+        elif not isinstance(reference.get("end_points", {}), dict):
+            problems.append("facts.reference.end_points must map graph end points to tf-slim's end_points keys")
     return problems
 
 
@@ -269,6 +281,8 @@ def _validate_nodes(nodes, scope, used, names, layers):
             problems.append(f"graph: input {node['input']!r} is not an earlier named node")
         if node.get("padding", "SAME") not in PADDINGS:
             problems.append(f"graph: padding {node['padding']!r} must be SAME or VALID")
+        if "flatten" in node and node["flatten"] not in FLATTENS:
+            problems.append(f"graph: flatten {node['flatten']!r} must be true (a 1x1 map) or spatial")
         inner = f"{node['name']}/" if "name" in node else scope
         if "layer" in node:
             layer = scope + node["layer"]
@@ -367,6 +381,12 @@ def plan(shapes, table, target, *, ema=False, keep_background=False, aux=True, d
             f"the checkpoint is not {table.architecture}: it lacks {table.scope}/{table.detect[0]} "
             f"(pass --arch or --mapping for another architecture)"
         )
+    if not any(kind.get(target) for kind in table.kinds.values()):
+        raise MappingError(f"mapping {table.architecture} has no {target} target (its kinds give no {target} column)")
+    for group in drop:
+        if not any(_in_groups(layer, (group,)) for layer in table.layers):
+            raise MappingError(f"mapping {table.architecture} has no layers under {group} to leave out "
+                               f"(a headless output is not supported for it)")
     scope = f"{prefix}{table.scope}/"
     skip = table.groups(target, aux=aux) + tuple(drop)
     problems, entries, dims = [], [], {}

@@ -7,17 +7,14 @@ package imports it.
 
 import contextlib
 import importlib
+import inspect
 import math
 import sys
 
 import numpy as np
 
+from converter import mapping
 from converter.errors import ConvertError
-
-# architecture -> (tf_slim module, network function, arg_scope function, model scope)
-SLIM_NETS = {
-    "inception_v3": ("tf_slim.nets.inception_v3", "inception_v3", "inception_v3_arg_scope", "InceptionV3"),
-}
 
 PRELOAD_BEFORE_TENSORFLOW = ("torch", "triton")
 EMA_SUFFIX = "/ExponentialMovingAverage"
@@ -61,24 +58,34 @@ def import_tensorflow():
 
 
 def _slim_net(architecture):
-    if architecture not in SLIM_NETS:
-        raise ConvertError(
-            f"no TF-Slim reference network for architecture {architecture!r}; known: {', '.join(sorted(SLIM_NETS))}"
-        )
-    module_name, function, arg_scope, scope = SLIM_NETS[architecture]
-    module = importlib.import_module(module_name)
-    return getattr(module, function), getattr(module, arg_scope), scope
+    # the table's facts.reference names the tf-slim module, network function and arg_scope function
+    table = mapping.load_table(architecture)
+    spec = table.facts.get("reference")
+    if spec is None:
+        raise ConvertError(f"mapping table {architecture!r} names no TF-Slim reference network (facts.reference)")
+    module = importlib.import_module(spec["module"])
+    return getattr(module, spec["network"]), getattr(module, spec["arg_scope"]), table
+
+
+def _takes_depth_multiplier(network):
+    return "depth_multiplier" in inspect.signature(network).parameters
 
 
 def build_network(architecture, images, *, num_classes=1001, depth_multiplier=1.0, is_training=False):
     """Build the TF-Slim network on ``images`` (an NHWC tensor) in the current graph.
 
+    ``depth_multiplier`` reaches networks that take one (InceptionV3); for the others it must be 1.0.
     Returns ``(logits, end_points)`` as tf-slim returns them.
     """
     _, slim = import_tensorflow()
     network, arg_scope, _ = _slim_net(architecture)
+    options = {}
+    if _takes_depth_multiplier(network):
+        options["depth_multiplier"] = depth_multiplier
+    elif depth_multiplier != 1.0:
+        raise ConvertError(f"TF-Slim's {architecture} takes no depth_multiplier")
     with slim.arg_scope(arg_scope()):
-        return network(images, num_classes=num_classes, is_training=is_training, depth_multiplier=depth_multiplier)
+        return network(images, num_classes=num_classes, is_training=is_training, **options)
 
 
 def variable_shapes(architecture, *, num_classes=1001, depth_multiplier=1.0, image_size=299):
@@ -95,8 +102,11 @@ def infer_depth_multiplier(architecture, checkpoint_shapes, *, num_classes=1001,
 
     Every output channel count is ``max(int(base * multiplier), 16)``; each one above the minimum bounds the
     multiplier to ``[c / base, (c + 1) / base)``. The midpoint of the intersection of all bounds is
-    returned; an empty intersection means the checkpoint is not this network.
+    returned; an empty intersection means the checkpoint is not this network. A network that takes
+    no multiplier has 1.0.
     """
+    if not _takes_depth_multiplier(_slim_net(architecture)[0]):
+        return 1.0
     base_shapes = variable_shapes(architecture, num_classes=num_classes, image_size=image_size)
     low, high = 0.0, math.inf
     for name, base_shape in base_shapes.items():
@@ -128,7 +138,7 @@ def run_reference(
     images,
     *,
     architecture="inception_v3",
-    end_points=("Mixed_5b", "Mixed_6e", "Mixed_7c", "AuxLogits", "Logits"),
+    end_points=None,
     ema=False,
     depth_multiplier=None,
     device="cpu",
@@ -138,7 +148,9 @@ def run_reference(
     Args:
         checkpoint: checkpoint path or prefix, read by TensorFlow itself.
         images: array ``[N, H, W, 3]`` in the network's input range.
-        end_points: names from tf-slim's end_points dict to return.
+        end_points: graph end points of the architecture's mapping table (default: its
+            ``facts.end_points``); each is tf-slim's end_points entry that ``facts.reference.end_points``
+            names, or the entry of the same name.
         ema: restore each variable from its ``/ExponentialMovingAverage`` shadow where one exists.
         depth_multiplier: inferred from the checkpoint's shapes when omitted.
         device: ``cpu``, or ``cuda`` to run on TensorFlow's first GPU where it sees one.
@@ -149,8 +161,15 @@ def run_reference(
     tf, _ = import_tensorflow()
     reader = tf.train.load_checkpoint(str(checkpoint))
     checkpoint_shapes = {name: tuple(shape) for name, shape in reader.get_variable_to_shape_map().items()}
-    _, _, scope = _slim_net(architecture)
-    num_classes = checkpoint_shapes[f"{scope}/Logits/Conv2d_1c_1x1/biases"][0]
+    _, _, table = _slim_net(architecture)
+    spec = table.facts["reference"]
+    if end_points is None:
+        end_points = table.facts["end_points"]
+    slim_names = {name: spec.get("end_points", {}).get(name, name) for name in end_points}
+    classifier = f"{table.scope}/{spec['classifier']}/biases"
+    if classifier not in checkpoint_shapes:
+        raise ConvertError(f"{checkpoint}: no variable {classifier}; it is not a TF-Slim {architecture} checkpoint")
+    num_classes = checkpoint_shapes[classifier][0]
     if depth_multiplier is None:
         depth_multiplier = infer_depth_multiplier(
             architecture, checkpoint_shapes, num_classes=num_classes, image_size=images.shape[1]
@@ -174,5 +193,5 @@ def run_reference(
         config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
         with tf.compat.v1.Session(graph=graph, config=config) as session:
             saver.restore(session, str(checkpoint))
-            outputs = session.run({name: points[name] for name in end_points}, {inputs: images})
+            outputs = session.run({name: points[slim_names[name]] for name in end_points}, {inputs: images})
     return {name: np.asarray(value) for name, value in outputs.items()}

@@ -47,6 +47,35 @@ def _linear_shape(shape):
     return fan_out, fan_in
 
 
+def _conv_kernel(shape):
+    if len(shape) != 4:
+        raise ValueError(f"expects a [kh, kw, in, out] kernel, got {list(shape)}")
+    return shape
+
+
+def _linear_chw_shape(shape):
+    kh, kw, fan_in, fan_out = _conv_kernel(shape)
+    return fan_out, fan_in * kh * kw
+
+
+def _dense_hwc_shape(shape):
+    kh, kw, fan_in, fan_out = _conv_kernel(shape)
+    return kh * kw * fan_in, fan_out
+
+
+def _linear_chw(a):
+    # a VALID kh x kw convolution on a kh x kw map is a fully connected layer on the flattened map;
+    # a channels-first flatten orders the map's values C, H, W, which OIHW flattened matches
+    kh, kw, fan_in, fan_out = a.shape
+    return a.transpose(HWIO_TO_OIHW).reshape(fan_out, fan_in * kh * kw)
+
+
+def _dense_hwc(a):
+    # a channels-last flatten orders the map's values H, W, C, which HWIO flattened over its first three axes matches
+    kh, kw, fan_in, fan_out = a.shape
+    return a.reshape(kh * kw * fan_in, fan_out)
+
+
 TRANSFORMS = {
     t.name: t
     for t in (
@@ -56,6 +85,12 @@ TRANSFORMS = {
         # a 1x1 convolution on a 1x1 map is a fully connected layer
         Transform("conv1x1_to_linear", "[1, 1, in, out] -> [out, in]", _linear_shape, lambda a: a[0, 0].T),
         Transform("conv1x1_to_dense", "[1, 1, in, out] -> [in, out]", _conv1x1, lambda a: a[0, 0]),
+        # a kh x kw convolution on a kh x kw map (VGG's fc6) after a channels-first flatten (torch, ONNX)
+        Transform("conv_to_linear_chw", "[kh, kw, in, out] -> [out, in * kh * kw] (C, H, W order)",
+                  _linear_chw_shape, _linear_chw),
+        # the same after a channels-last flatten (Keras)
+        Transform("conv_to_dense_hwc", "[kh, kw, in, out] -> [kh * kw * in, out] (H, W, C order)",
+                  _dense_hwc_shape, _dense_hwc),
     )
 }
 

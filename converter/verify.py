@@ -342,6 +342,9 @@ def _convert_on_the_fly(checkpoint, table, scratch, report, options):
     jobs, written = [], {}
     for name, runtime_options, advisory in ON_THE_FLY:
         target, _ = target_of(name)
+        model = runtime_options.get("model")
+        if target not in table.targets or (model not in (None, "exact") and model not in table.targets[target]):
+            continue  # a target or third-party model the table does not port to
         if name not in written:
             # an ONNX model outputs logits only unless asked for the other end points
             extra = {"outputs": list(table.facts["end_points"])} if target == "onnx" else {}

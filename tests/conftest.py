@@ -71,3 +71,21 @@ def full():
     """Full-size InceptionV3 (depth_multiplier 1.0, V2 only), generated in the test session and cached."""
     pytest.importorskip("tensorflow", reason="full-size fixtures are written by TensorFlow")
     return _make_cached("inception_v3_full", depth_multiplier=1.0, kinds=("v2",))
+
+
+# Architectures whose fixtures the test session generates: tf-slim's VGG-16 and Inception V1 take no
+# depth multiplier and their classifiers need the full input size, so no small checkpoint of them
+# exists (VGG-16 is 528 MB, Inception V1 26 MB). Full size, V2 only, golden outputs on the seeded batch.
+GENERATED = ("vgg_16", "inception_v1", "resnet_v1_50")
+
+
+@pytest.fixture(scope="session")
+def zoo():
+    """``zoo(architecture)``: its full-size fixture, generated once per machine and cached."""
+    pytest.importorskip("tensorflow", reason="full-size fixtures are written by TensorFlow")
+
+    def make(architecture):
+        assert architecture in GENERATED, architecture
+        return _make_cached(f"{architecture}_full", architecture=architecture, kinds=("v2",))
+
+    return make

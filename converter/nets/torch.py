@@ -112,6 +112,14 @@ def _flatten(x, points):
     return torch.flatten(x, 1)
 
 
+def _flatten_spatial(x, points):
+    # channels first: C, H, W order, which the following row's transform (conv_to_linear_chw) matches
+    return torch.flatten(x, 1)
+
+
+FLATTENS = {True: _flatten, "spatial": _flatten_spatial}
+
+
 class _Concat:
     def __init__(self, branches):
         self.branches = branches
@@ -210,7 +218,7 @@ class SlimNet(nn.Module):
             elif "nodes" in node:
                 step = _Sequence(self._compile(node["nodes"], inner, plan, entries))
             else:
-                step = _flatten
+                step = FLATTENS[node["flatten"]]
             if "name" in node:
                 self.end_points.append(node["name"])
             steps.append((node.get("name"), node.get("input"), step))

@@ -22,26 +22,28 @@ def to_nhwc(outputs):
 
 
 def end_point_modules(table):
-    """``{end point: (module path, input end point or None)}`` for torch modules named as the table's torch column.
+    """``{end point: (module path, last layer's module path or None, input end point or None)}``.
 
-    An end point is the module of its name where the model has one (``Mixed_5b``, ``AuxLogits``), or
-    else the module of the last layer of its graph node (``Logits`` -> ``fc``).
+    For torch modules named as the table's torch column: an end point is the module of its name
+    where the model has one (``Mixed_5b``, ``AuxLogits``), or else the module of the last layer of its
+    graph node (``Logits`` -> ``fc``); a node without layers (a pool) has none.
     """
     modules = {}
     for node in table.graph:
         name = node.get("name")
         if name not in table.facts["end_points"]:
             continue
-        last = _last_layer(node, f"{name}/")
-        modules[name] = (name, table.layers[last]["torch"], node.get("input"))
+        last = _last_layer(node, "")
+        modules[name] = (name, last and table.layers[last]["torch"], node.get("input"))
     return modules
 
 
 def _last_layer(node, scope):
     if "layer" in node:
         return scope + node["layer"]
-    last = node["nodes"][-1] if "nodes" in node else node["concat"][-1][-1]
-    return _last_layer(last, scope)
+    inner = f"{node['name']}/" if "name" in node else scope
+    children = node["nodes"] if "nodes" in node else (node["concat"][-1] if "concat" in node else [])
+    return _last_layer(children[-1], inner) if children else None
 
 
 def as_float32(images):

@@ -71,8 +71,9 @@ def run(path, plan, images, *, device="cpu", **_):
     except ImportError:
         raise ConvertError("running a Keras port needs keras: pip install 'ckpt-convert[keras]'") from None
     spec = plan.table.targets["keras"]
-    include_top = any(entry.key.startswith(spec["end_points"]["Logits"] + "/") for entry in plan.entries)
-    classes = next((e.shape[-1] for e in plan.entries if e.key.endswith("/bias") and include_top), 1000)
+    classifier = spec["end_points"]["Logits"]
+    include_top = any(entry.key.startswith(classifier + "/") for entry in plan.entries)
+    classes = next((e.shape[-1] for e in plan.entries if e.key == f"{classifier}/bias"), 1000)
     application = getattr(keras.applications, spec["application"])
     try:
         model = application(weights=None, include_top=include_top, classes=classes, classifier_activation=None)

@@ -43,22 +43,33 @@ def _to_numpy(torch, tensor):
     return tensor.numpy()
 
 
+def _num_classes(plan):
+    # the classifier's class count as the plan writes it (without the background class it drops)
+    classifier = plan.table.facts["reference"]["classifier"]
+    dropped = any(entry.drop_class for entry in plan.entries)
+    return plan.dims[classifier]["classes"] - dropped
+
+
 def _model(torch, name, plan, state):
     if name == "exact":
         from converter.nets.torch import build
 
         return build(plan, device="cpu")
-    num_classes = state["fc.weight"].shape[0]
-    aux = any(key.startswith("AuxLogits.") for key in state)
+    spec = plan.table.targets.get("torch", {}).get(name)
+    if spec is None:
+        raise ConvertError(f"{plan.table.architecture} has no {name} model (the table's targets.torch.{name})")
+    options = dict(spec.get("options", {}), num_classes=_num_classes(plan))
+    if "aux" in spec:  # the option that builds the auxiliary head, when the file has it
+        optional = plan.table.targets["torch"].get("optional", [])
+        options[spec["aux"]] = any(layer in plan.dims for layer in plan.table.layers
+                                   if any(layer.startswith(group + "/") for group in optional))
     if name == "torchvision":
         import torchvision
 
-        return torchvision.models.inception_v3(
-            weights=None, aux_logits=aux, init_weights=False, num_classes=num_classes, transform_input=False
-        )
+        return getattr(torchvision.models, spec["model"])(weights=None, **options)
     import timm
 
-    return timm.create_model("inception_v3", pretrained=False, num_classes=num_classes, aux_logits=aux)
+    return timm.create_model(spec["model"], pretrained=False, **options)
 
 
 def run(path, plan, images, *, device="cpu", model="exact"):
@@ -78,15 +89,17 @@ def run(path, plan, images, *, device="cpu", model="exact"):
         with torch.no_grad():
             outputs = network(batch)
         return to_nhwc({k: v.cpu().numpy() for k, v in outputs.items()}), str(batch.device)
-    return _run_with_hooks(torch, network, plan, batch), str(batch.device)
+    return _run_with_hooks(torch, network, plan, batch, model), str(batch.device)
 
 
-def _run_with_hooks(torch, network, plan, batch):
+def _run_with_hooks(torch, network, plan, batch, model):
     # third-party models return logits only: capture end points from their modules as they run
     modules = dict(network.named_modules())
     captured, wanted = {}, {}
-    for point, (own, last, _) in end_point_modules(plan.table).items():
-        path = own if own in modules else last
+    derived = end_point_modules(plan.table)
+    named = plan.table.targets["torch"][model].get("end_points")
+    for point, (own, last, _) in derived.items():
+        path = named.get(point) if named else (own if own in modules else last)
         if path in modules:
             wanted[point] = path
     hooks = [modules[path].register_forward_hook(lambda _m, _i, out, point=point: captured.__setitem__(point, out))
@@ -95,7 +108,7 @@ def _run_with_hooks(torch, network, plan, batch):
         with torch.no_grad():
             network(batch)
             # heads a model skips at inference (torchvision's aux head runs only in training)
-            for point, (own, _, source) in end_point_modules(plan.table).items():
+            for point, (own, _, source) in derived.items():
                 if point not in captured and point in wanted and source in captured:
                     captured[point] = modules[wanted[point]](captured[source])
     finally:

@@ -166,10 +166,11 @@ class _GraphBuilder:
                             (None, channels, *branches[0].shape[2:]), axis=CHANNEL_AXIS)
         if "nodes" in node:
             return self._sequence(node["nodes"], value, inner)
-        # flatten: schema's [N, 1, 1, C] -> [N, C]; only a 1x1 map flattens the same in NCHW and NHWC
-        if len(value.shape) != 4 or value.shape[2:] != (1, 1):
+        # flatten: true is [N, 1, 1, C] -> [N, C], the same in NCHW and NHWC; `spatial` flattens any
+        # map in this graph's NCHW order (C, H, W), which the next row's transform (conv_to_linear_chw) matches
+        if len(value.shape) != 4 or (node["flatten"] is True and value.shape[2:] != (1, 1)):
             raise ConvertError(f"ONNX: flatten in {inner or 'the graph'} needs a 1x1 map, got shape {value.shape[1:]}")
-        return self.op("Flatten", [value.name], f"{inner}Flatten", value.shape[:2], axis=1)
+        return self.op("Flatten", [value.name], f"{inner}Flatten", (None, math.prod(value.shape[1:])), axis=1)
 
     def _pool(self, op, kernel, value, stride, padding, scope):
         _, channels, height, width = value.shape
