@@ -796,6 +796,8 @@ def run_batch(sources, outdir, *, targets=("torch",), options=None, verify=False
     started = time.perf_counter()
     if executor not in RUNNERS:
         raise ConvertError(f"unknown executor {executor!r}; choose one of {', '.join(EXECUTORS)}")
+    if address is not None and executor != "ray":
+        raise ConvertError(f"--address {address} names a Ray cluster; add --executor ray")
     notify = progress or (lambda event, value: None)
     targets = _parse_targets(targets)
     # absolute, so that workers (and Ray nodes) find the same files
@@ -807,6 +809,9 @@ def run_batch(sources, outdir, *, targets=("torch",), options=None, verify=False
         for partial in outdir.rglob(PARTIAL_GLOB):
             partial.unlink()  # left by a batch that was killed; the lock says none is running
         models = discover(sources, targets=targets, options=options, all_steps=all_steps, exclude=[outdir])
+        if not models:
+            raise ConvertError(f"{', '.join(map(str, sources))}: no checkpoint found (no V2 .index file, V1 "
+                               "checkpoint or manifest row); check the paths")
         notify("found", len(models))
         records, todo = {}, []
         for model in models:

@@ -403,7 +403,16 @@ def test_the_ray_executor_on_a_local_instance(local_ray, tmp_path, small):
 @pytest.mark.parametrize("args, message", [
     (["--to", "torch,tensorflow"], "error: unknown target tensorflow; choose from torch, keras, onnx"),
     (["--executor", "spark"], "Invalid value for '--executor'"),
+    (["--address", "auto"], "error: --address auto names a Ray cluster; add --executor ray"),
 ])
 def test_usage_errors_are_one_line(tmp_path, small, args, message):
     result = _cli(small.root, "-o", tmp_path / "out", *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sources_without_a_checkpoint_are_an_error(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a checkpoint")
+    with pytest.raises(ConvertError, match="no checkpoint found"):
+        run_batch([empty], tmp_path / "out")
