@@ -363,10 +363,17 @@ def test_keras_refuses_depth_multiplied_checkpoints_and_verify_records_errors(tm
     tree = tmp_path / "tree"
     _copy_v2(small.v2, tree / "model.ckpt")
     tf.train.Checkpoint(v=tf.Variable([1.0, 2.0])).write(str(tree / "tf2" / "ckpt"))
-    report = run_batch([tree], tmp_path / "out", targets="torch,onnx,keras", verify=True, jobs=2)
+    outdir = tmp_path / "out"
+    unverified = {r["id"]: r for r in run_batch([tree], outdir, targets="torch,onnx,keras", jobs=2).models}
+    assert unverified["model.ckpt"]["max_error"] is None
+    written = _mtimes(outdir / "model.ckpt")
+    # --verify on the same outputs checks them without writing them again
+    report = run_batch([tree], outdir, targets="torch,onnx,keras", verify=True, jobs=2)
     records = {r["id"]: r for r in report.models}
+    assert {p: t for p, t in _mtimes(outdir / "model.ckpt").items() if not p.endswith(batch.STATE_FILENAME)} == {
+        p: t for p, t in written.items() if not p.endswith(batch.STATE_FILENAME)}
     model = records["model.ckpt"]
-    assert model["status"] == "partial"
+    assert model["status"] == "partial", model
     keras = model["targets"]["keras"]
     assert keras["status"] == "failed" and "builds only full-size networks" in keras["reason"]
     assert model["reason"].startswith("keras: ")
@@ -375,7 +382,9 @@ def test_keras_refuses_depth_multiplied_checkpoints_and_verify_records_errors(tm
         assert entry["status"] == "ok" and 0 < entry["max_error"] < 1e-4, entry
     assert model["max_error"] == max(model["targets"][t]["max_error"] for t in ("torch", "onnx"))
     assert records["tf2/ckpt"]["status"] == "failed" and "TF2 object-based" in records["tf2/ckpt"]["reason"]
-    assert f"{model['max_error']:.2e}" in (tmp_path / "out" / batch.REPORT_MARKDOWN).read_text()
+    assert f"{model['max_error']:.2e}" in (outdir / batch.REPORT_MARKDOWN).read_text()
+    again = {r["id"]: r for r in run_batch([tree], outdir, targets="torch,onnx", verify=True, jobs=2).models}
+    assert again["model.ckpt"]["status"] == "up to date" and again["model.ckpt"]["max_error"] == model["max_error"]
 
 
 @pytest.fixture(scope="module")
