@@ -21,8 +21,10 @@ TARGETS = ("torch", "keras", "onnx")
 # how a row's target name and a kind's template key join
 SEPARATORS = {"torch": ".", "keras": "/", "onnx": "/"}
 COMPUTE_OPS = ("conv", "linear")
-NODE_KINDS = ("layer", "max_pool", "avg_pool", "concat", "nodes", "flatten")
-NODE_OPTIONS = ("name", "input", "stride", "padding")
+NODE_KINDS = ("layer", "max_pool", "avg_pool", "concat", "add", "nodes", "flatten", "pad")
+NODE_OPTIONS = ("name", "input", "stride", "padding", "activation")
+# what may follow a node: a layer's from its kind's `compute.activation`, an `add`'s from its own option
+ACTIVATIONS = ("relu",)
 PADDINGS = ("SAME", "VALID")
 # `flatten: true` takes a 1x1 map; `flatten: spatial` any map, in the order of the target's layout
 FLATTENS = (True, "spatial")
@@ -116,6 +118,11 @@ class Table:
 
 def _in_groups(layer, groups):
     return any(layer == g or layer.startswith(g + "/") for g in groups)
+
+
+def join_key(target, name, key):
+    """A target tensor's key: a row's target ``name`` (a prefix, or ``{role: name}``) joined to a kind's ``key``."""
+    return _join(target, name, key)
 
 
 def _join(target, name, key):
@@ -213,6 +220,8 @@ def _validate_facts(facts):
             problems.append(f"facts.reference must give {', '.join(REFERENCE_KEYS)} as strings")
         elif not isinstance(reference.get("end_points", {}), dict):
             problems.append("facts.reference.end_points must map graph end points to tf-slim's end_points keys")
+        elif not set(reference.get("squeeze", [])) <= set(facts.get("end_points") or []):
+            problems.append("facts.reference.squeeze must list end points")
     return problems
 
 
@@ -281,6 +290,10 @@ def _validate_nodes(nodes, scope, used, names, layers):
             problems.append(f"graph: input {node['input']!r} is not an earlier named node")
         if node.get("padding", "SAME") not in PADDINGS:
             problems.append(f"graph: padding {node['padding']!r} must be SAME or VALID")
+        if "activation" in node and ("add" not in node or node["activation"] not in ACTIVATIONS):
+            problems.append(f"graph: activation {node['activation']!r} must be one of {', '.join(ACTIVATIONS)}, on an add")
+        if "pad" in node and not _is_pads(node["pad"]):
+            problems.append(f"graph: pad {node['pad']!r} must be [[top, bottom], [left, right]] of non-negative ints")
         if "flatten" in node and node["flatten"] not in FLATTENS:
             problems.append(f"graph: flatten {node['flatten']!r} must be true (a 1x1 map) or spatial")
         inner = f"{node['name']}/" if "name" in node else scope
@@ -289,14 +302,28 @@ def _validate_nodes(nodes, scope, used, names, layers):
             used.append(layer)
             if layer not in layers:
                 problems.append(f"graph: layer {layer} has no row in layers")
-        elif "concat" in node:
-            for branch in node["concat"]:
+        elif "concat" in node or "add" in node:
+            branches = node.get("concat", node.get("add"))
+            if not isinstance(branches, list) or not all(isinstance(b, list) for b in branches) or len(branches) < 2:
+                problems.append(f"graph: {'concat' if 'concat' in node else 'add'} needs a list of two or more branches")
+                continue
+            for branch in branches:
                 problems += _validate_nodes(branch, inner, used, names, layers)
         elif "nodes" in node:
             problems += _validate_nodes(node["nodes"], inner, used, names, layers)
         if "name" in node:
             names.add(node["name"])
     return problems
+
+
+def _is_pads(pads):
+    return (isinstance(pads, list) and len(pads) == 2
+            and all(isinstance(p, list) and len(p) == 2 and all(isinstance(n, int) and n >= 0 for n in p) for p in pads))
+
+
+def branches(node):
+    """The branches of a ``concat`` or ``add`` node (each a list of nodes on the node's input); [] otherwise."""
+    return node.get("concat") or node.get("add") or []
 
 
 def detect_architecture(names):

@@ -194,4 +194,6 @@ def run_reference(
         with tf.compat.v1.Session(graph=graph, config=config) as session:
             saver.restore(session, str(checkpoint))
             outputs = session.run({name: points[slim_names[name]] for name in end_points}, {inputs: images})
-    return {name: np.asarray(value) for name, value in outputs.items()}
+    # end points tf-slim returns unsqueezed ([N, 1, 1, classes]), squeezed as the graph gives them
+    squeeze = set(spec.get("squeeze", []))
+    return {name: np.asarray(value)[:, 0, 0] if name in squeeze else np.asarray(value) for name, value in outputs.items()}

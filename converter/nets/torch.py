@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from converter import mapping
 from converter.errors import MappingError
 
 # TF-Slim's own parameter names: the layer op's kernel and bias, and the scope of its batch norm
@@ -128,6 +129,25 @@ class _Concat:
         return torch.cat([_run(branch, x, points) for branch in self.branches], dim=NCHW_CHANNELS)
 
 
+class _Add:
+    # a residual sum: each branch runs on the input (an empty branch is the input), then the activation
+    def __init__(self, branches, activation):
+        self.branches, self.activation = branches, activation
+
+    def __call__(self, x, points):
+        total = functools.reduce(torch.add, [_run(branch, x, points) for branch in self.branches])
+        return self.activation(total) if self.activation is not None else total
+
+
+class _Pad:
+    # explicit zero padding, as tf.pad before a VALID convolution (TF-Slim's resnet conv2d_same)
+    def __init__(self, pads):
+        self.pads = tuple(tuple(p) for p in pads)
+
+    def __call__(self, x, points):
+        return _pad(x, self.pads)
+
+
 class _Sequence:
     def __init__(self, steps):
         self.steps = steps
@@ -171,7 +191,7 @@ class SlimNet(nn.Module):
         table = self.table
         row = table.layers[layer]
         kind = table.kinds[row["kind"]]
-        compute, spec, path = kind["compute"], kind.get("torch", {}), row["torch"]
+        compute, spec, name = kind["compute"], kind.get("torch", {}), row["torch"]
         # the op and its batch norm are the modules holding the tensors taken from slim's kernel and BatchNorm/*
         op_keys = [key for key, value in spec.items() if value.get("from") == KERNEL]
         norm_prefixes = {key.rpartition(".")[0] for key, value in spec.items()
@@ -179,8 +199,9 @@ class SlimNet(nn.Module):
         if len(op_keys) != 1 or (compute.get("batch_norm") and len(norm_prefixes) != 1):
             raise MappingError(f"{table.path}: kind {row['kind']} must take one torch tensor from `{KERNEL}` "
                                f"and, with batch_norm, its BatchNorm/* tensors into one module")
-        op_prefix = op_keys[0].rpartition(".")[0]
-        weight = entries[_join(path, op_keys[0])]
+        # module paths from the joined keys: a row names one module prefix or a module per role
+        op_key = mapping.join_key("torch", name, op_keys[0])
+        weight = entries[op_key]
         bias = BIAS in kind["params"]
         if compute["op"] == "conv":
             out_channels, in_channels, kh, kw = weight.shape  # torch's OIHW
@@ -188,11 +209,12 @@ class SlimNet(nn.Module):
         else:
             out_features, in_features = weight.shape
             factory = functools.partial(nn.Linear, in_features, out_features, bias=bias)
-        op = self._module(_join(path, op_prefix), factory)
+        op = self._module(op_key.rpartition(".")[0], factory)
         norm = None
         if compute.get("batch_norm"):
             epsilon = table.facts["batch_norm_epsilon"]
-            norm = self._module(_join(path, norm_prefixes.pop()),
+            norm_key = mapping.join_key("torch", name, norm_prefixes.pop() + ".weight")
+            norm = self._module(norm_key.rpartition(".")[0],
                                 functools.partial(nn.BatchNorm2d, weight.shape[0], eps=epsilon))
         activation = compute.get("activation")
         if activation not in ACTIVATIONS:
@@ -215,6 +237,14 @@ class SlimNet(nn.Module):
                 step = _global_avg_pool if node["avg_pool"] == "global" else _AvgPool(node["avg_pool"], stride, padding)
             elif "concat" in node:
                 step = _Concat([self._compile(branch, inner, plan, entries) for branch in node["concat"]])
+            elif "add" in node:
+                activation = node.get("activation")
+                if activation not in ACTIVATIONS:
+                    raise MappingError(f"{self.table.path}: add: unknown activation {activation!r}")
+                step = _Add([self._compile(branch, inner, plan, entries) for branch in node["add"]],
+                            ACTIVATIONS[activation])
+            elif "pad" in node:
+                step = _Pad(node["pad"])
             elif "nodes" in node:
                 step = _Sequence(self._compile(node["nodes"], inner, plan, entries))
             else:
@@ -233,15 +263,11 @@ class SlimNet(nn.Module):
         return points
 
 
-def _join(path, key):
-    return f"{path}.{key}" if key else path
-
-
 def _layers_under(node, scope):
     inner = f"{node['name']}/" if "name" in node else scope
     if "layer" in node:
         yield scope + node["layer"]
-    for branch in node.get("concat", []):
+    for branch in mapping.branches(node):
         for child in branch:
             yield from _layers_under(child, inner)
     for child in node.get("nodes", []):

@@ -42,7 +42,7 @@ def _last_layer(node, scope):
     if "layer" in node:
         return scope + node["layer"]
     inner = f"{node['name']}/" if "name" in node else scope
-    children = node["nodes"] if "nodes" in node else (node["concat"][-1] if "concat" in node else [])
+    children = node.get("nodes") or (node.get("concat") or node.get("add") or [[]])[-1]
     return _last_layer(children[-1], inner) if children else None
 
 

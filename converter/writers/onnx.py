@@ -130,7 +130,7 @@ class _GraphBuilder:
         if "layer" in node:
             return [scope + node["layer"]]
         inner = f"{node['name']}/" if "name" in node else scope
-        branches = node.get("concat", []) + [node.get("nodes", [])]
+        branches = mapping.branches(node) + [node.get("nodes", [])]
         return [layer for branch in branches for child in branch for layer in self._layers_under(child, inner)]
 
     def _sequence(self, nodes, value, scope):
@@ -164,6 +164,10 @@ class _GraphBuilder:
             channels = sum(b.shape[CHANNEL_AXIS] for b in branches)
             return self.op("Concat", [b.name for b in branches], f"{inner}concat",
                             (None, channels, *branches[0].shape[2:]), axis=CHANNEL_AXIS)
+        if "add" in node:
+            return self._add(node, value, inner)
+        if "pad" in node:
+            return self._pad(node["pad"], value, scope)
         if "nodes" in node:
             return self._sequence(node["nodes"], value, inner)
         # flatten: true is [N, 1, 1, C] -> [N, C], the same in NCHW and NHWC; `spatial` flattens any
@@ -171,6 +175,31 @@ class _GraphBuilder:
         if len(value.shape) != 4 or (node["flatten"] is True and value.shape[2:] != (1, 1)):
             raise ConvertError(f"ONNX: flatten in {inner or 'the graph'} needs a 1x1 map, got shape {value.shape[1:]}")
         return self.op("Flatten", [value.name], f"{inner}Flatten", (None, math.prod(value.shape[1:])), axis=1)
+
+    def _add(self, node, value, inner):
+        # a residual sum of the branches (an empty branch is the input), then the node's activation
+        branches = [self._sequence(branch, value, inner) for branch in node["add"]]
+        shapes = {b.shape[1:] for b in branches}
+        if len(shapes) != 1:
+            raise ConvertError(f"ONNX: add in {inner or 'the graph'} sums maps of shapes {sorted(shapes)}")
+        total = branches[0]
+        for branch in branches[1:]:
+            total = self.op("Add", [total.name, branch.name], f"{inner}add", total.shape)
+        activation = node.get("activation")
+        if activation:
+            if activation not in ACTIVATIONS:
+                raise ConvertError(f"ONNX: unknown activation {activation!r} (known: {', '.join(ACTIVATIONS)})")
+            total = self.op(ACTIVATIONS[activation], [total.name], f"{inner}{ACTIVATIONS[activation]}", total.shape)
+        return total
+
+    def _pad(self, pads, value, scope):
+        # explicit zero padding (tf.pad); ONNX order: every axis's begin, then every axis's end
+        (top, bottom), (left, right) = pads
+        amounts = self.op("Constant", [], f"{scope}Pad/paddings", (8,), value=self.onnx.numpy_helper.from_array(
+            np.array([0, 0, top, left, 0, 0, bottom, right], dtype=np.int64)))
+        _, channels, height, width = value.shape
+        return self.op("Pad", [value.name, amounts.name], f"{scope}Pad",
+                       (None, channels, height + top + bottom, width + left + right))
 
     def _pool(self, op, kernel, value, stride, padding, scope):
         _, channels, height, width = value.shape
@@ -249,7 +278,7 @@ def _named(nodes):
     for node in nodes:
         if "name" in node:
             yield node["name"]
-        for branch in node.get("concat", []) + [node.get("nodes", [])]:
+        for branch in mapping.branches(node) + [node.get("nodes", [])]:
             yield from _named(branch)
 
 
