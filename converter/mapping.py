@@ -212,6 +212,10 @@ def _validate_facts(facts):
     for key in ("height", "width", "channels"):
         if not isinstance(spec.get(key), int):
             problems.append(f"facts.input.{key} must be an integer")
+    mean = spec.get("mean")
+    if mean is not None and (not isinstance(mean, list) or len(mean) != spec.get("channels")
+                             or not all(isinstance(m, (int, float)) for m in mean)):
+        problems.append("facts.input.mean must give one number per channel")
     if not isinstance(facts.get("end_points"), list):
         problems.append("facts.end_points must be a list")
     reference = facts.get("reference")

@@ -182,11 +182,15 @@ def make_input(table, *, input_file=None, batch=2, seed=0):
         if images.shape[1:] != shape:
             raise ConvertError(f"{path}: input batch has shape {images.shape}, the network takes [N, {', '.join(map(str, shape))}] (NHWC)")
         return images, f"{path.name} ({images.shape[0]}x{'x'.join(map(str, shape))})"
-    return _load_image(path, shape, low, high), f"image {path.name} (central crop 87.5%, bilinear {shape[0]}x{shape[1]}, scaled to [{low}, {high}])"
+    mean = spec.get("mean")
+    scaled = f"RGB in [0, 255] minus the channel means {mean}" if mean else f"scaled to [{low}, {high}]"
+    return (_load_image(path, shape, low, high, mean),
+            f"image {path.name} (central crop 87.5%, bilinear {shape[0]}x{shape[1]}, {scaled})")
 
 
-def _load_image(path, shape, low, high):
-    # TF-Slim's inception evaluation preprocessing: central crop of 87.5%, bilinear resize, scale to range
+def _load_image(path, shape, low, high, mean=None):
+    # TF-Slim's evaluation preprocessing: central crop of 87.5%, bilinear resize, then scale to the range
+    # (inception) or subtract the channel means from [0, 255] (vgg_preprocessing, for VGG and ResNet-v1)
     try:
         from PIL import Image
     except ImportError:
@@ -200,6 +204,8 @@ def _load_image(path, shape, low, high):
     left, top = (width - crop_w) // 2, (height - crop_h) // 2
     image = image.crop((left, top, left + crop_w, top + crop_h)).resize((shape[1], shape[0]), Image.BILINEAR)
     pixels = np.asarray(image, dtype=np.float32) / 255.0
+    if mean is not None:
+        return (pixels * 255.0 - np.asarray(mean, dtype=np.float32))[None]
     return (pixels * (high - low) + low)[None]
 
 

@@ -73,9 +73,9 @@ def full():
     return _make_cached("inception_v3_full", depth_multiplier=1.0, kinds=("v2",))
 
 
-# Architectures whose fixtures the test session generates: tf-slim's VGG-16 and Inception V1 take no
-# depth multiplier and their classifiers need the full input size, so no small checkpoint of them
-# exists (VGG-16 is 528 MB, Inception V1 26 MB). Full size, V2 only, golden outputs on the seeded batch.
+# Architectures whose fixtures the test session generates: tf-slim's VGG-16, Inception V1 and
+# ResNet-v1-50 take no depth multiplier (and VGG's and V1's classifiers need the full input size), so
+# no small checkpoint of them exists (528, 26 and 98 MB). Full size, V2 only, golden outputs on the seeded batch.
 GENERATED = ("vgg_16", "inception_v1", "resnet_v1_50")
 
 

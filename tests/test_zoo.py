@@ -233,3 +233,21 @@ def test_residual_and_pad_nodes_are_validated():
     assert "add needs a list of two or more branches" in joined
     assert "activation 'relu' must be one of relu, on an add" in joined
     assert "block1/unit_3/bottleneck_v1/conv1 is used 0 times" in joined
+
+
+def test_an_image_is_preprocessed_as_the_table_says(tmp_path):
+    image_module = pytest.importorskip("PIL.Image", reason="reading images needs Pillow")
+    from converter.verify import make_input
+
+    path = tmp_path / "flat.png"
+    image_module.new("RGB", (300, 260), (200, 100, 50)).save(path)
+    for name in ZOO:
+        table = mapping.load_table(name)
+        images, described = make_input(table, input_file=path)
+        spec = table.facts["input"]
+        low, high = spec["range"]
+        rgb = np.array([200, 100, 50], dtype=np.float32)
+        expected = rgb - np.asarray(spec["mean"], np.float32) if "mean" in spec else rgb / 255 * (high - low) + low
+        assert images.shape == (1, spec["height"], spec["width"], 3)
+        np.testing.assert_allclose(images[0, 5, 7], expected, rtol=1e-6, atol=1e-4)
+        assert ("channel means" in described) == ("mean" in spec)
