@@ -295,7 +295,8 @@ def _validate_nodes(nodes, scope, used, names, layers):
         if node.get("padding", "SAME") not in PADDINGS:
             problems.append(f"graph: padding {node['padding']!r} must be SAME or VALID")
         if "activation" in node and ("add" not in node or node["activation"] not in ACTIVATIONS):
-            problems.append(f"graph: activation {node['activation']!r} must be one of {', '.join(ACTIVATIONS)}, on an add")
+            problems.append(f"graph: activation {node['activation']!r} must be one of "
+                            f"{', '.join(ACTIVATIONS)}, on an add")
         if "pad" in node and not _is_pads(node["pad"]):
             problems.append(f"graph: pad {node['pad']!r} must be [[top, bottom], [left, right]] of non-negative ints")
         if "flatten" in node and node["flatten"] not in FLATTENS:
@@ -309,7 +310,8 @@ def _validate_nodes(nodes, scope, used, names, layers):
         elif "concat" in node or "add" in node:
             branches = node.get("concat", node.get("add"))
             if not isinstance(branches, list) or not all(isinstance(b, list) for b in branches) or len(branches) < 2:
-                problems.append(f"graph: {'concat' if 'concat' in node else 'add'} needs a list of two or more branches")
+                which = "concat" if "concat" in node else "add"
+                problems.append(f"graph: {which} needs a list of two or more branches")
                 continue
             for branch in branches:
                 problems += _validate_nodes(branch, inner, used, names, layers)
@@ -321,8 +323,10 @@ def _validate_nodes(nodes, scope, used, names, layers):
 
 
 def _is_pads(pads):
-    return (isinstance(pads, list) and len(pads) == 2
-            and all(isinstance(p, list) and len(p) == 2 and all(isinstance(n, int) and n >= 0 for n in p) for p in pads))
+    def amounts(pair):
+        return isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, int) and n >= 0 for n in pair)
+
+    return isinstance(pads, list) and len(pads) == 2 and all(amounts(pair) for pair in pads)
 
 
 def branches(node):

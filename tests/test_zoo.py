@@ -80,7 +80,8 @@ def test_detected_unambiguously(fixture, arch):
 
     shapes = _shapes(fixture.v2)
     assert mapping.detect_architecture(shapes) == arch
-    assert [t for t in mapping.builtin_tables() if mapping.model_prefix(shapes, mapping.load_table(t)) is not None] == [arch]
+    matching = [t for t in mapping.builtin_tables() if mapping.model_prefix(shapes, mapping.load_table(t)) is not None]
+    assert matching == [arch]
     assert build_report(fixture.v2)["architecture"] == arch
 
 
@@ -191,7 +192,8 @@ def test_flatten_transforms_equal_the_convolution():
     chw = transforms.get("conv_to_linear_chw")
     hwc = transforms.get("conv_to_dense_hwc")
     assert chw.shape(kernel.shape) == (4, 6 * 7 * 5) and hwc.shape(kernel.shape) == (7 * 5 * 6, 4)
-    np.testing.assert_allclose(x.transpose(NHWC_TO_NCHW).reshape(2, -1) @ chw.apply(kernel).T, expected, rtol=1e-4, atol=1e-4)
+    channels_first = x.transpose(NHWC_TO_NCHW).reshape(2, -1)
+    np.testing.assert_allclose(channels_first @ chw.apply(kernel).T, expected, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(x.reshape(2, -1) @ hwc.apply(kernel), expected, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match=r"\[kh, kw, in, out\]"):
         chw.shape((25088, 4096))
