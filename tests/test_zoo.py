@@ -128,14 +128,15 @@ def test_onnx_matches_tf_golden(fixture, table, tmp_path):
     assert not _off(_golden(fixture, table), outputs)
 
 
-def test_keras_matches_tf_golden(fixture, table, tmp_path):
+@pytest.mark.parametrize("name", ["model.h5", "model.weights.h5"])
+def test_keras_matches_tf_golden(fixture, table, tmp_path, name):
     if "keras" not in table.targets:
         pytest.skip(f"{table.architecture}: its table has no Keras target")
     pytest.importorskip("keras", reason="runs keras.applications")
     from converter.convert import convert
     from converter.runtimes import keras as runtime
 
-    result = convert(fixture.v2, to="keras", output=tmp_path / "model.h5")
+    result = convert(fixture.v2, to="keras", output=tmp_path / name)
     outputs, _ = runtime.run(result.output, result.plan, fixture.input)
     assert not _off(_golden(fixture, table), outputs)
 
