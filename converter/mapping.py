@@ -22,7 +22,7 @@ TARGETS = ("torch", "keras", "onnx")
 SEPARATORS = {"torch": ".", "keras": "/", "onnx": "/"}
 COMPUTE_OPS = ("conv", "linear")
 NODE_KINDS = ("layer", "max_pool", "avg_pool", "concat", "add", "nodes", "flatten", "pad")
-NODE_OPTIONS = ("name", "input", "stride", "padding", "activation")
+NODE_OPTIONS = ("name", "scoped", "input", "stride", "padding", "activation")
 # what may follow a node: a layer's from its kind's `compute.activation`, an `add`'s from its own option
 ACTIVATIONS = ("relu",)
 PADDINGS = ("SAME", "VALID")
@@ -96,8 +96,9 @@ class Table:
     def rows(self, target, *, skip=()):
         """Every target tensor of every layer, in table order, leaving out layers under ``skip`` groups."""
         rows = []
+        left_out = group_layers(self.graph, skip)
         for layer, row in self.layers.items():
-            if _in_groups(layer, skip):
+            if layer in left_out:
                 continue
             kind = self.kinds[row["kind"]]
             for key, spec in kind.get(target, {}).items():
@@ -116,8 +117,27 @@ class Table:
         return rows
 
 
-def _in_groups(layer, groups):
-    return any(layer == g or layer.startswith(g + "/") for g in groups)
+def inner_scope(node, scope):
+    """The scope of layer references inside ``node``: its name, unless it has none or ``scoped: false``."""
+    return f"{node['name']}/" if "name" in node and node.get("scoped", True) else scope
+
+
+def group_layers(graph, groups):
+    """The layers (scopes) used under the graph nodes named in ``groups``."""
+    found = set()
+
+    def walk(nodes, scope, inside):
+        for node in nodes if isinstance(nodes, list) else ():
+            if not isinstance(node, dict):
+                continue
+            hit = inside or node.get("name") in groups
+            if hit and isinstance(node.get("layer"), str):
+                found.add(scope + node["layer"])
+            for branch in branches(node) + [node.get("nodes", [])]:
+                walk(branch, inner_scope(node, scope), hit)
+
+    walk(graph, "", False)
+    return found
 
 
 def join_key(target, name, key):
@@ -184,8 +204,10 @@ def validate(data):
             problems.append(f"targets: unknown target {target!r} (known: {', '.join(TARGETS)})")
     for name, kind in data["kinds"].items():
         problems += _validate_kind(name, kind)
+    skips = {target: group_layers(data["graph"], spec.get("skip", [])) for target, spec in targets.items()
+             if isinstance(spec, dict)}
     for layer, row in data["layers"].items():
-        problems += _validate_row(layer, row, data["kinds"], targets)
+        problems += _validate_row(layer, row, data["kinds"], skips)
     used = []
     names = set()
     problems += _validate_nodes(data["graph"], "", used, names, data["layers"])
@@ -256,7 +278,7 @@ def _validate_kind(name, kind):
     return problems
 
 
-def _validate_row(layer, row, kinds, targets):
+def _validate_row(layer, row, kinds, skips):
     where = f"layers.{layer}"
     if not isinstance(row, dict) or row.get("kind") not in kinds:
         return [f"{where}: `kind` must name one of kinds ({', '.join(kinds)})"]
@@ -267,7 +289,7 @@ def _validate_row(layer, row, kinds, targets):
             continue
         name = row.get(target)
         if name is None:
-            if not _in_groups(layer, targets.get(target, {}).get("skip", [])):
+            if layer not in skips.get(target, ()):
                 problems.append(f"{where}: no {target} name (and the layer is not in targets.{target}.skip)")
             continue
         if isinstance(name, dict):
@@ -301,7 +323,9 @@ def _validate_nodes(nodes, scope, used, names, layers):
             problems.append(f"graph: pad {node['pad']!r} must be [[top, bottom], [left, right]] of non-negative ints")
         if "flatten" in node and node["flatten"] not in FLATTENS:
             problems.append(f"graph: flatten {node['flatten']!r} must be true (a 1x1 map) or spatial")
-        inner = f"{node['name']}/" if "name" in node else scope
+        if "scoped" in node and ("name" not in node or not isinstance(node["scoped"], bool)):
+            problems.append(f"graph: scoped must be true or false, on a named node (got {node})")
+        inner = inner_scope(node, scope)
         if "layer" in node:
             layer = scope + node["layer"]
             used.append(layer)
@@ -419,11 +443,12 @@ def plan(shapes, table, target, *, ema=False, keep_background=False, aux=True, d
     if not any(kind.get(target) for kind in table.kinds.values()):
         raise MappingError(f"mapping {table.architecture} has no {target} target (its kinds give no {target} column)")
     for group in drop:
-        if not any(_in_groups(layer, (group,)) for layer in table.layers):
+        if not group_layers(table.graph, (group,)):
             raise MappingError(f"mapping {table.architecture} has no layers under {group} to leave out "
                                f"(a headless output is not supported for it)")
     scope = f"{prefix}{table.scope}/"
     skip = table.groups(target, aux=aux) + tuple(drop)
+    left_out = group_layers(table.graph, skip)
     problems, entries, dims = [], [], {}
     skipped = {"ema shadows": [], "optimizer slots": [], "training state": [], "left out": []}
     consumed = set()
@@ -432,7 +457,7 @@ def plan(shapes, table, target, *, ema=False, keep_background=False, aux=True, d
     for layer, row in table.layers.items():
         kind = table.kinds[row["kind"]]
         sources = {param: f"{scope}{layer}/{param}" for param in kind["params"]}
-        if _in_groups(layer, skip):
+        if layer in left_out:
             skipped["left out"] += [s for s in sources.values() if s in shapes]
             consumed.update(sources.values())
             continue

@@ -34,7 +34,7 @@ def _restrictions(table):
         if spec.get("dims"):
             notes.append(f"{target}: full size only (depth_multiplier 1.0)")
         notes += [f"{target}: {note}" for note in spec.get("restrictions", [])]
-    if not any(layer.startswith(HEAD + "/") for layer in table.layers):
+    if not mapping.group_layers(table.graph, (HEAD,)):
         notes.append("`--no-top` not supported")
     if table.facts.get("preprocessing"):
         notes.append(f"input: {table.facts['preprocessing']}")

@@ -200,11 +200,31 @@ def test_flatten_transforms_equal_the_convolution():
         chw.shape((25088, 4096))
 
 
-def test_headless_output_is_refused_where_the_table_has_no_head_group(fixture, table):
-    if any(layer.startswith("Logits/") for layer in table.layers):
-        pytest.skip(f"{table.architecture} has a Logits group")
-    with pytest.raises(MappingError, match="no layers under Logits"):
-        mapping.plan(_shapes(fixture.v2), table, "torch", drop=("Logits",))
+def test_headless_output(fixture, table, tmp_path):
+    # --no-top leaves out the Logits group: the exact module, ONNX (and Keras's include_top=False) end before it
+    from converter.runtimes import onnx as runtime
+    from converter.writers import onnx as writer
+
+    shapes = _shapes(fixture.v2)
+    golden = {k: v for k, v in _golden(fixture, table).items() if k != "Logits"}
+    with open_checkpoint(fixture.v2) as ckpt:
+        plan = mapping.plan(shapes, table, "torch", drop=("Logits",))
+        net = nets.build(plan, nets.plan_state_dict(plan, ckpt.read), device="cpu")
+        onnx_plan = mapping.plan(shapes, table, "onnx", drop=("Logits",))
+        writer.save_onnx(onnx_plan, ckpt.read, tmp_path / "headless.onnx", outputs=list(golden))
+    assert not any(e.key.startswith(table.layers[table.facts["reference"]["classifier"]]["torch"] + ".")
+                   for e in plan.entries)
+    assert not _off(golden, _run_torch(net, fixture.input, table.facts["end_points"]))
+    outputs, _ = runtime.run(tmp_path / "headless.onnx", onnx_plan, fixture.input)
+    assert not _off(golden, outputs)
+    if "keras" in table.targets:
+        pytest.importorskip("keras", reason="runs keras.applications")
+        from converter.convert import convert
+        from converter.runtimes import keras as keras_runtime
+
+        result = convert(fixture.v2, to="keras", output=tmp_path / "headless.h5", include_top=False)
+        outputs, _ = keras_runtime.run(result.output, result.plan, fixture.input)
+        assert not _off(golden, outputs)
 
 
 def test_verify_passes_every_target(fixture, table):

@@ -227,7 +227,7 @@ class SlimNet(nn.Module):
         for node in nodes:
             if "name" in node and not _planned(node, scope, plan):
                 continue  # an end point the plan leaves out (--no-aux, a headless model)
-            inner = f"{node['name']}/" if "name" in node else scope
+            inner = mapping.inner_scope(node, scope)
             stride, padding = node.get("stride", DEFAULT_STRIDE), node.get("padding", DEFAULT_PADDING)
             if "layer" in node:
                 step = self._layer(scope + node["layer"], node, plan, entries)
@@ -264,7 +264,7 @@ class SlimNet(nn.Module):
 
 
 def _layers_under(node, scope):
-    inner = f"{node['name']}/" if "name" in node else scope
+    inner = mapping.inner_scope(node, scope)
     if "layer" in node:
         yield scope + node["layer"]
     for branch in mapping.branches(node):

@@ -11,6 +11,8 @@ Each module has the same public names:
 
 import numpy as np
 
+from converter import mapping
+
 # torch and ONNX put channels first; TF-Slim's end points are NHWC
 NCHW_TO_NHWC = (0, 2, 3, 1)
 NHWC_TO_NCHW = (0, 3, 1, 2)
@@ -41,7 +43,7 @@ def end_point_modules(table):
 def _last_layer(node, scope):
     if "layer" in node:
         return scope + node["layer"]
-    inner = f"{node['name']}/" if "name" in node else scope
+    inner = mapping.inner_scope(node, scope)
     children = node.get("nodes") or (node.get("concat") or node.get("add") or [[]])[-1]
     return _last_layer(children[-1], inner) if children else None
 

@@ -46,6 +46,9 @@ def _to_numpy(torch, tensor):
 def _num_classes(plan):
     # the classifier's class count as the plan writes it (without the background class it drops)
     classifier = plan.table.facts["reference"]["classifier"]
+    if classifier not in plan.dims:
+        raise ConvertError(f"a headless {plan.table.architecture} file runs in the exact module only "
+                           f"(--torch-model exact)")
     dropped = any(entry.drop_class for entry in plan.entries)
     return plan.dims[classifier]["classes"] - dropped
 

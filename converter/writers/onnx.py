@@ -129,7 +129,7 @@ class _GraphBuilder:
     def _layers_under(self, node, scope):
         if "layer" in node:
             return [scope + node["layer"]]
-        inner = f"{node['name']}/" if "name" in node else scope
+        inner = mapping.inner_scope(node, scope)
         branches = mapping.branches(node) + [node.get("nodes", [])]
         return [layer for branch in branches for child in branch for layer in self._layers_under(child, inner)]
 
@@ -150,7 +150,7 @@ class _GraphBuilder:
     def _node(self, node, value, scope):
         stride = node.get("stride", 1)
         padding = node.get("padding", SAME)
-        inner = f"{node['name']}/" if "name" in node else scope
+        inner = mapping.inner_scope(node, scope)
         if "layer" in node:
             return self._layer(scope + node["layer"], value, stride, padding)
         for key, op in POOLS.items():
@@ -283,12 +283,16 @@ def _named(nodes):
 
 
 def _default_output(table, points):
-    # the graph's last node; without it (a headless plan), the end point that node takes as input
+    # the graph's last node; without it (a headless plan), the end point that node takes as input,
+    # or the end point before it
     last = table.graph[-1]
     if last.get("name") in points:
         return last["name"]
     if last.get("input") in points:
         return last["input"]
+    before = [node["name"] for node in table.graph[:-1] if node.get("name") in points]
+    if "input" not in last and before and before[-1] == list(points)[-1]:
+        return before[-1]
     raise ConvertError("ONNX: the plan leaves out the graph's output; name end points with --outputs")
 
 
