@@ -31,13 +31,19 @@ def atomic_output(path, force=False):
     if not path.parent.is_dir():
         raise ConvertError(f"{path}: its directory {path.parent} does not exist; create it first")
     # the same directory, so the final rename stays on one file system and is atomic
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as error:
+        raise ConvertError(f"{path}: cannot write here ({error.strerror}); choose another output") from None
     os.close(handle)
     temp = pathlib.Path(temp)
     try:
         os.chmod(temp, _DEFAULT_MODE & ~_umask())
         yield temp
         os.replace(temp, path)
+    except OSError as error:
+        temp.unlink(missing_ok=True)
+        raise ConvertError(f"{path}: cannot write ({error.strerror or error}); nothing was written") from None
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

@@ -18,7 +18,7 @@ import time
 from converter import mapping as tables
 from converter._atomic import atomic_output
 from converter.checkpoint import open_checkpoint
-from converter.errors import CheckpointError, ConvertError, MappingError
+from converter.errors import CheckpointError, ConvertError, MappingError, OutputExistsError
 
 # (target, output suffix) -> "module:function" of the writer
 WRITERS = {
@@ -148,6 +148,8 @@ def convert(checkpoint, to="torch", output=None, *, arch=None, mapping=None, ema
         if check is not None:
             check(plan, target, dtype=dtype, **options)
         size = 0
+        if dry_run and target.exists() and not force:
+            raise OutputExistsError(f"{target}: already exists; pass --force to overwrite it")
         if not dry_run:
             with atomic_output(target, force) as temp:
                 write(plan, ckpt.read, temp, dtype=dtype, **options)

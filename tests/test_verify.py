@@ -171,3 +171,32 @@ def test_reduced_precision_port_gets_the_reduced_precision_bound(small, tmp_path
     assert "reduced precision" in report.backends[0].note
     assert all(c.passed for c in report.checks if c.kind == "weights")  # bit-exact after the file's own cast
     assert not verify(small.v2, [half], atol=1e-4).ok
+
+
+def test_damaged_or_retyped_ports_fail_with_a_reason(small, port, tmp_path):
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(port.read_bytes()[: port.stat().st_size // 2])
+    report = verify(small.v2, [damaged])
+    assert not report.ok and "cannot read" in report.failures()[0].message
+
+    def as_float(state):
+        state["Conv2d_1a_3x3.bn.num_batches_tracked"] = state["Conv2d_1a_3x3.bn.num_batches_tracked"].double()
+
+    retyped = verify(small.v2, [_rewrite(port, tmp_path / "retyped.pth", as_float)])
+    assert ("weights", "Conv2d_1a_3x3.bn.num_batches_tracked") in _failed(retyped)
+
+
+def test_a_model_without_end_points_fails(small, tmp_path):
+    from converter import mapping
+    from converter.verify import compare_outputs
+
+    checks = compare_outputs("x", small.golden(), {}, atol=1e-4)
+    assert len(checks) == 1 and not checks[0].passed and "none of TF-Slim's end points" in checks[0].message
+    assert mapping  # the module under test is importable without TensorFlow
+
+
+def test_reports_are_written_atomically_and_errors_are_one_line(small, port, tmp_path):
+    result = _cli("verify", small.v2, port, "--json", tmp_path / "missing" / "r.json")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "r.json" in errors[0] and "does not exist" in errors[0]

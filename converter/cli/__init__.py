@@ -39,9 +39,14 @@ class _Group(click.Group):
         return importlib.import_module(module).command
 
     def parse_args(self, ctx, args):
-        if args and args[0] not in COMMANDS and args[0] not in ctx.help_option_names + ["--version"]:
-            args = [DEFAULT_COMMAND, *args]
-        return super().parse_args(ctx, args)
+        # `--debug` belongs to every command; it may also come before the command's name
+        flags = [arg for arg in args if arg == "--debug"]
+        rest = [arg for arg in args if arg != "--debug"]
+        if rest and rest[0] not in COMMANDS and rest[0] not in ctx.help_option_names + ["--version"]:
+            rest = [DEFAULT_COMMAND, *rest]
+        if rest and rest[0] in COMMANDS:
+            rest = [rest[0], *flags, *rest[1:]]
+        return super().parse_args(ctx, rest)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

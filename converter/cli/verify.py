@@ -1,11 +1,11 @@
 """``ckpt-convert verify``: prove ported files equivalent to their TF-Slim checkpoint; exit 0 only if they are."""
 
 import json
-import pathlib
 
 import click
 
 from converter import oracle
+from converter._atomic import atomic_output
 from converter.cli import debug_option
 
 
@@ -24,8 +24,9 @@ from converter.cli import debug_option
 @click.option("--seed", default=0, show_default=True, help="Seed of the random batch.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where every backend and the reference run; auto takes a GPU where one is present.")
-@click.option("--atol", type=float, default=oracle.ATOL, show_default=True,
-              help="Allowed max |delta| per end point, relative to max(1, max|reference|).")
+@click.option("--atol", type=float, default=None,
+              help=f"Allowed max |delta| per end point, relative to max(1, max|reference|) [default: {oracle.ATOL:g}; "
+                   f"{oracle.REDUCED_PRECISION_ATOL:g} for float16/bfloat16 ports].")
 @click.option("--torch-model", type=click.Choice(["exact", "torchvision", "timm"]), default="exact",
               show_default=True, help="Run torch files in the exact TF-semantics module or a third-party model.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full report as JSON.")
@@ -43,8 +44,9 @@ def command(checkpoint, ported, mapping_path, json_path, junit_path, no_aux, deb
 
     report = verify(checkpoint, ported, mapping_path=mapping_path, aux=not no_aux, **options)
     click.echo(report.table())
-    if json_path:
-        pathlib.Path(json_path).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    if junit_path:
-        pathlib.Path(junit_path).write_text(report.to_junit() + "\n")
+    for path, render in ((json_path, lambda: json.dumps(report.to_dict(), indent=2)), (junit_path, report.to_junit)):
+        if path:
+            # a report is this command's own output: replaced on every run, never half-written
+            with atomic_output(path, force=True) as temp:
+                temp.write_text(render() + "\n")
     raise click.exceptions.Exit(0 if report.ok else 1)

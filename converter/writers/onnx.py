@@ -316,6 +316,11 @@ def _check_options(onnx, opset, input_layout, dtype, options):
     return opset, dtype
 
 
+def check(plan, path, *, dtype=None, opset=None, input_layout=NCHW, outputs=None, **options):
+    """The options this format takes (opset, layout, dtype), checked before writing and on a dry run."""
+    _check_options(_import_onnx(), opset, input_layout, dtype, options)
+
+
 def build_model(plan, read, *, dtype=None, opset=None, input_layout=NCHW, outputs=None, **options):
     """Build the ONNX ``ModelProto`` of ``plan`` (target ``onnx``) with tensors read by ``read``.
 

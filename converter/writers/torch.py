@@ -69,6 +69,13 @@ def cast(array, dtype):
     return array
 
 
+def check(plan, path, *, dtype=None, **options):
+    """The options this format takes, checked before writing and on a dry run."""
+    _check_options(options)
+    if dtype is not None and dtype not in CAST_DTYPES:
+        raise ConvertError(f"unknown dtype {dtype!r}; choose one of {', '.join(CAST_DTYPES)}")
+
+
 def _check_options(options):
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
