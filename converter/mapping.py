@@ -168,7 +168,12 @@ def load_table(name_or_path):
         raise MappingError(f"{path}: cannot read mapping table ({error.strerror})") from None
     except yaml.YAMLError as error:
         raise MappingError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
-    problems = validate(data)
+    try:
+        problems = validate(data)
+    except (TypeError, AttributeError, KeyError) as error:
+        # a value of a type no rule expects (a list where a mapping belongs, ...): name it rather than crash
+        raise MappingError(f"{path}: invalid mapping table: a value has the wrong type ({error}); "
+                           f"see mappings/README.md for the schema") from None
     if problems:
         raise MappingError(f"{path}: invalid mapping table ({len(problems)} problems):\n  " + "\n  ".join(problems))
     return Table(
@@ -197,8 +202,14 @@ def validate(data):
         return problems
     if data["schema"] != SCHEMA:
         problems.append(f"schema {data['schema']} is not supported (this version reads schema {SCHEMA})")
-    problems += _validate_facts(data["facts"])
     targets = data.get("targets", {})
+    shapes = ((targets, dict, "`targets` must be a mapping"),
+              (data["facts"].get("input", {}), dict, "facts.input must be a mapping"),
+              (data["facts"].get("end_points", []), list, "facts.end_points must be a list"))
+    problems += [message for value, kind, message in shapes if not isinstance(value, kind)]
+    if problems:
+        return problems
+    problems += _validate_facts(data["facts"])
     for target in targets:
         if target not in TARGETS:
             problems.append(f"targets: unknown target {target!r} (known: {', '.join(TARGETS)})")
@@ -238,8 +249,6 @@ def _validate_facts(facts):
     if mean is not None and (not isinstance(mean, list) or len(mean) != spec.get("channels")
                              or not all(isinstance(m, (int, float)) for m in mean)):
         problems.append("facts.input.mean must give one number per channel")
-    if not isinstance(facts.get("end_points"), list):
-        problems.append("facts.end_points must be a list")
     reference = facts.get("reference")
     if reference is not None:
         if not isinstance(reference, dict) or not all(isinstance(reference.get(k), str) for k in REFERENCE_KEYS):
@@ -256,7 +265,7 @@ def _validate_kind(name, kind):
     if not isinstance(kind, dict) or not isinstance(kind.get("params"), dict):
         return [f"{where} must be a mapping with `params`"]
     problems = []
-    if kind.get("compute", {}).get("op") not in COMPUTE_OPS:
+    if not isinstance(kind.get("compute"), dict) or kind["compute"].get("op") not in COMPUTE_OPS:
         problems.append(f"{where}.compute.op must be one of {', '.join(COMPUTE_OPS)}")
     dims = {d for shape in kind["params"].values() for d in shape if isinstance(d, str)}
     for target in TARGETS:

@@ -154,3 +154,23 @@ def test_transforms_refuse_layouts_they_do_not_take():
         transforms.get("hwio_to_oihw").shape((8, 4))
     with pytest.raises(MappingError, match="unknown transform 'squeeze'"):
         transforms.get("squeeze")
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda t: t["facts"].__setitem__("end_points", 5), "facts.end_points must be a list"),
+        (lambda t: t["facts"].__setitem__("input", [299, 299]), "facts.input must be a mapping"),
+        (lambda t: t.__setitem__("targets", ["torch"]), "`targets` must be a mapping"),
+        (lambda t: t["kinds"]["conv_bn"].__setitem__("compute", "conv"), "compute.op must be one of"),
+        (lambda t: t["graph"].append({"layer": 3}), "invalid mapping table"),
+    ],
+)
+def test_mistyped_user_tables_are_errors_not_crashes(tmp_path, raw_table, change, expected):
+    broken = copy.deepcopy(raw_table)
+    change(broken)
+    path = tmp_path / "mistyped.yaml"
+    path.write_text(yaml.safe_dump(broken))
+    with pytest.raises(MappingError, match="mistyped.yaml") as error:
+        mapping.load_table(path)
+    assert expected in str(error.value)
