@@ -17,7 +17,7 @@ from converter import mapping
 from converter.errors import ConvertError
 
 PRELOAD_BEFORE_TENSORFLOW = ("torch", "triton")
-EMA_SUFFIX = "/ExponentialMovingAverage"
+EMA_SUFFIX = mapping.EMA_SUFFIX
 MIN_DEPTH = 16
 
 
@@ -166,6 +166,10 @@ def run_reference(
     if end_points is None:
         end_points = table.facts["end_points"]
     slim_names = {name: spec.get("end_points", {}).get(name, name) for name in end_points}
+    # a checkpoint saved under an outer scope (tower_0/InceptionV3/...) restores into the bare network
+    prefix = mapping.model_prefix(checkpoint_shapes, table) or ""
+    checkpoint_shapes = {name[len(prefix):]: shape for name, shape in checkpoint_shapes.items()
+                         if name.startswith(prefix)}
     classifier = f"{table.scope}/{spec['classifier']}/biases"
     if classifier not in checkpoint_shapes:
         raise ConvertError(f"{checkpoint}: no variable {classifier}; it is not a TF-Slim {architecture} checkpoint")
@@ -188,7 +192,7 @@ def run_reference(
                     f"{checkpoint}: variable {source} is missing or has shape "
                     f"{checkpoint_shapes.get(source)}, TF-Slim expects {tuple(variable.shape.as_list())}"
                 )
-            variables[source] = variable
+            variables[prefix + source] = variable
         saver = tf.compat.v1.train.Saver(var_list=variables)
         config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
         with tf.compat.v1.Session(graph=graph, config=config) as session:

@@ -200,3 +200,20 @@ def test_reports_are_written_atomically_and_errors_are_one_line(small, port, tmp
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "r.json" in errors[0] and "does not exist" in errors[0]
+
+
+def test_checkpoint_under_an_outer_scope(small, tmp_path):
+    import tensorflow as tf
+
+    from converter.checkpoint import open_checkpoint
+
+    prefixed = tmp_path / "tower.ckpt"
+    with open_checkpoint(small.v2) as ckpt, tf.Graph().as_default():
+        variables = [tf.compat.v1.Variable(np.array(ckpt.read(name)), name=f"tower_0/{name}") for name in ckpt.names()]
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            tf.compat.v1.train.Saver(variables).save(session, str(prefixed), write_meta_graph=False)
+    port = tmp_path / "tower.pth"
+    convert(prefixed, to="torch", output=port)
+    report = verify(prefixed, [port])
+    assert report.ok, report.table()
