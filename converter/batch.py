@@ -180,7 +180,8 @@ def discover(sources, *, targets=("torch",), options=None, all_steps=False, excl
                     f"{source}: no such directory, manifest or checkpoint; "
                     "pass directories of checkpoints or .yaml/.csv manifests"
                 ) from None
-            found = [Model(_safe_id(source.name), os.path.abspath(path), targets, dict(options))]
+            # named after the checkpoint, not the file given (model.ckpt.index, a data shard...)
+            found = [Model(_safe_id(pathlib.Path(path).name), os.path.abspath(path), targets, dict(options))]
         models += [dataclasses.replace(m, id=f"{label}/{m.id}") if label else m for m in found]
     _check_unique(models)
     return sorted(models, key=lambda m: m.id)
@@ -202,8 +203,12 @@ def _safe_id(text):
 
 
 def _check_unique(models):
-    seen = {}
+    seen, checkpoints = {}, set()
     for model in models:
+        if model.checkpoint in checkpoints:
+            raise ConvertError(f"{model.checkpoint} is given twice (its .index and data files, or nested sources); "
+                               "give it once")
+        checkpoints.add(model.checkpoint)
         if model.id in seen:
             raise ConvertError(
                 f"{model.checkpoint} and {seen[model.id]} would both be written to {model.id}/; "

@@ -424,3 +424,11 @@ def test_sources_without_a_checkpoint_are_an_error(tmp_path):
     (empty / "notes.txt").write_text("not a checkpoint")
     with pytest.raises(ConvertError, match="no checkpoint found"):
         run_batch([empty], tmp_path / "out")
+
+
+def test_a_checkpoint_given_by_its_files_is_named_after_the_checkpoint(tmp_path, small):
+    index = small.v2.with_name(small.v2.name + ".index")
+    data = small.v2.with_name(small.v2.name + ".data-00000-of-00001")
+    assert [m.id for m in discover([index])] == ["model.ckpt"]
+    with pytest.raises(ConvertError, match="given twice"):
+        discover([index, data])
