@@ -14,6 +14,9 @@ from converter.errors import MappingError
 
 # TF kernels are [kh, kw, in, out] (HWIO); torch and ONNX convolutions want [out, in, kh, kw] (OIHW).
 HWIO_TO_OIHW = (3, 2, 0, 1)
+# activations: TF-Slim's NHWC, torch's and ONNX's NCHW
+NHWC_TO_NCHW = (0, 3, 1, 2)
+NCHW_TO_NHWC = (0, 2, 3, 1)
 
 
 @dataclasses.dataclass(frozen=True)

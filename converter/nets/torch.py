@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from converter import mapping
+from converter._tf_rules import same_padding
 from converter.errors import MappingError
 
 # TF-Slim's own parameter names: the layer op's kernel and bias, and the scope of its batch norm
@@ -34,12 +35,6 @@ DEFAULT_PADDING = "SAME"
 def default_device():
     """``cuda`` when a GPU is present, else ``cpu``."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def same_padding(size, kernel, stride):
-    """TensorFlow's ``SAME`` padding of one dimension: ``(before, after)``, the extra one after."""
-    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
 
 
 def _pads(x, kernel, stride, padding):

@@ -13,9 +13,7 @@ import numpy as np
 
 from converter import mapping
 
-# torch and ONNX put channels first; TF-Slim's end points are NHWC
-NCHW_TO_NHWC = (0, 2, 3, 1)
-NHWC_TO_NCHW = (0, 3, 1, 2)
+from converter.transforms import NCHW_TO_NHWC
 
 
 def to_nhwc(outputs):

@@ -1,7 +1,8 @@
 """Run ported ONNX models in onnxruntime."""
 
 from converter.errors import ConvertError
-from converter.runtimes import NHWC_TO_NCHW, as_float32, to_nhwc
+from converter.runtimes import as_float32, to_nhwc
+from converter.transforms import NHWC_TO_NCHW
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"

@@ -3,7 +3,8 @@
 import pathlib
 
 from converter.errors import ConvertError
-from converter.runtimes import as_float32, end_point_modules, to_nhwc, NHWC_TO_NCHW
+from converter.runtimes import as_float32, end_point_modules, to_nhwc
+from converter.transforms import NHWC_TO_NCHW
 
 MODELS = ("exact", "torchvision", "timm")
 

@@ -14,7 +14,9 @@ import numpy as np
 
 import converter
 from converter import mapping
+from converter._tf_rules import SAME, VALID, output_size, same_padding
 from converter.errors import ConvertError
+from converter.transforms import NCHW_TO_NHWC, NHWC_TO_NCHW
 
 # Opset 17 (2022) is deployable on every maintained runtime (onnxruntime >= 1.12, TensorRT >= 8.6,
 # OpenVINO); later opsets change the ops written here only by adding types or attributes left unset.
@@ -28,8 +30,6 @@ OPSETS = range(MIN_OPSET, MAX_OPSET + 1)
 NCHW = "nchw"
 NHWC = "nhwc"
 LAYOUTS = (NCHW, NHWC)
-NHWC_TO_NCHW = (0, 3, 1, 2)
-NCHW_TO_NHWC = (0, 2, 3, 1)
 CHANNEL_AXIS = 1  # in the NCHW graph
 
 DTYPES = ("float32", "float16")
@@ -47,8 +47,6 @@ ACTIVATIONS = {"relu": "Relu"}
 # options meant for the plan, which reach every writer
 PLAN_OPTIONS = ("include_top",)
 
-SAME = "SAME"
-VALID = "VALID"
 GLOBAL = "global"
 POOLS = {"max_pool": "MaxPool", "avg_pool": "AveragePool"}
 
@@ -67,17 +65,6 @@ class _Value:
 
     name: str
     shape: tuple
-
-
-def _output_size(size, kernel, stride, padding):
-    # TensorFlow's rule: SAME keeps ceil(size / stride), VALID only windows that fit
-    return math.ceil(size / stride) if padding == SAME else math.ceil((size - kernel + 1) / stride)
-
-
-def _same_pads(size, kernel, stride):
-    # TensorFlow pads the total a window needs, the odd pixel at the end (bottom/right)
-    total = max((_output_size(size, kernel, stride, SAME) - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
 
 
 class _GraphBuilder:
@@ -215,12 +202,12 @@ class _GraphBuilder:
     def _window(kernel, size, stride, padding):
         pads = [0, 0, 0, 0]  # ONNX order: h_begin, w_begin, h_end, w_end
         if padding == SAME:
-            (pads[0], pads[2]), (pads[1], pads[3]) = (_same_pads(n, k, stride) for n, k in zip(size, kernel))
+            (pads[0], pads[2]), (pads[1], pads[3]) = (same_padding(n, k, stride) for n, k in zip(size, kernel))
         return {"kernel_shape": list(kernel), "strides": [stride, stride], "pads": pads}
 
     @staticmethod
     def _spatial(kernel, size, stride, padding, where):
-        out = tuple(_output_size(n, k, stride, padding) for n, k in zip(size, kernel))
+        out = tuple(output_size(n, k, stride, padding) for n, k in zip(size, kernel))
         if min(out) < 1:
             raise ConvertError(f"ONNX: {where}: a {list(kernel)} window does not fit a {list(size)} map")
         return out
