@@ -10,16 +10,14 @@ Generates the checkpoint with fixtures/make_fixtures.py into .cache/bench/ when 
 """
 
 import argparse
-import pathlib
 import statistics
 import subprocess
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-BENCH = ROOT / ".cache" / "bench"
-CHECKPOINT_DIR = BENCH / "inception_v3_full"
-CHECKPOINT = CHECKPOINT_DIR / "model.ckpt"
+from _common import CACHE, ROOT, full_checkpoint
+
+BENCH = CACHE.parent
 KIB = 1024
 MB = 1e6
 # targets: how much faster than the naive port, and peak memory against the checkpoint's data size
@@ -49,17 +47,6 @@ else:
 """
 
 
-def ensure_checkpoint():
-    """The full-size checkpoint, generated (about a minute, needs TensorFlow) when absent."""
-    if not CHECKPOINT.with_name("model.ckpt.index").is_file():
-        subprocess.run(
-            [sys.executable, str(ROOT / "fixtures" / "make_fixtures.py"), "--depth-multiplier", "1.0",
-             "--kinds", "v2", "--out", str(CHECKPOINT_DIR)],
-            check=True, cwd=ROOT,
-        )
-    return CHECKPOINT
-
-
 def data_size(checkpoint):
     """Bytes of the checkpoint's data shards."""
     return sum(p.stat().st_size for p in checkpoint.parent.glob(checkpoint.name + ".data-*"))
@@ -79,7 +66,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    checkpoint = ensure_checkpoint()
+    checkpoint = full_checkpoint()
     size = data_size(checkpoint)
     print(f"checkpoint {checkpoint}: {size / MB:.1f} MB of data; median of {args.repeats} fresh-process runs")
     failures = []

@@ -13,10 +13,7 @@ the median of each is reported, with ratios to onnxruntime. The checkpoint is ge
 
 import argparse
 import os
-import pathlib
 import statistics
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -24,30 +21,16 @@ import numpy as np
 # torch's native libraries must load before TensorFlow's in one process
 import torch
 
+from _common import CACHE, full_checkpoint
+
 from converter import mapping, oracle, reference
 from converter.checkpoint import open_checkpoint
 from converter.writers import onnx as onnx_writer
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-CACHE = ROOT / ".cache" / "bench" / "inception_v3_full"
 ARCHITECTURE = "inception_v3"
 WARMUP = 3
 # torchvision's module returns logits in eval mode; the table's module every end point
 TORCHVISION_OPTIONS = {"weights": None, "aux_logits": True, "init_weights": False, "transform_input": False}
-
-
-def ensure_checkpoint(prefix):
-    if prefix is not None:
-        return pathlib.Path(prefix)
-    prefix = CACHE / "model.ckpt"
-    if not pathlib.Path(f"{prefix}.index").exists():
-        print(f"generating the full-size checkpoint into {CACHE} (once) ...", file=sys.stderr)
-        subprocess.run(
-            [sys.executable, str(ROOT / "fixtures" / "make_fixtures.py"), "--depth-multiplier", "1.0",
-             "--kinds", "v2", "--out", str(CACHE)],
-            check=True,
-        )
-    return prefix
 
 
 def _shapes(ckpt):
@@ -138,7 +121,7 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads for every runtime")
     args = parser.parse_args()
 
-    prefix = ensure_checkpoint(args.checkpoint)
+    prefix = full_checkpoint(args.checkpoint)
     table = mapping.load_table(ARCHITECTURE)
     workdir = CACHE.parent
     workdir.mkdir(parents=True, exist_ok=True)

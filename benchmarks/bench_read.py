@@ -10,13 +10,12 @@ both compare decoding, not the disk. The checkpoint (about 95 MB) is generated o
 
 import argparse
 import json
-import pathlib
 import subprocess
 import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-CACHE = ROOT / ".cache" / "bench" / "inception_v3_full"
+from _common import ROOT, full_checkpoint
+
 TARGET_END_TO_END = 10.0  # at least this many times faster than TensorFlow, imports included
 TARGET_READ = 3.0  # the read loop within this factor of a plain read of the data file
 
@@ -50,20 +49,6 @@ print(json.dumps({"read_s": time.perf_counter() - start, "bytes": total}))
 }
 
 
-def ensure_checkpoint(prefix):
-    if prefix is not None:
-        return pathlib.Path(prefix)
-    prefix = CACHE / "model.ckpt"
-    if not pathlib.Path(f"{prefix}.index").exists():
-        print(f"generating the full-size checkpoint into {CACHE} (once) ...", file=sys.stderr)
-        subprocess.run(
-            [sys.executable, str(ROOT / "fixtures" / "make_fixtures.py"), "--depth-multiplier", "1.0",
-             "--kinds", "v2", "--out", str(CACHE)],
-            check=True,
-        )  # fmt: skip
-    return prefix
-
-
 def run(code, prefix):
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code, str(prefix)], capture_output=True, text=True, cwd=ROOT)
@@ -79,7 +64,7 @@ def main():
     parser.add_argument("--checkpoint", help="a V2 checkpoint prefix (default: generate the full-size InceptionV3)")
     parser.add_argument("--repeat", type=int, default=5, help="runs per contender; the fastest counts")
     args = parser.parse_args()
-    prefix = ensure_checkpoint(args.checkpoint)
+    prefix = full_checkpoint(args.checkpoint)
     for path in prefix.parent.glob(prefix.name + ".*"):
         path.read_bytes()  # warm the page cache
     best = {}
