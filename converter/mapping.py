@@ -7,6 +7,7 @@ cannot fill, and shapes that disagree are all gathered into one error.
 """
 
 import dataclasses
+import functools
 import importlib.resources
 import pathlib
 
@@ -19,6 +20,8 @@ from converter.errors import ConvertError, MappingError
 SCHEMA = 1
 TARGETS = ("torch", "keras", "onnx")
 # how a row's target name and a kind's template key join
+# targets whose rows name one layer per role (class): Keras keeps a conv and its batch norm apart
+ROLE_TARGETS = ("keras",)
 SEPARATORS = {"torch": ".", "keras": "/", "onnx": "/"}
 COMPUTE_OPS = ("conv", "linear")
 NODE_KINDS = ("layer", "max_pool", "avg_pool", "concat", "add", "nodes", "flatten", "pad")
@@ -105,7 +108,7 @@ class Table:
                 rows.append(
                     Row(
                         layer=layer,
-                        key=_join(target, row[target], key),
+                        key=join_key(target, row[target], key),
                         source=spec.get("from"),
                         transform=spec.get("transform", "identity"),
                         classes=spec.get("classes"),
@@ -142,10 +145,6 @@ def group_layers(graph, groups):
 
 def join_key(target, name, key):
     """A target tensor's key: a row's target ``name`` (a prefix, or ``{role: name}``) joined to a kind's ``key``."""
-    return _join(target, name, key)
-
-
-def _join(target, name, key):
     if isinstance(name, dict):  # {role: layer name}: the key's first component names the role
         role, _, rest = key.partition(SEPARATORS[target])
         return f"{name[role]}{SEPARATORS[target]}{rest}"
@@ -156,12 +155,20 @@ def load_table(name_or_path):
     """Load and validate a mapping table: a built-in architecture name or a path to a YAML file."""
     path = pathlib.Path(name_or_path)
     if path.suffix not in (".yaml", ".yml"):
-        builtin = _builtin_dir() / f"{name_or_path}.yaml"
-        if not builtin.is_file():
-            raise MappingError(
-                f"no mapping table {name_or_path!r}; built-in: {', '.join(builtin_tables())}, or pass a .yaml path"
-            )
-        path = pathlib.Path(str(builtin))
+        return _load_builtin(str(name_or_path))
+    return _load_file(path)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_builtin(name):
+    # shipped tables do not change while the process runs: detection and every command share one load
+    builtin = _builtin_dir() / f"{name}.yaml"
+    if not builtin.is_file():
+        raise MappingError(f"no mapping table {name!r}; built-in: {', '.join(builtin_tables())}, or pass a .yaml path")
+    return _load_file(pathlib.Path(str(builtin)))
+
+
+def _load_file(path):
     try:
         data = yaml.load(path.read_text(), Loader=SAFE_LOADER)
     except OSError as error:
@@ -305,6 +312,8 @@ def _validate_row(layer, row, kinds, skips):
             roles = {key.partition(SEPARATORS[target])[0] for key in kind[target]}
             if roles - set(name):
                 problems.append(f"{where}.{target}: missing roles {', '.join(sorted(roles - set(name)))}")
+        elif target in ROLE_TARGETS:
+            problems.append(f"{where}.{target} must map each role (a {target} layer class) to a layer name")
         elif not isinstance(name, str):
             problems.append(f"{where}.{target} must be a name or a mapping of role to name")
     return problems
@@ -380,10 +389,10 @@ def detect_architecture(names):
 def model_prefix(names, table):
     """The outer prefix before ``table.scope`` in ``names`` ('' for none), or None when the table does not match."""
     first = f"{table.scope}/{table.detect[0]}"
-    for name in names:
+    present = set(names)
+    for name in present:
         if name == first or name.endswith("/" + first):
             prefix = name[: -len(first)]
-            present = set(names)
             if all(f"{prefix}{table.scope}/{d}" in present for d in table.detect):
                 return prefix
     return None

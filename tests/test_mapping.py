@@ -164,6 +164,7 @@ def test_transforms_refuse_layouts_they_do_not_take():
         (lambda t: t.__setitem__("targets", ["torch"]), "`targets` must be a mapping"),
         (lambda t: t["kinds"]["conv_bn"].__setitem__("compute", "conv"), "compute.op must be one of"),
         (lambda t: t["graph"].append({"layer": 3}), "invalid mapping table"),
+        (lambda t: t["layers"]["Conv2d_1a_3x3"].__setitem__("keras", "conv2d"), "must map each role"),
     ],
 )
 def test_mistyped_user_tables_are_errors_not_crashes(tmp_path, raw_table, change, expected):

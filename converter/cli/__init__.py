@@ -86,7 +86,5 @@ def main(argv=None):
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)
-    except click.exceptions.Exit as exit_:
-        sys.exit(exit_.exit_code)
     if isinstance(status, int) and status:
         sys.exit(status)
