@@ -379,3 +379,16 @@ def test_fuzz_entry_values_behind_valid_checksums(small, which, entry, mutations
 
 
 ENTRY_CACHE = {}
+
+
+def test_overlapping_slices_with_the_right_element_count_are_refused():
+    from converter.checkpoint import _slices
+
+    whole = np.arange(8.0).reshape(4, 2)
+    parts = [(((0, 2), (0, 2)), whole[0:2]), (((1, 2), (0, 2)), whole[1:3])]  # rows 0-1 and 1-2: row 3 missing
+    with pytest.raises(_slices.ProtoError, match="overlap"):
+        _slices.assemble((3, 2), whole.dtype, parts[:1] + [(((1, 2), (0, 2)), whole[1:2])])
+    with pytest.raises(_slices.ProtoError, match="overlap"):
+        _slices.assemble((4, 2), whole.dtype, parts)
+    ok = _slices.assemble((4, 2), whole.dtype, [(((0, 2), (0, 2)), whole[0:2]), (((2, 2), (0, 2)), whole[2:4])])
+    np.testing.assert_array_equal(ok, whole)

@@ -71,9 +71,13 @@ def assemble(shape, dtype, parts):
     covered = sum(part.size for _, part in parts)
     if covered != total:
         raise ProtoError(f"slices hold {covered} elements of a tensor of {total}")
-    out = np.zeros(shape, dtype)  # zeros, not garbage, if corrupt slices overlap
+    out = np.empty(shape, dtype)
+    filled = np.zeros(shape, bool)  # equal counts can still overlap and leave a gap: check every element
     for extents, part in parts:
         region = tuple(slice(start, start + size) for (start, _), size in zip(extents, part.shape))
+        if filled[region].any():
+            raise ProtoError(f"slices overlap at {[start for start, _ in extents]}")
+        filled[region] = True
         out[region] = part
     out.flags.writeable = False
     return out
