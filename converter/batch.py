@@ -32,7 +32,7 @@ from converter import __version__
 from converter import mapping as tables
 from converter._atomic import atomic_output
 from converter.checkpoint import _paths, open_checkpoint
-from converter.convert import CHECKPOINT_SUFFIX, DEFAULT_SUFFIXES, TF2_FORMAT, convert
+from converter.convert import DEFAULT_SUFFIXES, TF2_FORMAT, convert, default_output
 from converter.errors import CheckpointError, ConvertError
 
 STATE_FILENAME = "state.json"
@@ -414,11 +414,8 @@ def _target_key(content, mapping_digest, target, output, options):
 
 
 def _output_name(model_id, target):
-    """``<name>.<suffix>`` of a model's output: the checkpoint's name without ``.ckpt``, the target's suffix."""
-    name = pathlib.PurePosixPath(model_id).name
-    if name.endswith(CHECKPOINT_SUFFIX):
-        name = name[: -len(CHECKPOINT_SUFFIX)]
-    return name + DEFAULT_SUFFIXES[target]
+    """``<name>.<suffix>`` of a model's output: named as ``convert`` names one beside its checkpoint."""
+    return default_output(pathlib.PurePosixPath(model_id).name, target).name
 
 
 def _read_state(folder):

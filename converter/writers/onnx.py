@@ -172,12 +172,15 @@ class _GraphBuilder:
         total = branches[0]
         for branch in branches[1:]:
             total = self.op("Add", [total.name, branch.name], f"{inner}add", total.shape)
-        activation = node.get("activation")
-        if activation:
-            if activation not in ACTIVATIONS:
-                raise ConvertError(f"ONNX: unknown activation {activation!r} (known: {', '.join(ACTIVATIONS)})")
-            total = self.op(ACTIVATIONS[activation], [total.name], f"{inner}{ACTIVATIONS[activation]}", total.shape)
-        return total
+        return self._activate(total, node.get("activation"), inner)
+
+    def _activate(self, value, activation, scope):
+        # the activation a layer's kind or an add node names; none leaves the value as it is
+        if not activation:
+            return value
+        if activation not in ACTIVATIONS:
+            raise ConvertError(f"ONNX: unknown activation {activation!r} (known: {', '.join(ACTIVATIONS)})")
+        return self.op(ACTIVATIONS[activation], [value.name], f"{scope}{ACTIVATIONS[activation]}", value.shape)
 
     def _pad(self, pads, value, scope):
         # explicit zero padding (tf.pad); ONNX order: every axis's begin, then every axis's end
@@ -253,12 +256,7 @@ class _GraphBuilder:
             norm = [self._vector(layer, params[key], value.shape[CHANNEL_AXIS]) for key in BATCH_NORM]
             value = self.op("BatchNormalization", [value.name, *norm], f"{layer}/BatchNorm", value.shape,
                              epsilon=float(self.table.facts["batch_norm_epsilon"]))
-        activation = compute.get("activation")
-        if activation:
-            if activation not in ACTIVATIONS:
-                raise ConvertError(f"ONNX: unknown activation {activation!r} (known: {', '.join(ACTIVATIONS)})")
-            value = self.op(ACTIVATIONS[activation], [value.name], f"{layer}/{ACTIVATIONS[activation]}", value.shape)
-        return value
+        return self._activate(value, compute.get("activation"), f"{layer}/")
 
 
 def _named(nodes):
