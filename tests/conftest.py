@@ -79,6 +79,40 @@ def full():
 GENERATED = ("vgg_16", "inception_v1", "resnet_v1_50")
 
 
+# Fine-tunes as legacy fleets hold them, written by the real tf-slim networks (generated and cached per
+# machine): other class counts, no auxiliary head, another scope under an outer prefix with a layer of the
+# user's own beside the network, Momentum slots and EMA shadows, and inputs other than the default
+# (TF-Slim then sizes and names InceptionV3's auxiliary kernel after the input: Conv2d_2a_3x3 at 224).
+FINETUNES = {
+    # slim's flowers: 5 classes, no background class; a training checkpoint with Momentum slots and EMA shadows
+    "inception_v3_flowers": dict(architecture="inception_v3", depth_multiplier=0.1, num_classes=5,
+                                 kinds=("v2", "train"), optimizer="momentum"),
+    # keras.applications and torchvision build full-size networks only
+    "inception_v3_flowers_full": dict(architecture="inception_v3", depth_multiplier=1.0, num_classes=5, kinds=("v2",)),
+    "inception_v3_scoped": dict(architecture="inception_v3", depth_multiplier=0.1, num_classes=7, kinds=("v2",),
+                                network_options={"scope": "FlowerNet", "create_aux_logits": False},
+                                prefix="tower_0", extra_head="ExtraHead/fc"),
+    "inception_v3_224": dict(architecture="inception_v3", depth_multiplier=0.1, num_classes=1001, kinds=("v2",),
+                             image_size=224),
+    "inception_v3_160": dict(architecture="inception_v3", depth_multiplier=0.1, num_classes=12, kinds=("v2",),
+                             image_size=160),
+    "inception_v1_ft": dict(architecture="inception_v1", num_classes=10, kinds=("v2",)),
+    "resnet_v1_50_ft": dict(architecture="resnet_v1_50", num_classes=3, kinds=("v2",)),
+    "vgg_16_ft": dict(architecture="vgg_16", num_classes=6, kinds=("v2",)),
+}
+
+
+@pytest.fixture(scope="session")
+def finetune():
+    """``finetune(name)``: a fine-tuned checkpoint of ``FINETUNES``, generated once per machine and cached."""
+    pytest.importorskip("tensorflow", reason="fine-tuned checkpoints are written by TensorFlow")
+
+    def make(name):
+        return _make_cached(name, **FINETUNES[name])
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def zoo():
     """``zoo(architecture)``: its full-size fixture, generated once per machine and cached."""
