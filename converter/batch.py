@@ -29,10 +29,11 @@ import traceback
 import yaml
 
 from converter import __version__
+from converter import input_size
 from converter import mapping as tables
 from converter._atomic import atomic_output
 from converter.checkpoint import _paths, open_checkpoint
-from converter.convert import DEFAULT_SUFFIXES, TF2_FORMAT, convert, default_output
+from converter.convert import DEFAULT_SUFFIXES, TF2_FORMAT, convert, default_output, table_for
 from converter.errors import CheckpointError, ConvertError
 
 STATE_FILENAME = "state.json"
@@ -47,9 +48,13 @@ START_METHOD = "spawn"
 HASH_CHUNK = 1 << 20
 DIGEST_SIZE = 16
 # per-model options and their defaults (the keyword arguments of ``convert``)
-DEFAULT_OPTIONS = {"arch": None, "mapping": None, "ema": False, "keep_background": False, "aux": True}
+DEFAULT_OPTIONS = {"arch": None, "mapping": None, "scope": None, "ema": False, "background": tables.BACKGROUND_AUTO,
+                   "aux": None, "input_size": None, "strict": True}
+# options ``verify`` takes besides the port files (``strict`` is the converter's business)
+VERIFY_OPTIONS = ("arch", "mapping", "scope", "ema", "background", "aux", "input_size")
 MANIFEST_FORMATS = {".yaml": "yaml", ".yml": "yaml", ".csv": "csv"}
-MANIFEST_FIELDS = ("path", "id", "architecture", "mapping", "ema", "keep_background", "aux", "targets")
+MANIFEST_FIELDS = ("path", "id", "architecture", "mapping", "scope", "ema", "background", "aux", "input_size",
+                   "lenient", "targets")
 BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 # statuses of a target and of a model
 OK, UP_TO_DATE, FAILED, PARTIAL, PENDING = "ok", "up to date", "failed", "partial", "pending"
@@ -133,16 +138,29 @@ class BatchReport:
             "",
             f"{self.summary()} (ckpt-convert {__version__})",
             "",
-            "| model | architecture | targets | status | max error | time | reason |",
-            "|---|---|---|---|---|---|---|",
+            "| model | architecture | scope | classes | heads | input | skipped | targets | status | max error "
+            "| time | reason |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for record in self.models:
             targets = ", ".join(f"{t} {entry['status']}" for t, entry in record["targets"].items())
             error = f"{record['max_error']:.2e}" if record["max_error"] is not None else "-"
-            cells = [f"`{record['id']}`", record["architecture"] or "-", targets, record["status"], error,
-                     f"{record['seconds']:.1f} s", record["reason"]]
+            cells = [f"`{record['id']}`", record["architecture"] or "-", *_decision_cells(record), targets,
+                     record["status"], error, f"{record['seconds']:.1f} s", record["reason"]]
             lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
         return "\n".join(lines) + "\n"
+
+
+def _decision_cells(record):
+    # scope, classes (and the background rule), heads, input size, skipped variables
+    decided = record.get("decisions")
+    if not decided:
+        return ["-"] * 5
+    background = decided["background"]
+    classes = "-" if background["classes"] is None else f"{background['port_classes']} ({background['rule']})"
+    heads = ", ".join(f"{group} {status}" for group, status in decided["heads"].items()) or "-"
+    skipped = ", ".join(f"{count} {reason}" for reason, count in record.get("skipped", {}).items()) or "-"
+    return [f"`{decided['scope']}`", classes, heads, "x".join(map(str, decided["input_size"])), skipped]
 
 
 # ---------------------------------------------------------------------------- finding the models
@@ -278,7 +296,9 @@ def read_manifest(path, *, targets=("torch",), options=None):
     """The models a manifest lists: a YAML list (or ``models:`` list) of rows, or a CSV file with a header.
 
     A row has ``path`` (relative to the manifest's folder) and may set ``id``, ``architecture``,
-    ``mapping``, ``ema``, ``keep_background``, ``aux`` and ``targets`` (``torch;onnx`` in CSV).
+    ``mapping``, ``scope``, ``ema``, ``background`` (auto, keep or drop), ``aux`` (true: keep the
+    auxiliary head where the checkpoint has it; false: leave it out), ``input_size`` (``224`` or
+    ``224x192``), ``lenient`` and ``targets`` (``torch;onnx`` in CSV).
     Returns a list of ``Model``; ConvertError naming the manifest and row for a malformed one.
     """
     path = pathlib.Path(path)
@@ -292,9 +312,24 @@ def read_manifest(path, *, targets=("torch",), options=None):
             raise ConvertError(f"{where}: no path; every row names a checkpoint")
         checkpoint = path.parent / str(row["path"])
         options = dict(defaults)
-        for name in ("ema", "keep_background", "aux"):
-            if row.get(name) not in (None, ""):
-                options[name] = _boolean(row[name], f"{where}: {name}")
+        if row.get("ema") not in (None, ""):
+            options["ema"] = _boolean(row["ema"], f"{where}: ema")
+        if row.get("lenient") not in (None, ""):
+            options["strict"] = not _boolean(row["lenient"], f"{where}: lenient")
+        if row.get("aux") not in (None, ""):
+            options["aux"] = None if _boolean(row["aux"], f"{where}: aux") else False
+        if row.get("background") not in (None, ""):
+            if str(row["background"]) not in tables.BACKGROUND_RULES:
+                raise ConvertError(f"{where}: background is {row['background']!r}; use "
+                                   f"{', '.join(tables.BACKGROUND_RULES)}")
+            options["background"] = str(row["background"])
+        if row.get("scope"):
+            options["scope"] = str(row["scope"])
+        if row.get("input_size") not in (None, ""):
+            try:
+                options["input_size"] = input_size.parse(row["input_size"])
+            except ValueError as error:
+                raise ConvertError(f"{where}: {error}") from None
         if row.get("architecture"):
             options["arch"] = str(row["architecture"])
         if row.get("mapping"):
@@ -442,14 +477,14 @@ def _output_current(entry, key, folder):
 
 
 def _table_for(model):
-    if model.options["mapping"]:
-        return tables.load_table(model.options["mapping"])
-    if model.options["arch"]:
-        return tables.load_table(model.options["arch"])
+    options = model.options
+    if options["mapping"] or options["arch"]:
+        return table_for([], options["arch"], options["mapping"])
     with open_checkpoint(model.checkpoint) as ckpt:
         # a TF2 checkpoint, or one no table fits: convert says which, per target
-        architecture = tables.detect_architecture(ckpt.names()) if ckpt.format != TF2_FORMAT else None
-    return tables.load_table(architecture) if architecture else None
+        if ckpt.format == TF2_FORMAT or not tables.networks(ckpt.names()):
+            return None
+        return table_for(ckpt.names(), scope=options["scope"], checkpoint=ckpt.path)
 
 
 # ---------------------------------------------------------------------------- one model
@@ -457,7 +492,7 @@ def _table_for(model):
 
 def _record(model, architecture=None):
     return {"id": model.id, "checkpoint": model.checkpoint, "architecture": architecture, "status": FAILED,
-            "seconds": 0.0, "max_error": None, "reason": "", "targets": {}}
+            "seconds": 0.0, "max_error": None, "reason": "", "decisions": None, "skipped": {}, "targets": {}}
 
 
 def _one_line(error):
@@ -489,6 +524,10 @@ def _finish(record, seconds):
         f"{t}: {reason}" for t, reason in failed.items())
     errors = [entry["max_error"] for entry in entries.values() if entry.get("max_error") is not None]
     record["max_error"] = max(errors) if errors else None
+    # what was read from the checkpoint is the same for every target: the first written one says it
+    decided = [entry for entry in entries.values() if entry.get("decisions")]
+    record["decisions"] = decided[0]["decisions"] if decided else None
+    record["skipped"] = decided[0]["skipped"] if decided else {}
     record["seconds"] = round(seconds, 3)
     return record
 
@@ -496,7 +535,8 @@ def _finish(record, seconds):
 def _report_entry(model_id, entry, status, seconds=0.0):
     output = f"{model_id}/{entry['output']}" if entry.get("output") and entry.get("status") == OK else None
     return {"status": status, "output": output, "max_error": entry.get("max_error"),
-            "seconds": round(seconds, 3), "reason": entry.get("reason", "")}
+            "seconds": round(seconds, 3), "reason": entry.get("reason", ""),
+            "decisions": entry.get("decisions"), "skipped": entry.get("skipped", {}), "notes": entry.get("notes", [])}
 
 
 def _current_record(job):
@@ -585,13 +625,12 @@ def _convert_target(job, folder, state, target, name, key, previous):
         return entry, 0.0, True
     state["targets"][target] = {"status": PENDING, "key": key, "output": name}
     _write_json(folder / STATE_FILENAME, state)
-    options = model.options
     try:
-        convert(model.checkpoint, target, output, arch=options["arch"], mapping=options["mapping"], ema=options["ema"],
-                keep_background=options["keep_background"], aux=options["aux"], force=True)
+        result = convert(model.checkpoint, target, output, **model.options, force=True)
         stat = output.stat()
         entry = {"status": OK, "key": key, "output": name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                 "verified": None, "max_error": None}
+                 "verified": None, "max_error": None, "decisions": result.plan.to_dict(),
+                 "skipped": result.skipped_counts(), "notes": result.notes}
     except ConvertError as error:
         entry = {"status": FAILED, "key": key, "output": name, "reason": _one_line(error)}
     except Exception as error:  # a bug must not stop the batch: the target fails with the reason
@@ -612,8 +651,7 @@ def _verify(job, folder, state, targets, did):
     model, options = job.model, job.model.options
     paths = {t: folder / state["targets"][t]["output"] for t in targets}
     try:
-        report = verify(model.checkpoint, list(paths.values()), arch=options["arch"], mapping_path=options["mapping"],
-                        ema=options["ema"], keep_background=options["keep_background"], aux=options["aux"],
+        report = verify(model.checkpoint, list(paths.values()), **{k: options[k] for k in VERIFY_OPTIONS},
                         device=job.device)
     except ConvertError as error:
         report, reason = None, f"verification failed: {_one_line(error)}"

@@ -53,6 +53,7 @@ class ConvertResult:
     bytes: int  # size of the written file; 0 for a dry run
     seconds: float
     dry_run: bool
+    notes: list = dataclasses.field(default_factory=list)  # what the output does not load into, and why
 
     @property
     def skipped(self):
@@ -62,6 +63,26 @@ class ConvertResult:
     def skipped_counts(self):
         """Reason -> how many variables were left out for it."""
         return {reason: len(names) for reason, names in self.skipped.items()}
+
+
+def third_party_notes(plan):
+    """Third-party models (``targets.<target>.<model>``) a plan's output does not load into, and why.
+
+    A model's ``dims`` (``{layer: {dim: size}}``) are the sizes it builds; a checkpoint trained at
+    another input size (a smaller auxiliary kernel) or width binds others.
+    """
+    notes = []
+    spec = plan.table.targets.get(plan.target, {})
+    for name, model in spec.items():
+        if not isinstance(model, dict) or "dims" not in model:
+            continue
+        mismatches = tables.dims_mismatches(plan, model["dims"])
+        if mismatches:
+            optional = tables.group_layers(plan.table.graph, spec.get("optional", []))
+            fix = f"; convert with --no-aux for {name}" if set(mismatches) <= optional else ""
+            notes.append(f"loads into the exact module, not {name}'s {model.get('model', name)}: "
+                         f"{'; '.join(mismatches.values())}{fix}")
+    return notes
 
 
 def writer_for(target, output):
@@ -95,31 +116,41 @@ def default_output(checkpoint_path, target):
     return path.with_name(path.name + suffix)
 
 
-def _table(names, arch, mapping_path, checkpoint):
-    if mapping_path is not None:
-        return tables.load_table(mapping_path)
+def table_for(names, arch=None, mapping=None, *, scope=None, checkpoint="the checkpoint"):
+    """The mapping table for a checkpoint: a user's (``mapping``), a named one (``arch``), or the one detected.
+
+    Detection finds a built-in table's network under any scope or outer prefix; ``scope`` picks one
+    where the checkpoint holds several. Raises ``MappingError`` saying what was found and the flag to pass.
+    """
+    if mapping is not None:
+        return tables.load_table(mapping)
     if arch is not None:
         return tables.load_table(arch)
-    architecture = tables.detect_architecture(names)
-    if architecture is None:
+    if not tables.networks(names):
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         raise MappingError(
             f"{checkpoint}: no mapping table ({', '.join(tables.builtin_tables())}) fits this checkpoint; "
             f"its {len(names)} variables are unmapped: {shown}; pass --arch or --mapping my_table.yaml"
         )
-    return tables.load_table(architecture)
+    return tables.load_table(tables.locate(names, scope=scope, path=checkpoint).architecture)
 
 
-def convert(checkpoint, to="torch", output=None, *, arch=None, mapping=None, ema=False, keep_background=False,
-            aux=True, dtype=None, force=False, strict=True, dry_run=False, **options):
+def convert(checkpoint, to="torch", output=None, *, arch=None, mapping=None, scope=None, ema=False,
+            background=tables.BACKGROUND_AUTO, aux=None, input_size=None, dtype=None, force=False, strict=True,
+            dry_run=False, **options):
     """Convert a TF-Slim checkpoint to a ``to`` file (``torch``, ``keras`` or ``onnx``), checking everything first.
 
     Args:
         checkpoint: a checkpoint prefix, ``.index`` file, V1 file or directory.
         output: the file to write; default beside the checkpoint with the target's suffix.
-        arch: a built-in architecture, instead of detecting it; ``mapping``: a user's table (YAML path).
-        ema: use the ``/ExponentialMovingAverage`` shadows; ``keep_background``: keep class 0 (1001 classes);
-            ``aux``: keep the auxiliary head; ``dtype``: ``float16`` or ``bfloat16`` for floating tensors.
+        arch: a built-in architecture, instead of detecting it; ``mapping``: a user's table (YAML path);
+            ``scope``: which network where the checkpoint holds several.
+        ema: use the ``/ExponentialMovingAverage`` shadows.
+        background: ``auto`` (drop TF-Slim's background class only at the table's released class count),
+            ``keep`` or ``drop``.
+        aux: the auxiliary head: None keeps it where the checkpoint has it, False leaves it out.
+        input_size: ``(height, width)`` the network runs at; by default inferred from the checkpoint.
+        dtype: ``float16`` or ``bfloat16`` for floating tensors.
         force: overwrite an existing output; ``strict``: unmapped variables are an error.
         dry_run: plan and check, write nothing.
         options: passed to the writer (``include_top``, ``opset``, ``input_layout``, ``outputs``).
@@ -138,10 +169,11 @@ def convert(checkpoint, to="torch", output=None, *, arch=None, mapping=None, ema
                 f"load it with TensorFlow and save the model with its own exporter instead"
             )
         names = ckpt.names()
-        table = _table(names, arch, mapping, ckpt.path)
+        table = table_for(names, arch, mapping, scope=scope, checkpoint=ckpt.path)
+        tables.locate(names, table, scope=scope, path=ckpt.path)  # names the file where the network is missing
         shapes = {name: ckpt.info(name).shape for name in names}
-        plan = tables.plan(shapes, table, to, ema=ema, keep_background=keep_background, aux=aux, drop=drop,
-                           strict=strict)
+        plan = tables.plan(shapes, table, to, ema=ema, background=background, aux=aux, drop=drop, strict=strict,
+                           scope=scope, input_size=input_size)
         target = pathlib.Path(output) if output is not None else default_output(ckpt.path, to)
         write = writer_for(to, target)
         check = getattr(importlib.import_module(write.__module__), "check", None)
@@ -164,4 +196,5 @@ def convert(checkpoint, to="torch", output=None, *, arch=None, mapping=None, ema
         bytes=size,
         seconds=time.perf_counter() - start,
         dry_run=dry_run,
+        notes=third_party_notes(plan),
     )

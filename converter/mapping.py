@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import importlib.resources
 import pathlib
+import re
 
 import numpy as np
 import yaml
@@ -33,6 +34,8 @@ PADDINGS = ("SAME", "VALID")
 FLATTENS = (True, "spatial")
 REFERENCE_KEYS = ("module", "network", "arg_scope", "classifier")
 FILL_DTYPES = ("float32", "int64")
+# a size in a layer scope's name, bound to a dimension of its tensors: Conv2d_2a_{kh}x{kw}
+SIZE_FIELD = re.compile(r"\{(\w+)\}")
 # libyaml's safe loader where PyYAML has it (ten times faster than the pure-Python one); both are safe_load
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -91,10 +94,9 @@ class Table:
     def background_class(self):
         return self.facts.get("background_class")
 
-    def groups(self, target, *, aux=True):
-        """Graph end points whose layers ``target`` leaves out (its ``skip``, plus ``optional`` without aux)."""
-        spec = self.targets.get(target, {})
-        return tuple(spec.get("skip", [])) + (() if aux else tuple(spec.get("optional", [])))
+    def groups(self, target):
+        """Graph end points whose layers ``target`` never has (its ``skip``)."""
+        return tuple(self.targets.get(target, {}).get("skip", []))
 
     def rows(self, target, *, skip=()):
         """Every target tensor of every layer, in table order, leaving out layers under ``skip`` groups."""
@@ -252,6 +254,9 @@ def _validate_facts(facts):
     for key in ("height", "width", "channels"):
         if not isinstance(spec.get(key), int):
             problems.append(f"facts.input.{key} must be an integer")
+    sizes = spec.get("sizes", [])
+    if not isinstance(sizes, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
+        problems.append("facts.input.sizes must be a list of positive integers")
     mean = spec.get("mean")
     if mean is not None and (not isinstance(mean, list) or len(mean) != spec.get("channels")
                              or not all(isinstance(m, (int, float)) for m in mean)):
@@ -264,6 +269,10 @@ def _validate_facts(facts):
             problems.append("facts.reference.end_points must map graph end points to tf-slim's end_points keys")
         elif not set(reference.get("squeeze", [])) <= set(facts.get("end_points") or []):
             problems.append("facts.reference.squeeze must list end points")
+        elif not isinstance(reference.get("heads", {}), dict) or not all(
+                point in (facts.get("end_points") or []) and isinstance(option, str)
+                for point, option in reference.get("heads", {}).items()):
+            problems.append("facts.reference.heads must map end points to the network option that builds each")
     return problems
 
 
@@ -300,6 +309,11 @@ def _validate_row(layer, row, kinds, skips):
         return [f"{where}: `kind` must name one of kinds ({', '.join(kinds)})"]
     problems = []
     kind = kinds[row["kind"]]
+    dims = {d for shape in kind["params"].values() if isinstance(shape, list) for d in shape if isinstance(d, str)}
+    for name in [layer] + [row[t] for t in TARGETS if isinstance(row.get(t), str)]:
+        unknown = sorted(set(SIZE_FIELD.findall(name)) - dims)
+        if unknown:
+            problems.append(f"{where}: {name} names sizes {', '.join(unknown)} that are no dimension of kind {row['kind']}")
     for target in TARGETS:
         if not kind.get(target):
             continue
@@ -376,26 +390,187 @@ def branches(node):
     return node.get("concat") or node.get("add") or []
 
 
-def detect_architecture(names):
-    """The built-in architecture whose ``detect`` variables all occur in ``names`` (under any prefix), or None."""
-    names = list(names)
+def walk(graph, visit, scope=""):
+    """Call ``visit(node, scope)`` on every graph node, depth first; ``scope`` is what its layer references are relative to."""
+    for node in graph:
+        visit(node, scope)
+        inner = inner_scope(node, scope)
+        for branch in branches(node):
+            walk(branch, visit, inner)
+        walk(node.get("nodes", []), visit, inner)
+
+
+def class_end_points(table):
+    """The graph end points whose output holds the classes: those whose layers bind a ``classes`` dimension."""
+    found = set()
+    def visit(node, scope):
+        if node.get("name") in table.facts["end_points"]:
+            for layer in layers_under(node, scope):
+                params = table.kinds[table.layers[layer]["kind"]]["params"].values()
+                if any(CLASSES_DIM in shape for shape in params):
+                    found.add(node["name"])
+    walk(table.graph, visit)
+    return found
+
+
+def layers_under(node, scope=""):
+    """The layers (scopes relative to the model scope) under one graph node, in graph order."""
+    found = []
+    walk([node], lambda child, at: found.append(at + child["layer"]) if "layer" in child else None, scope)
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """Where a table's network sits in a checkpoint."""
+
+    architecture: str
+    root: str  # everything before the layer scopes: "tower_0/FlowerNet/"; "" for a network saved without a scope
+
+    @property
+    def scope(self):
+        """The model scope the network was built with (``FlowerNet``); '' without one."""
+        return self.root.rstrip(names.SEPARATOR).rpartition(names.SEPARATOR)[2]
+
+    @property
+    def prefix(self):
+        """Scopes a training script put around the network (``tower_0/``); '' for none."""
+        return self.root[: len(self.root.rstrip(names.SEPARATOR)) - len(self.scope)]
+
+    def __str__(self):
+        return self.root.rstrip(names.SEPARATOR) or "(no scope)"
+
+
+def find_networks(variables, table):
+    """Every ``Network`` of ``table`` in a checkpoint: each root under which all its ``detect`` variables occur.
+
+    The root is found from the variables themselves, so a network built with another ``scope=``
+    (``FlowerNet/...``) or under an outer prefix (``tower_0/InceptionV3/...``) is found like the zoo's.
+    """
+    present = set(variables)
+    first = table.detect[0]
+    roots = set()
+    for name in present:
+        if name != first and not name.endswith(names.SEPARATOR + first):
+            continue
+        root = name[: len(name) - len(first)]
+        if all(root + variable in present for variable in table.detect):
+            roots.add(root)
+    return [Network(table.architecture, root) for root in sorted(roots)]
+
+
+def _pick(networks, scope):
+    if scope is None:
+        return networks
+    scope = scope.strip(names.SEPARATOR)
+    return [n for n in networks if str(n) == scope or str(n).endswith(names.SEPARATOR + scope)]
+
+
+def networks(variables):
+    """Every network of every built-in table among a checkpoint's ``variables``, the tables' own scopes first."""
+    found = []
     for architecture in builtin_tables():
         table = load_table(architecture)
-        if model_prefix(names, table) is not None:
-            return architecture
-    return None
+        found += [(network.scope != table.scope, network.root, network)
+                  for network in find_networks(variables, table)]
+    return [network for _, _, network in sorted(found, key=lambda item: item[:2])]
 
 
-def model_prefix(names, table):
-    """The outer prefix before ``table.scope`` in ``names`` ('' for none), or None when the table does not match."""
-    first = f"{table.scope}/{table.detect[0]}"
-    present = set(names)
-    for name in present:
-        if name == first or name.endswith("/" + first):
-            prefix = name[: -len(first)]
-            if all(f"{prefix}{table.scope}/{d}" in present for d in table.detect):
-                return prefix
-    return None
+def detect_architecture(variables):
+    """The built-in architecture of the network among ``variables`` (under any scope or prefix), or None."""
+    found = networks(list(variables))
+    return found[0].architecture if found else None
+
+
+def locate(variables, table=None, *, scope=None, path="the checkpoint"):
+    """The one network of ``table`` (or, without one, of any built-in table) in a checkpoint.
+
+    ``scope`` picks a network by its root or model scope (``tower_1/InceptionV3``, ``FlowerNet``) where
+    the checkpoint holds several. Raises ``MappingError`` naming every candidate and the flag to use.
+    """
+    variables = list(variables)
+    if table is not None:
+        found = _pick(find_networks(variables, table), scope)
+        what = f"{table.architecture} (its {table.detect[0]} under any scope)"
+    else:
+        found = _pick(networks(variables), scope)
+        what = f"any built-in table ({', '.join(builtin_tables())})"
+    roots = list(dict.fromkeys(network.root for network in found))
+    if not found:
+        within = f" under --scope {scope}" if scope is not None else ""
+        hint = "pass --arch or --mapping for another architecture" if table is not None else \
+            "pass --arch or --mapping my_table.yaml"
+        raise MappingError(f"{path}: no network of {what} found{within}; {hint}")
+    if len(roots) > 1:
+        listed = ", ".join(f"{network} ({network.architecture})" for network in found)
+        raise MappingError(f"{path} holds {len(roots)} networks: {listed}; pick one with --scope NAME")
+    return found[0]
+
+
+def model_prefix(variables, table):
+    """The root of ``table``'s network among ``variables``, or None when it is not there or not alone."""
+    found = find_networks(variables, table)
+    return found[0].root if len(found) == 1 else None
+
+
+# the background-class rule: decided by the checkpoint's class count, or forced by a flag
+BACKGROUND_AUTO, BACKGROUND_KEEP, BACKGROUND_DROP = "auto", "keep", "drop"
+BACKGROUND_RULES = (BACKGROUND_AUTO, BACKGROUND_KEEP, BACKGROUND_DROP)
+CLASSES_DIM = "classes"
+
+
+@dataclasses.dataclass(frozen=True)
+class Background:
+    """What happens to TF-Slim's background class in a port, and why."""
+
+    index: int | None  # the class dropped; None when every class is kept
+    classes: int | None  # classes of the checkpoint's classifier; None without one
+    rule: str  # "released count", "fine-tune", "--keep-background", "--drop-background", "none", "headless"
+    reason: str
+
+    @property
+    def dropped(self):
+        return self.index is not None
+
+    @property
+    def port_classes(self):
+        """Classes the port has."""
+        return None if self.classes is None else self.classes - self.dropped
+
+    def to_dict(self):
+        return {"classes": self.classes, "port_classes": self.port_classes, "dropped": self.index,
+                "rule": self.rule, "reason": self.reason}
+
+
+def decide_background(table, classes, rule=BACKGROUND_AUTO):
+    """The background decision for a checkpoint whose classifier has ``classes`` classes (None: no classifier).
+
+    ``auto`` drops the table's ``background_class`` only when ``classes`` is the table's released
+    count (``facts.num_classes``): a fine-tune to another count keeps every class. Raises MappingError
+    for a rule the checkpoint cannot take.
+    """
+    if rule not in BACKGROUND_RULES:
+        raise MappingError(f"background rule {rule!r} must be one of {', '.join(BACKGROUND_RULES)}")
+    index, released, arch = table.background_class, table.num_classes, table.architecture
+    if classes is None:
+        return Background(None, None, "headless", "no classifier in the port")
+    if rule == BACKGROUND_KEEP:
+        return Background(None, classes, "--keep-background", f"all {classes} classes kept (--keep-background)")
+    if rule == BACKGROUND_DROP:
+        if index is None or not 0 <= index < classes or classes < 2:
+            raise MappingError(f"--drop-background: {arch} has no background class to drop from {classes} classes "
+                               f"(drop the flag)")
+        return Background(index, classes, "--drop-background",
+                          f"class {index} dropped as background (--drop-background): {classes - 1} of {classes} kept")
+    if index is None:
+        return Background(None, classes, "none", f"all {classes} classes kept: {arch} has no background class")
+    if classes == released:
+        return Background(index, classes, "released count",
+                          f"class {index} dropped as background: {classes} classes is {arch}'s released count "
+                          f"({classes - 1} kept; --keep-background keeps it)")
+    return Background(None, classes, "fine-tune",
+                      f"all {classes} classes kept: not {arch}'s released {released}, so a fine-tune without a "
+                      f"background class (--drop-background drops class {index})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,6 +581,7 @@ class Entry:
     source: str | None  # full checkpoint variable read, None for fills
     transform: str
     drop_class: tuple | None  # (axis, index) of the background class to drop
+    classes: int | None  # axis of the target tensor that holds the classes
     fill: float | None
     dtype: str | None
     source_shape: tuple | None
@@ -421,103 +597,316 @@ class Entry:
         return value
 
 
+# what the plan says of an optional group (the auxiliary head)
+HEAD_KEPT, HEAD_ABSENT, HEAD_LEFT_OUT = "kept", "absent from the checkpoint", "left out (--no-aux)"
+# skipped-variable reasons for variables no row takes
+UNMAPPED, OUTSIDE = "unmapped", "outside the network"
+
+
 @dataclasses.dataclass
 class Plan:
     """What a conversion will write, and what it leaves out."""
 
     table: Table
     target: str
-    prefix: str
+    network: Network
     entries: list
     skipped: dict  # reason -> checkpoint variable names left out on purpose
-    dims: dict  # layer -> {dimension name: size}
+    dims: dict  # layer -> {dimension name: size}, for every layer the port holds
+    scopes: dict  # layer -> its scope in the checkpoint where the name carries sizes (Conv2d_2a_{kh}x{kw})
+    background: Background
+    heads: dict  # optional group -> HEAD_KEPT, HEAD_ABSENT or HEAD_LEFT_OUT
+    input_size: "input_size.InputSize"
+
+    @property
+    def root(self):
+        return self.network.root
+
+    def source_scope(self, layer):
+        """A table layer's full scope in the checkpoint (``tower_0/FlowerNet/AuxLogits/Conv2d_2a_3x3``)."""
+        return self.root + self.scopes.get(layer, layer)
 
     def tensors(self, read):
         """Yield ``(key, array)`` for every entry, reading sources lazily with ``read``."""
         for entry in self.entries:
             yield entry.key, entry.value(read)
 
+    def outside(self):
+        """Variables outside the network (and unmapped ones in it), grouped by scope: ``{scope: [names]}``."""
+        groups = {}
+        for reason in (OUTSIDE, UNMAPPED):
+            for name in self.skipped.get(reason, []):
+                groups.setdefault(_group_of(name, self.root), []).append(name)
+        return groups
 
-def plan(shapes, table, target, *, ema=False, keep_background=False, aux=True, drop=(), strict=True):
+    def decisions(self):
+        """What the plan decided from the checkpoint, one ``(topic, sentence)`` per decision."""
+        network = self.network
+        lines = [("network", f"{network.scope or '(no scope)'} ({self.table.architecture})"
+                             + (f" under {network.prefix}" if network.prefix else ""))]
+        lines.append(("classes", self.background.reason))
+        for group, status in self.heads.items():
+            lines.append(("head", f"{group} {status}"))
+        lines.append(("input", f"{self.input_size} ({self.input_size.reason})"))
+        for scope, found in self.outside().items():
+            lines.append(("not converted", f"{len(found)} variable{'s' if len(found) != 1 else ''} under {scope}/ "
+                                           f"(no row of {self.table.path.name} takes them)"))
+        return lines
+
+    def provenance(self):
+        """The decisions a port records about itself, as ``{str: str}`` (file metadata)."""
+        return {
+            "architecture": self.table.architecture,
+            "scope": str(self.network),
+            "background": self.background.rule,
+            "classes": str(self.background.port_classes),
+            "heads": ",".join(f"{group}={status}" for group, status in self.heads.items()),
+            "input_size": str(self.input_size),
+        }
+
+    def to_dict(self):
+        """The decisions as data, for reports."""
+        return {
+            "scope": str(self.network),
+            "background": self.background.to_dict(),
+            "heads": dict(self.heads),
+            "input_size": [self.input_size.height, self.input_size.width],
+            "input_size_reason": self.input_size.reason,
+            "outside": {scope: len(found) for scope, found in self.outside().items()},
+        }
+
+
+def _group_of(name, root):
+    # inside the network: the layer scope; outside: down to the first component where it leaves the root
+    parts = name.split(names.SEPARATOR)
+    if name.startswith(root):
+        return names.SEPARATOR.join(parts[:-1]) or name
+    shared = root.split(names.SEPARATOR)
+    depth = 0
+    while depth < len(parts) - 1 and parts[depth] == shared[depth]:
+        depth += 1
+    return names.SEPARATOR.join(parts[: depth + 1])
+
+
+def layer_pattern(layer):
+    """A regular expression for a layer scope whose name carries sizes (``Conv2d_2a_{kh}x{kw}``), or None."""
+    if "{" not in layer:
+        return None
+    pattern = re.escape(layer)
+    for dim in SIZE_FIELD.findall(layer):
+        pattern = pattern.replace(re.escape("{" + dim + "}"), f"(?P<{dim}>[0-9]+)", 1)
+    return re.compile(pattern)
+
+
+def _resolve(layer, kind, relative, problems):
+    # the checkpoint's scope of a table layer and the sizes its name gives: (scope, {dim: size}) or (None, {})
+    pattern = layer_pattern(layer)
+    if pattern is None:
+        return layer, {}
+    first = names.SEPARATOR + next(iter(kind["params"]))
+    found = {}
+    for name in relative:
+        match = pattern.fullmatch(name[: -len(first)]) if name.endswith(first) else None
+        if match:
+            found[match.group(0)] = {dim: int(size) for dim, size in match.groupdict().items()}
+    if len(found) > 1:
+        problems.append(f"several scopes match the table's {layer}: {', '.join(sorted(found))}")
+    if len(found) != 1:
+        return None, {}
+    return next(iter(found.items()))
+
+
+def _bind(table, shapes, root):
+    """Every table layer the checkpoint holds: its scope, dimension sizes and problems."""
+    relative = [name[len(root):] for name in shapes if name.startswith(root)]
+    scopes, dims, present, problems = {}, {}, {}, {}
+    for layer, row in table.layers.items():
+        kind = table.kinds[row["kind"]]
+        found = problems.setdefault(layer, [])
+        scope, bound = _resolve(layer, kind, relative, found)
+        if scope is None:
+            present[layer] = []
+            continue
+        scopes[layer] = scope
+        named = dict(bound)
+        sources = {param: f"{root}{scope}/{param}" for param in kind["params"]}
+        present[layer] = [source for source in sources.values() if source in shapes]
+        missing = [param for param, source in sources.items() if source not in shapes]
+        if missing:
+            found.append(f"missing variable{'s' if len(missing) > 1 else ''} {root}{scope}/"
+                         f"{{{', '.join(missing)}}}" if len(missing) > 1 else f"missing variable {sources[missing[0]]}")
+        for param, wanted in kind["params"].items():
+            name = sources[param]
+            if name not in shapes:
+                continue
+            shape = tuple(shapes[name])
+            if len(shape) != len(wanted):
+                found.append(f"{name}: shape {list(shape)} does not fit {wanted}")
+                continue
+            for dim, size in zip(wanted, shape):
+                if isinstance(dim, int):
+                    fits = dim == size
+                else:
+                    fits = bound.setdefault(dim, size) == size
+                if not fits:
+                    said = "its scope name says" if dim in named else "elsewhere in the layer:"
+                    found.append(f"{name}: shape {list(shape)} disagrees on `{dim}` ({said} {bound.get(dim, dim)})")
+        dims[layer] = bound
+    return scopes, dims, present, problems
+
+
+def plan(shapes, table, target, *, ema=False, background=BACKGROUND_AUTO, aux=None, drop=(), strict=True,
+         scope=None, input_size=None):
     """Bind ``table`` to a checkpoint's ``{name: shape}`` for ``target``; check everything first.
 
     Args:
         shapes: every variable of the checkpoint and its shape.
         ema: read ``/ExponentialMovingAverage`` shadows instead of raw values where present.
-        keep_background: keep the background class (1001 classes) instead of dropping it.
-        aux: keep the target's optional groups (the auxiliary head).
+        background: ``auto`` (drop the background class only at the table's released class count),
+            ``keep`` or ``drop``.
+        aux: the target's optional groups (the auxiliary head): None keeps them where the checkpoint
+            has them, False leaves them out, True requires them.
         drop: more graph end points to leave out (``("Logits",)`` for a headless model).
-        strict: unmapped model variables are an error (otherwise listed in ``skipped``).
+        strict: variables no row takes are an error (otherwise listed in ``skipped``).
+        scope: which network, where the checkpoint holds several (see ``locate``).
+        input_size: ``(height, width)``; by default inferred from the checkpoint (``input_size.infer``).
 
     Returns:
         a ``Plan``; raises ``MappingError`` listing every problem at once.
     """
-    prefix = model_prefix(shapes, table)
-    if prefix is None:
-        raise MappingError(
-            f"the checkpoint is not {table.architecture}: it lacks {table.scope}/{table.detect[0]} "
-            f"(pass --arch or --mapping for another architecture)"
-        )
+    network = locate(shapes, table, scope=scope)
     if not any(kind.get(target) for kind in table.kinds.values()):
         raise MappingError(f"mapping {table.architecture} has no {target} target (its kinds give no {target} column)")
     for group in drop:
         if not group_layers(table.graph, (group,)):
             raise MappingError(f"mapping {table.architecture} has no layers under {group} to leave out "
                                f"(a headless output is not supported for it)")
-    scope = f"{prefix}{table.scope}/"
-    skip = table.groups(target, aux=aux) + tuple(drop)
-    left_out = group_layers(table.graph, skip)
-    problems, entries, dims = [], [], {}
-    skipped = {"ema shadows": [], "optimizer slots": [], "training state": [], "left out": []}
-    consumed = set()
     if ema and not any(name.endswith(EMA_SUFFIX) for name in shapes):
         raise MappingError("--ema: the checkpoint holds no /ExponentialMovingAverage shadows; drop --ema")
-    for layer, row in table.layers.items():
-        kind = table.kinds[row["kind"]]
-        sources = {param: f"{scope}{layer}/{param}" for param in kind["params"]}
+    root = network.root
+    scopes, found_dims, present, layer_problems = _bind(table, shapes, root)
+    heads, optional, problems = _heads(table, target, present, aux)
+    left_out = group_layers(table.graph, table.groups(target) + optional + tuple(drop))
+    dims, consumed = {}, set()
+    for layer in table.layers:
+        consumed.update(present[layer])
         if layer in left_out:
-            skipped["left out"] += [s for s in sources.values() if s in shapes]
-            consumed.update(sources.values())
             continue
-        bound = {}
-        for param, wanted in kind["params"].items():
-            name = sources[param]
-            if name not in shapes:
-                problems.append(f"missing variable {name} (mapping row {layer}/{param})")
-                continue
-            consumed.add(name)
-            shape = tuple(shapes[name])
-            if len(shape) != len(wanted):
-                problems.append(f"{name}: shape {list(shape)} does not fit {wanted}")
-                continue
-            for dim, size in zip(wanted, shape):
-                fits = dim == size if isinstance(dim, int) else bound.setdefault(dim, size) == size
-                if not fits:
-                    problems.append(f"{name}: shape {list(shape)} disagrees on `{dim}` "
-                                    f"({bound.get(dim, dim)} elsewhere in {layer})")
-        dims[layer] = bound
-    rows = table.rows(target, skip=skip)
+        if not present[layer] and not layer_problems[layer]:
+            problems.append(f"missing layer {root}{layer} (mapping row {layer})")
+        problems += layer_problems[layer]
+        if layer in found_dims:
+            dims[layer] = found_dims[layer]
+    decided = None
     if not problems:
-        background = None if keep_background else table.background_class
-        for row in rows:
-            entries.append(_entry(row, scope, shapes, dims[row.layer], ema, background, problems))
+        # the checkpoint's class count decides; a port without any classifier layer has no classes to decide
+        holds_classes = any(CLASSES_DIM in bound for bound in dims.values())
+        classes = _classes(table, found_dims, problems) if holds_classes else None
+        try:
+            decided = decide_background(table, classes, background)
+        except MappingError as error:
+            problems.append(str(error))
+    size = None
+    if not problems:
+        size = _input_size(table, found_dims, dims, input_size, problems)
+    entries = []
+    if not problems:
+        index = decided.index
+        for row in table.rows(target, skip=table.groups(target) + optional + tuple(drop)):
+            entries.append(_entry(row, root, scopes[row.layer], shapes, dims[row.layer], ema, index, problems))
         consumed.update(entry.source for entry in entries if entry is not None)
+    skipped = _skipped(shapes, consumed, network, table, strict, problems)
+    left = sorted(name for layer in left_out for name in present[layer])
+    if left:
+        skipped["left out"] = left
+    problems = list(dict.fromkeys(problems))
+    if problems:
+        raise MappingError(
+            f"the checkpoint does not fit mapping {table.architecture} for {target} "
+            f"({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n  " + "\n  ".join(problems)
+        )
+    patterned = {layer: scope for layer, scope in scopes.items() if scope != layer}
+    return Plan(table, target, network, entries, skipped, dims, patterned, decided, heads, size)
+
+
+def _heads(table, target, present, aux):
+    # each optional group of the target: kept where the checkpoint has all of it, left out where it has none
+    heads, optional, problems = {}, [], []
+    for group in table.targets.get(target, {}).get("optional", []):
+        layers = sorted(group_layers(table.graph, (group,)))
+        holding = [layer for layer in layers if present[layer]]
+        if aux is False:
+            heads[group] = HEAD_LEFT_OUT
+            optional.append(group)
+        elif not holding:
+            if aux:
+                problems.append(f"the checkpoint has no {group} (none of its variables); drop the request for it")
+            heads[group] = HEAD_ABSENT
+            optional.append(group)
+        elif len(holding) < len(layers):
+            missing = [layer for layer in layers if not present[layer]]
+            problems.append(f"{group} is incomplete: no variables for {', '.join(missing)} "
+                            f"(--no-aux leaves the head out)")
+        else:
+            heads[group] = HEAD_KEPT
+    return heads, tuple(optional), problems
+
+
+def _classes(table, dims, problems):
+    # the checkpoint's class count: the classifier's (facts.reference.classifier), else any layer's `classes`
+    counts = {layer: bound[CLASSES_DIM] for layer, bound in dims.items() if CLASSES_DIM in bound}
+    classifier = (table.facts.get("reference") or {}).get("classifier")
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{layer} {count}" for layer, count in counts.items())
+        problems.append(f"the classifier layers disagree on the class count ({listed})")
+    if classifier in counts:
+        return counts[classifier]
+    return next(iter(counts.values()), None)
+
+
+def _input_size(table, found_dims, dims, wanted, problems):
+    from converter import input_size as sizes
+
+    try:
+        if wanted is None:
+            # a property of the checkpoint: every layer it holds counts, also those this target leaves out
+            return sizes.infer(table, found_dims)
+        sizes.check(table, dims, wanted)
+        return sizes.InputSize(*wanted, "--input-size")
+    except sizes.SizeError as error:
+        given = f"--input-size {wanted[0]}x{wanted[1]}: " if wanted is not None else ""
+        problems.append(f"{given}{table.architecture} cannot take that input size: {error}")
+        return None
+
+
+def _skipped(shapes, consumed, network, table, strict, problems):
+    skipped = {"ema shadows": [], "optimizer slots": [], "training state": [], UNMAPPED: [], OUTSIDE: []}
+    unmapped = {}
     for name in sorted(set(shapes) - consumed):
-        role = _role(name, table.scope)
+        role = _role(name, network.scope or table.scope)
         if role == names.ROLE_EMA and name[: -len(EMA_SUFFIX)] in consumed:
             skipped["ema shadows"].append(name)
         elif role in SKIPPED_ROLES:
             skipped[SKIPPED_ROLES[role]].append(name)
-        elif strict:
-            problems.append(f"unmapped variable {name} (no row of {table.path.name} takes it; --lenient skips it)")
         else:
-            skipped["left out"].append(name)
-    if problems:
-        raise MappingError(
-            f"the checkpoint does not fit mapping {table.architecture} for {target} "
-            f"({len(problems)} problems):\n  " + "\n  ".join(problems)
-        )
-    return Plan(table, target, prefix, entries, {k: v for k, v in skipped.items() if v}, dims)
+            reason = UNMAPPED if name.startswith(network.root) else OUTSIDE
+            skipped[reason].append(name)
+            unmapped.setdefault((reason, _group_of(name, network.root)), []).append(name)
+    if strict:
+        for (reason, scope), found in unmapped.items():
+            shown = ", ".join(name.rpartition(names.SEPARATOR)[2] if reason == UNMAPPED else name
+                              for name in found[:3]) + (", ..." if len(found) > 3 else "")
+            if reason == UNMAPPED and len(found) == 1:
+                problems.append(f"unmapped variable {found[0]} (no row of {table.path.name} takes it; "
+                                f"--lenient skips it)")
+            elif reason == UNMAPPED:
+                problems.append(f"unmapped variables under {scope}/ ({shown}): no row of {table.path.name} takes them "
+                                f"(--lenient skips them)")
+            else:
+                problems.append(f"{len(found)} variable{'s' if len(found) != 1 else ''} outside the network under "
+                                f"{scope}/ ({shown}): --lenient converts without them; "
+                                f"`ckpt-convert dump --unmapped` exports them")
+    return {reason: found for reason, found in skipped.items() if found}
 
 
 def _role(name, scope):
@@ -527,11 +916,33 @@ def _role(name, scope):
         return None  # a name the parser cannot split is unmapped like any other
 
 
-def _entry(row, scope, shapes, dims, ema, background, problems):
+def dims_mismatches(plan, required):
+    """Where ``plan``'s sizes differ from ``required`` (``{layer: {dim: size}}``, what a model builds).
+
+    Returns ``{layer: phrase}``; layers the plan leaves out (the classifier of a headless port) are not compared.
+    """
+    mismatches = {}
+    for layer, dims in required.items():
+        bound = plan.dims.get(layer)
+        if bound is None:
+            continue
+        wrong = [f"{dim} {bound.get(dim)} (needs {size})" for dim, size in dims.items() if bound.get(dim) != size]
+        if wrong:
+            mismatches[layer] = f"{plan.source_scope(layer)} {', '.join(wrong)}"
+    return mismatches
+
+
+def bind_name(name, dims):
+    """A table name with sizes in it (``AuxLogits/Conv2d_2a_{kh}x{kw}``) filled from a layer's bound ``dims``."""
+    return name.format_map(dims) if "{" in name else name
+
+
+def _entry(row, root, scope, shapes, dims, ema, background, problems):
+    key = bind_name(row.key, dims)
     if row.source is None:
         shape = tuple(dims[d] if isinstance(d, str) else d for d in row.fill_shape)
-        return Entry(row.key, None, "identity", None, row.fill, row.dtype, None, shape)
-    source = f"{scope}{row.layer}/{row.source}"
+        return Entry(key, None, "identity", None, None, row.fill, row.dtype, None, shape)
+    source = f"{root}{scope}/{row.source}"
     if ema and source + EMA_SUFFIX in shapes:
         source += EMA_SUFFIX
     source_shape = tuple(shapes[source])
@@ -544,4 +955,4 @@ def _entry(row, scope, shapes, dims, ema, background, problems):
     if row.classes is not None and background is not None:
         drop = (row.classes, background)
         shape = tuple(size - 1 if axis == row.classes else size for axis, size in enumerate(shape))
-    return Entry(row.key, source, row.transform, drop, None, None, source_shape, shape)
+    return Entry(key, source, row.transform, drop, row.classes, None, None, source_shape, shape)

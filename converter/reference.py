@@ -71,15 +71,15 @@ def _takes_depth_multiplier(network):
     return "depth_multiplier" in inspect.signature(network).parameters
 
 
-def build_network(architecture, images, *, num_classes=1001, depth_multiplier=1.0, is_training=False):
+def build_network(architecture, images, *, num_classes=1001, depth_multiplier=1.0, is_training=False, **options):
     """Build the TF-Slim network on ``images`` (an NHWC tensor) in the current graph.
 
     ``depth_multiplier`` reaches networks that take one (InceptionV3); for the others it must be 1.0.
+    ``options`` go to the network function as they are (``scope``, ``create_aux_logits``).
     Returns ``(logits, end_points)`` as tf-slim returns them.
     """
     _, slim = import_tensorflow()
     network, arg_scope, _ = _slim_net(architecture)
-    options = {}
     if _takes_depth_multiplier(network):
         options["depth_multiplier"] = depth_multiplier
     elif depth_multiplier != 1.0:
@@ -142,38 +142,47 @@ def run_reference(
     ema=False,
     depth_multiplier=None,
     device="cpu",
+    scope=None,
 ):
     """Run TF-Slim's network with the weights of ``checkpoint`` on ``images`` (NHWC, float32).
 
     Args:
         checkpoint: checkpoint path or prefix, read by TensorFlow itself.
-        images: array ``[N, H, W, 3]`` in the network's input range.
+        images: array ``[N, H, W, 3]`` in the network's input range, at the size the network runs at
+            (TF-Slim sizes some layers to it: InceptionV3's auxiliary kernel).
         end_points: graph end points of the architecture's mapping table (default: its
             ``facts.end_points``); each is tf-slim's end_points entry that ``facts.reference.end_points``
-            names, or the entry of the same name.
+            names, or the entry of the same name. Those of optional heads the checkpoint lacks are left out.
         ema: restore each variable from its ``/ExponentialMovingAverage`` shadow where one exists.
         depth_multiplier: inferred from the checkpoint's shapes when omitted.
         device: ``cpu``, or ``cuda`` to run on TensorFlow's first GPU where it sees one.
+        scope: which network, where the checkpoint holds several (``mapping.locate``).
 
     Returns:
-        ``{end_point: np.ndarray}``, in TF's NHWC layout.
+        ``{end_point: np.ndarray}``, in TF's NHWC layout, every class of the checkpoint's classifier.
     """
     tf, _ = import_tensorflow()
     reader = tf.train.load_checkpoint(str(checkpoint))
-    checkpoint_shapes = {name: tuple(shape) for name, shape in reader.get_variable_to_shape_map().items()}
+    stored = {name: tuple(shape) for name, shape in reader.get_variable_to_shape_map().items()}
     _, _, table = _slim_net(architecture)
     spec = table.facts["reference"]
+    # the network may sit under any scope or prefix (FlowerNet/..., tower_0/InceptionV3/...); tf-slim
+    # builds it under its own scope, and each variable restores from the checkpoint's name for it
+    root = mapping.locate(stored, table, scope=scope, path=str(checkpoint)).root
+    own = f"{table.scope}/"
+    checkpoint_shapes = {own + name[len(root):]: shape for name, shape in stored.items() if name.startswith(root)}
+    classifier = f"{own}{spec['classifier']}/biases"
+    if classifier not in checkpoint_shapes:
+        raise ConvertError(f"{checkpoint}: no variable {root}{spec['classifier']}/biases; "
+                           f"it is not a TF-Slim {architecture} checkpoint")
+    num_classes = checkpoint_shapes[classifier][0]
+    heads = {head: any(name.startswith(f"{own}{head}/") for name in checkpoint_shapes)
+             for head in spec.get("heads", {})}
+    options = {spec["heads"][head]: present for head, present in heads.items()}
     if end_points is None:
         end_points = table.facts["end_points"]
+    end_points = [name for name in end_points if heads.get(name, True)]
     slim_names = {name: spec.get("end_points", {}).get(name, name) for name in end_points}
-    # a checkpoint saved under an outer scope (tower_0/InceptionV3/...) restores into the bare network
-    prefix = mapping.model_prefix(checkpoint_shapes, table) or ""
-    checkpoint_shapes = {name[len(prefix):]: shape for name, shape in checkpoint_shapes.items()
-                         if name.startswith(prefix)}
-    classifier = f"{table.scope}/{spec['classifier']}/biases"
-    if classifier not in checkpoint_shapes:
-        raise ConvertError(f"{checkpoint}: no variable {classifier}; it is not a TF-Slim {architecture} checkpoint")
-    num_classes = checkpoint_shapes[classifier][0]
     if depth_multiplier is None:
         depth_multiplier = infer_depth_multiplier(
             architecture, checkpoint_shapes, num_classes=num_classes, image_size=images.shape[1]
@@ -181,7 +190,7 @@ def run_reference(
     with tf.Graph().as_default() as graph, tf.device(tf_device(device)):
         inputs = tf.compat.v1.placeholder(tf.float32, [None, *images.shape[1:]])
         _, points = build_network(
-            architecture, inputs, num_classes=num_classes, depth_multiplier=depth_multiplier
+            architecture, inputs, num_classes=num_classes, depth_multiplier=depth_multiplier, **options
         )
         variables = {}
         for variable in tf.compat.v1.global_variables():
@@ -189,10 +198,11 @@ def run_reference(
             source = name + EMA_SUFFIX if ema and name + EMA_SUFFIX in checkpoint_shapes else name
             if checkpoint_shapes.get(source) != tuple(variable.shape.as_list()):
                 raise ConvertError(
-                    f"{checkpoint}: variable {source} is missing or has shape "
-                    f"{checkpoint_shapes.get(source)}, TF-Slim expects {tuple(variable.shape.as_list())}"
+                    f"{checkpoint}: variable {root}{source[len(own):]} is missing or has shape "
+                    f"{checkpoint_shapes.get(source)}, TF-Slim expects {tuple(variable.shape.as_list())} "
+                    f"at input size {images.shape[1]}x{images.shape[2]}"
                 )
-            variables[prefix + source] = variable
+            variables[root + source[len(own):]] = variable
         saver = tf.compat.v1.train.Saver(var_list=variables)
         config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
         with tf.compat.v1.Session(graph=graph, config=config) as session:

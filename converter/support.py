@@ -28,7 +28,7 @@ def _restrictions(table):
     notes = []
     for target, spec in table.targets.items():
         for group in spec.get("optional", []):
-            notes.append(f"{target}: `--no-aux` leaves out {group}")
+            notes.append(f"{target}: {group} kept where the checkpoint has it, `--no-aux` leaves it out")
         for group in spec.get("skip", []):
             notes.append(f"{target}: no {group}")
         if spec.get("dims"):
@@ -46,11 +46,12 @@ def row(table):
     spec = table.facts["input"]
     low, high = spec["range"]
     background = table.background_class
-    classes = f"{table.num_classes}" + (f" (class {background} background, dropped)" if background is not None else "")
+    classes = f"{table.num_classes}" + (f" (class {background} background, dropped at {table.num_classes} only; "
+                                        f"fine-tunes keep every class)" if background is not None else "")
     torch = "exact module" + (f"; {_models(table, 'torch')}" if table.targets.get("torch", {}).get("models") else "")
     return (
         f"`{table.architecture}`",
-        f"{spec['height']}x{spec['width']}, [{low:g}, {high:g}]",
+        f"{spec['height']}x{spec['width']} (or the checkpoint's), [{low:g}, {high:g}]",
         classes,
         torch if "torch" in table.targets else NONE,
         _models(table, "keras"),

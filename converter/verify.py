@@ -15,13 +15,16 @@ import dataclasses
 import importlib
 import json
 import pathlib
+import struct
 import tempfile
 import time
 import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from converter import mapping, oracle
+from converter import input_size as input_size_module
+from converter import mapping as mapping_module
+from converter import oracle
 from converter.checkpoint import open_checkpoint
 from converter.errors import ConvertError
 
@@ -43,6 +46,10 @@ ON_THE_FLY = (
     ("model.onnx", {}, False),
 )
 DEVICES = ("auto", "cpu", "cuda")
+# the classifier end point, which a headless port leaves out
+HEAD_END_POINT = "Logits"
+# the most of a .safetensors header read for its metadata
+MAX_HEADER = 1 << 26
 
 
 @dataclasses.dataclass
@@ -67,6 +74,7 @@ class Backend:
     device: str = "cpu"
     advisory: bool = False  # reported, but does not decide the exit code
     note: str = ""
+    classes: str = ""  # the class correspondence the port was checked under
 
 
 @dataclasses.dataclass
@@ -81,6 +89,7 @@ class Report:
     backends: list = dataclasses.field(default_factory=list)
     checks: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
+    decisions: list = dataclasses.field(default_factory=list)  # what was read from the checkpoint
 
     @property
     def ok(self):
@@ -100,6 +109,7 @@ class Report:
             "atol": self.atol,
             "reference_device": self.reference_device,
             "seconds": round(self.seconds, 3),
+            "decisions": list(self.decisions),
             "backends": [dataclasses.asdict(b) for b in self.backends],
             "checks": [dataclasses.asdict(c) for c in self.checks],
         }
@@ -124,6 +134,7 @@ class Report:
         """A concise human summary: weight checks per backend, then one row per end point."""
         lines = [f"checkpoint {self.checkpoint} ({self.architecture}); input {self.input}; "
                  f"reference TF-Slim on {self.reference_device}; bound {self.atol:g} x max(1, max|ref|)"]
+        lines += [f"  {decision}" for decision in self.decisions]
         header = f"{'backend':<34} {'end point':<10} {'max|d|':>9} {'bound':>9} {'max rel':>9} {'cosine':>10} {'top1':>5} {'top5':>5}  status"
         for backend in self.backends:
             checks = [c for c in self.checks if c.backend == backend.name]
@@ -132,6 +143,8 @@ class Report:
             note = f" [{backend.note}]" if backend.note else ""
             lines.append("")
             lines.append(f"{backend.name} on {backend.device}{' (advisory)' if backend.advisory else ''}{note}")
+            if backend.classes:
+                lines.append(f"  classes: {backend.classes}")
             if weights:
                 lines.append(f"  weights: {len(weights) - len(bad)}/{len(weights)} bit-exact"
                              + "".join(f"\n    FAIL {c.name}: {c.message}" for c in bad[:20])
@@ -166,10 +179,14 @@ def target_of(path):
     raise ConvertError(f"{path}: cannot verify this kind of file; known suffixes: {', '.join(PORTED)}")
 
 
-def make_input(table, *, input_file=None, batch=2, seed=0):
-    """The batch every backend sees (NHWC float32 in the architecture's input range) and its description."""
+def make_input(table, *, input_file=None, batch=2, seed=0, size=None):
+    """The batch every backend sees (NHWC float32 in the architecture's input range) and its description.
+
+    ``size`` is ``(height, width)``, by default the table's.
+    """
     spec = table.facts["input"]
-    shape = (spec["height"], spec["width"], spec["channels"])
+    height, width = size or (spec["height"], spec["width"])
+    shape = (height, width, spec["channels"])
     low, high = spec.get("range", [-1.0, 1.0])
     if input_file is None:
         images = np.random.default_rng(seed).uniform(low, high, (batch, *shape)).astype(np.float32)
@@ -180,7 +197,8 @@ def make_input(table, *, input_file=None, batch=2, seed=0):
         if images.ndim == 3:
             images = images[None]
         if images.shape[1:] != shape:
-            raise ConvertError(f"{path}: input batch has shape {images.shape}, the network takes [N, {', '.join(map(str, shape))}] (NHWC)")
+            raise ConvertError(f"{path}: input batch has shape {images.shape}, the network takes [N, {', '.join(map(str, shape))}] "
+                               f"(NHWC; --input-size sets the size)")
         return images, f"{path.name} ({images.shape[0]}x{'x'.join(map(str, shape))})"
     mean = spec.get("mean")
     scaled = f"RGB in [0, 255] minus the channel means {mean}" if mean else f"scaled to [{low}, {high}]"
@@ -256,12 +274,58 @@ def compare_outputs(backend, reference, outputs, *, atol):
     return checks
 
 
-def _drop_background(reference, table, keep_background):
-    background = table.background_class
-    if keep_background or background is None:
-        return reference
-    # classifier outputs carry the classes on their last axis; feature maps are untouched
-    return {k: np.delete(v, background, axis=-1) if v.ndim == 2 else v for k, v in reference.items()}
+@dataclasses.dataclass(frozen=True)
+class ClassMap:
+    """Which TF-Slim class each class of a port is: ``port class i`` = ``TF class i + (i >= dropped)``."""
+
+    tf_classes: int
+    port_classes: int
+    dropped: int | None  # the TF class the port lacks (the background), None for the identity
+    why: str
+
+    def apply(self, reference):
+        """TF-Slim's ``[N, classes]`` output as the port's classes."""
+        return reference if self.dropped is None else np.delete(reference, self.dropped, axis=-1)
+
+    def __str__(self):
+        last = self.port_classes - 1
+        if self.dropped is None:
+            return f"port classes 0..{last} = TF-Slim classes 0..{last} ({self.why})"
+        return (f"port classes 0..{last} = TF-Slim classes {1 if self.dropped == 0 else 0}..{self.tf_classes - 1} "
+                f"without {self.dropped} ({self.why})")
+
+
+def class_map(table, tf_classes, port_classes, background=mapping_module.BACKGROUND_AUTO):
+    """The correspondence between a port's classes and TF-Slim's, derived from the two class counts.
+
+    A port with TF-Slim's count is the identity (unless ``--drop-background`` says one class must be
+    gone). A port with one class fewer lacks the background class, which only holds where the
+    checkpoint has the table's released class count or ``background`` is ``drop``. Anything else
+    has no correspondence: ``ConvertError`` naming the class axis.
+    """
+    index, released = table.background_class, table.num_classes
+    if port_classes == tf_classes and background != mapping_module.BACKGROUND_DROP:
+        return ClassMap(tf_classes, port_classes, None, "every class, in order")
+    may_drop = index is not None and background != mapping_module.BACKGROUND_KEEP and (
+        background == mapping_module.BACKGROUND_DROP or tf_classes == released)
+    if port_classes == tf_classes - 1 and may_drop:
+        why = "--drop-background" if background == mapping_module.BACKGROUND_DROP else \
+            f"background class {index} dropped: {tf_classes} is {table.architecture}'s released count"
+        return ClassMap(tf_classes, port_classes, index, why)
+    expected = {tf_classes} | ({tf_classes - 1} if may_drop else set())
+    raise ConvertError(
+        f"class axis: the port has {port_classes} classes where TF-Slim's classifier has {tf_classes}; "
+        f"a port of this checkpoint has {' or '.join(map(str, sorted(expected, reverse=True)))} "
+        f"(all classes{', or all but the background class' if may_drop else ''}), so it lacks or shifts classes"
+    )
+
+
+def _port_classes(plan, found):
+    # the class count of the port's classifier tensors, by the class axis the table marks
+    for entry in plan.entries:
+        if entry.classes is not None and entry.key in found and np.ndim(found[entry.key]) > entry.classes:
+            return int(np.shape(found[entry.key])[entry.classes])
+    return None
 
 
 def resolve_device(device):
@@ -286,10 +350,12 @@ def verify(
     ported=(),
     *,
     arch=None,
-    mapping_path=None,
+    mapping=None,
+    scope=None,
     ema=False,
-    keep_background=False,
-    aux=True,
+    background=mapping_module.BACKGROUND_AUTO,
+    aux=None,
+    input_size=None,
     no_top=False,
     input_file=None,
     batch=2,
@@ -300,10 +366,15 @@ def verify(
 ):
     """Check each ported file (or, with none, a fresh port to every target) against the checkpoint.
 
+    TF-Slim's output is taken whole (every class); each port's classes are matched to it by a
+    correspondence derived from the checkpoint's and the port's own class counts (``class_map``),
+    never from how the port was made.
+
     Args:
         checkpoint: the TF-Slim checkpoint (any path form the reader takes).
         ported: files to check: ``.pth``, ``.safetensors``, ``.h5``, ``.weights.h5``, ``.onnx``.
-        ema, keep_background, aux, no_top: how the files were converted (same meaning as ``convert``).
+        arch, mapping, scope, ema, background, aux, input_size, no_top: as for ``convert``; ``background``
+            here says what the ports must have done (``auto`` accepts what the class counts show).
         input_file: an ``.npy`` batch (NHWC) or an image; seeded random input otherwise.
         device: ``auto``, ``cpu`` or ``cuda`` for every backend and the reference.
         atol: the oracle's relative bound; by default ``oracle.ATOL``, or the reduced-precision bound
@@ -314,44 +385,101 @@ def verify(
         a ``Report``; ``report.ok`` is the verdict.
     """
     from converter import reference
+    from converter.convert import table_for
 
     started = time.perf_counter()
     device = resolve_device(device)
     with open_checkpoint(checkpoint) as ckpt:
-        shapes = {name: ckpt.info(name).shape for name in ckpt.names()}
+        names = ckpt.names()
+        shapes = {name: ckpt.info(name).shape for name in names}
         if ckpt.format == "tf2":
             raise ConvertError(f"{ckpt.path}: a TF2 object-based checkpoint, not a TF-Slim one; nothing to verify")
-        table = mapping.load_table(mapping_path or arch or _detect(shapes, ckpt.path))
-        images, described = make_input(table, input_file=input_file, batch=batch, seed=seed)
+        table = table_for(names, arch, mapping, scope=scope, checkpoint=ckpt.path)
+        input_size = input_size or _recorded_input_size(ported)
+        options = dict(ema=ema, aux=aux, scope=scope, input_size=input_size, strict=False,
+                       drop=(HEAD_END_POINT,) if no_top else ())
+        # the checkpoint's own facts (its network, heads and input size), the same for every target
+        facts = mapping_module.plan(shapes, table, next(iter(table.targets)), **options,
+                                    background=mapping_module.BACKGROUND_KEEP)
+        images, described = make_input(table, input_file=input_file, batch=batch, seed=seed,
+                                       size=facts.input_size.hw)
         end_points = tuple(table.facts["end_points"])
         ref = reference.run_reference(
-            ckpt.path, images, architecture=table.architecture, end_points=end_points, ema=ema, device=device
+            ckpt.path, images, architecture=table.architecture, end_points=end_points, ema=ema, device=device,
+            scope=scope,
         )
-        ref = _drop_background(ref, table, keep_background)
         report = Report(str(ckpt.path), table.architecture, described, atol or oracle.ATOL, reference.tf_device(device))
-        options = dict(ema=ema, keep_background=keep_background, aux=aux)
+        report.decisions = [f"{topic}: {sentence}" for topic, sentence in facts.decisions() if topic != "classes"]
+        context = _Context(ckpt, shapes, table, images, ref, device, atol, options, background)
         with tempfile.TemporaryDirectory(prefix="ckpt-convert-verify-") as scratch:
             jobs = [(pathlib.Path(p), {"model": torch_model}, False) for p in ported] or _convert_on_the_fly(
-                ckpt.path, table, scratch, report, options
+                ckpt.path, table, scratch, report, dict(options, background=background)
             )
             for path, runtime_options, advisory in jobs:
-                _check_file(report, ckpt, shapes, table, path, images, ref, device, atol,
-                            dict(options, no_top=no_top), runtime_options, advisory)
+                _check_file(report, context, path, runtime_options, advisory)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _detect(shapes, path):
-    architecture = mapping.detect_architecture(shapes)
-    if architecture is None:
-        raise ConvertError(f"{path}: no built-in mapping table fits this checkpoint; pass --arch or --mapping")
-    return architecture
+def _recorded_input_size(ported):
+    # the input size the ports were made for, where they record it (ONNX properties, .safetensors metadata)
+    recorded = {}
+    for path in map(pathlib.Path, ported):
+        props = _properties(path)
+        if props.get("input_size"):
+            try:
+                recorded[path.name] = input_size_module.parse(props["input_size"])
+            except ValueError:
+                continue  # not ours to judge here: the port's own checks fail where it is damaged
+    if len(set(recorded.values())) > 1:
+        listed = ", ".join(f"{name} {h}x{w}" for name, (h, w) in recorded.items())
+        raise ConvertError(f"the ports were made for different input sizes ({listed}); verify them separately "
+                           f"or pass --input-size")
+    return next(iter(recorded.values()), None)
+
+
+def _properties(path):
+    # what a port records about itself; {} for a file that records nothing or cannot be read
+    if path.name.endswith(".safetensors"):
+        try:
+            with open(path, "rb") as f:
+                (size,) = struct.unpack("<Q", f.read(8))
+                metadata = json.loads(f.read(min(size, MAX_HEADER))).get("__metadata__")
+        except (OSError, ValueError, struct.error, AttributeError):
+            return {}
+        return metadata if isinstance(metadata, dict) else {}
+    if path.name.endswith(".onnx"):
+        try:
+            import onnx
+            from google.protobuf.message import DecodeError
+
+            model = onnx.load(str(path), load_external_data=False)
+        except (ImportError, OSError, DecodeError, ValueError):
+            return {}
+        return {prop.key: prop.value for prop in model.metadata_props}
+    return {}
+
+
+@dataclasses.dataclass
+class _Context:
+    """What every port of one verification is checked against."""
+
+    ckpt: object
+    shapes: dict
+    table: object
+    images: np.ndarray
+    reference: dict  # TF-Slim's end points, every class
+    device: str
+    atol: float | None
+    options: dict  # plan options: ema, aux, scope, input_size, strict, drop
+    background: str
 
 
 def _convert_on_the_fly(checkpoint, table, scratch, report, options):
-    from converter.convert import convert
+    from converter.convert import convert, third_party_notes
 
     jobs, written = [], {}
+    convert_options = {k: v for k, v in options.items() if k not in ("strict", "drop")}
     for name, runtime_options, advisory in ON_THE_FLY:
         target, _ = target_of(name)
         model = runtime_options.get("model")
@@ -361,19 +489,24 @@ def _convert_on_the_fly(checkpoint, table, scratch, report, options):
             # an ONNX model outputs logits only unless asked for the other end points
             extra = {"outputs": list(table.facts["end_points"])} if target == "onnx" else {}
             try:
-                convert(checkpoint, to=target, output=pathlib.Path(scratch) / name, mapping=table.path,
-                        **options, **extra)
-                written[name] = None
+                result = convert(checkpoint, to=target, output=pathlib.Path(scratch) / name, mapping=table.path,
+                                 strict=False, **convert_options, **extra)
+                written[name] = (None, third_party_notes(result.plan))
             except ConvertError as error:
-                written[name] = str(error)
-        if written[name] is not None:
-            report.backends.append(Backend(f"{target} (not convertible)", name, target, note=written[name].splitlines()[0]))
+                written[name] = (str(error), [])
+        error, notes = written[name]
+        if error is not None:
+            report.backends.append(Backend(f"{target} (not convertible)", name, target, note=error.splitlines()[0]))
+            continue
+        if model not in (None, "exact") and any(f"not {model}'s" in note for note in notes):
+            note = next(note for note in notes if f"not {model}'s" in note)
+            report.backends.append(Backend(f"{model} (skipped)", name, target, advisory=True, note=note))
             continue
         jobs.append((pathlib.Path(scratch) / name, runtime_options, advisory))
     return jobs
 
 
-def _check_file(report, ckpt, shapes, table, path, images, ref, device, atol, options, runtime_options, advisory):
+def _check_file(report, context, path, runtime_options, advisory):
     target, module_name = target_of(path)
     runtime = importlib.import_module(module_name)
     label = f"{runtime.describe(path, **runtime_options)} ({path.name})"
@@ -382,9 +515,10 @@ def _check_file(report, ckpt, shapes, table, path, images, ref, device, atol, op
     if not path.is_file():
         report.checks.append(Check(label, "weights", str(path), False, f"{path}: no such file"))
         return
-    plan = mapping.plan(shapes, table, target, ema=options["ema"], keep_background=options["keep_background"],
-                        aux=options["aux"], drop=("Logits",) if options["no_top"] else ())
-    expected = dict(plan.tensors(ckpt.read))
+    table, ckpt = context.table, context.ckpt
+    # first as if every class were kept: the port's own class count then says which correspondence holds
+    plan = mapping_module.plan(context.shapes, table, target, **context.options,
+                               background=mapping_module.BACKGROUND_KEEP)
     try:
         found = runtime.load_weights(path, plan) if target == "keras" else runtime.load_weights(path)
     except ConvertError:
@@ -392,14 +526,31 @@ def _check_file(report, ckpt, shapes, table, path, images, ref, device, atol, op
     except Exception as error:  # torch, onnx and h5py each raise their own errors on a damaged file
         report.checks.append(Check(label, "weights", str(path), False, f"{path}: cannot read ({error})"))
         return
+    classes = None
+    port_classes = _port_classes(plan, found)
+    if plan.background.classes is not None and port_classes is not None:
+        try:
+            classes = class_map(table, plan.background.classes, port_classes, context.background)
+        except ConvertError as error:
+            report.checks.append(Check(label, "weights", "class axis", False, str(error)))
+            return
+        backend.classes = str(classes)
+        if classes.dropped is not None:
+            plan = mapping_module.plan(context.shapes, table, target, **context.options,
+                                       background=mapping_module.BACKGROUND_DROP)
+    expected = dict(plan.tensors(ckpt.read))
     report.checks += compare_weights(label, expected, found)
+    atol = context.atol
     if atol is None:
         atol = oracle.atol_for(value.dtype for value in found.values())
         if atol != oracle.ATOL:
             backend.note = f"reduced precision: bound {atol:g} x max(1, max|ref|)"
     try:
-        outputs, backend.device = runtime.run(path, plan, images, device=device, **runtime_options)
+        outputs, backend.device = runtime.run(path, plan, context.images, device=context.device, **runtime_options)
     except ConvertError as error:
         report.checks.append(Check(label, "output", "run", False, str(error)))
         return
-    report.checks += compare_outputs(label, ref, outputs, atol=atol)
+    class_points = mapping_module.class_end_points(table)
+    reference = {name: classes.apply(value) if classes is not None and name in class_points else value
+                 for name, value in context.reference.items()}
+    report.checks += compare_outputs(label, reference, outputs, atol=atol)

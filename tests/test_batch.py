@@ -124,7 +124,8 @@ def test_outputs_are_laid_out_by_model_id_and_hold_the_weights(fleet, small):
 def test_markdown_report_and_progress_lines(fleet):
     _, outdir, result = fleet
     markdown = (outdir / batch.REPORT_MARKDOWN).read_text()
-    assert "| model | architecture | targets | status | max error | time | reason |" in markdown
+    assert ("| model | architecture | scope | classes | heads | input | skipped | targets | status | max error "
+            "| time | reason |") in markdown
     rows = [line for line in markdown.splitlines() if line.startswith("| `")]
     assert len(rows) == 5
     corrupt = next(row for row in rows if "`corrupt/model.ckpt`" in row)
@@ -216,7 +217,7 @@ def test_a_changed_checkpoint_is_redone_and_a_touched_one_is_not(tmp_path, small
     state_b = json.loads((outdir / "b" / "model.ckpt" / batch.STATE_FILENAME).read_text())
     assert state_b["files"][str(data_b)]["mtime_ns"] == data_b.stat().st_mtime_ns  # the cache moved on
     # different options are a different output: redone
-    third = {r["id"]: r for r in run_batch([tree], outdir, options={"keep_background": True}, jobs=2).models}
+    third = {r["id"]: r for r in run_batch([tree], outdir, options={"background": "keep"}, jobs=2).models}
     assert third["b/model.ckpt"]["status"] == "ok"
     assert _load(output_b)["fc.weight"].shape[0] == 1001
 
@@ -305,7 +306,7 @@ def test_yaml_manifest_with_per_model_options(tmp_path, small):
     manifest.write_text(
         "models:\n"
         "  - {path: zoo/model.ckpt, id: inception/plain, targets: [onnx]}\n"
-        "  - {path: zoo/train, architecture: inception_v3, ema: true, keep_background: true}\n"
+        "  - {path: zoo/train, architecture: inception_v3, ema: true, background: keep}\n"
         "  - zoo/missing.ckpt\n"
     )
     outdir = tmp_path / "out"
@@ -319,8 +320,8 @@ def test_yaml_manifest_with_per_model_options(tmp_path, small):
     ported = _load(outdir / "zoo" / "train" / "train.pth")
     from converter.convert import convert
 
-    convert(small.train, "torch", tmp_path / "ema.pth", ema=True, keep_background=True)
-    convert(small.train, "torch", tmp_path / "raw.pth", keep_background=True)
+    convert(small.train, "torch", tmp_path / "ema.pth", ema=True, background="keep")
+    convert(small.train, "torch", tmp_path / "raw.pth", background="keep")
     ema, raw = _load(tmp_path / "ema.pth"), _load(tmp_path / "raw.pth")
     assert all(torch.equal(ported[k], ema[k]) for k in ema)
     assert not torch.equal(ported["Conv2d_1a_3x3.conv.weight"], raw["Conv2d_1a_3x3.conv.weight"])
@@ -332,12 +333,12 @@ def test_csv_manifest(tmp_path, small):
     shutil.copy(small.v1, tmp_path / "old.ckpt")
     _copy_v2(small.v2, tmp_path / "new" / "model.ckpt")
     manifest = tmp_path / "fleet.csv"
-    manifest.write_text("path,architecture,ema,keep_background,targets\n"
+    manifest.write_text("path,architecture,ema,background,targets\n"
                         "old.ckpt,inception_v3,false,,torch;onnx\n"
-                        "new/model.ckpt,,,yes,torch\n")
+                        "new/model.ckpt,,,keep,torch\n")
     models = {m.id: m for m in read_manifest(manifest)}
     assert models["old.ckpt"].targets == ("torch", "onnx") and models["old.ckpt"].options["arch"] == "inception_v3"
-    assert models["new/model.ckpt"].options["keep_background"] is True
+    assert models["new/model.ckpt"].options["background"] == "keep"
     report = run_batch([manifest], tmp_path / "out", jobs=2)
     assert report.ok, report.models
     assert (tmp_path / "out" / "old.ckpt" / "old.onnx").is_file()

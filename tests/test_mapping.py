@@ -97,7 +97,7 @@ def test_plan_gathers_unmapped_missing_and_shape_problems(table, shapes):
     assert "missing variable InceptionV3/Mixed_6b/Branch_1/Conv2d_0b_1x7/BatchNorm/beta" in message
     assert "Mixed_6c/Branch_1/Conv2d_0b_1x7/BatchNorm/moving_mean: shape [7] disagrees on `out`" in message
     lenient = mapping.plan({**shapes, "InceptionV3/Extra/weights": (3,)}, table, "torch", strict=False)
-    assert lenient.skipped["left out"] == ["InceptionV3/Extra/weights"]
+    assert lenient.skipped["unmapped"] == ["InceptionV3/Extra/weights"]
 
 
 def test_detection_and_outer_prefix(table, shapes):
@@ -106,7 +106,7 @@ def test_detection_and_outer_prefix(table, shapes):
     prefixed = {f"tower_0/{name}": shape for name, shape in shapes.items()}
     assert mapping.detect_architecture(prefixed) == "inception_v3"
     plan = mapping.plan(prefixed, table, "torch")
-    assert plan.prefix == "tower_0/"
+    assert plan.network.prefix == "tower_0/"
     assert all(e.source is None or e.source.startswith("tower_0/InceptionV3/") for e in plan.entries)
 
 
@@ -127,7 +127,7 @@ def test_training_checkpoint_skips_slots_and_uses_ema_on_request(table, small):
 def test_background_class_dropped_unless_kept(table, shapes, small):
     with open_checkpoint(small.v2) as ckpt:
         dropped = dict(mapping.plan(shapes, table, "torch").tensors(ckpt.read))
-        kept = dict(mapping.plan(shapes, table, "torch", keep_background=True).tensors(ckpt.read))
+        kept = dict(mapping.plan(shapes, table, "torch", background="keep").tensors(ckpt.read))
         logits = ckpt.read("InceptionV3/Logits/Conv2d_1c_1x1/weights")
         biases = ckpt.read("InceptionV3/Logits/Conv2d_1c_1x1/biases")
     assert dropped["fc.weight"].shape == (1000, logits.shape[2])

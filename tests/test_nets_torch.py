@@ -15,11 +15,11 @@ NHWC_TO_NCHW = (0, 3, 1, 2)
 NCHW_TO_NHWC = (0, 2, 3, 1)
 
 
-def _plan(path, *, ema=False, keep_background=False, aux=True, table="inception_v3"):
+def _plan(path, *, ema=False, background="auto", aux=None, table="inception_v3"):
     with open_checkpoint(path) as ckpt:
         shapes = {name: ckpt.info(name).shape for name in ckpt.names()}
         plan = mapping.plan(shapes, mapping.load_table(table), "torch", ema=ema,
-                            keep_background=keep_background, aux=aux)
+                            background=background, aux=aux)
         return plan, nets.plan_state_dict(plan, ckpt.read)
 
 
@@ -61,7 +61,7 @@ def test_raw_weights_are_not_the_ema_ones(small):
 
 
 def test_keep_background_gives_tf_slim_logits(small):
-    plan, state = _plan(small.v2, keep_background=True)
+    plan, state = _plan(small.v2, background="keep")
     outputs = run(nets.build(plan, state), small.input)
     assert outputs["Logits"].shape == small.golden()["Logits"].shape
     assert all(c.ok for c in compare_with_golden(outputs, small.golden(), background=None).values())

@@ -7,6 +7,7 @@ import click
 
 from converter import batch
 from converter.cli import debug_option
+from converter.cli.options import model_options, pop_plan_options
 
 
 class _Progress:
@@ -78,26 +79,25 @@ class _Progress:
 @click.option("--executor", type=click.Choice(batch.EXECUTORS), default="process", show_default=True,
               help="process: worker processes here; ray: tasks on a Ray cluster.")
 @click.option("--address", help="ray: the cluster to join (auto, or ray://head:10001). Default: a local instance.")
-@click.option("--arch", help="Architecture of every checkpoint instead of detecting it.")
-@click.option("--mapping", "mapping_path", type=click.Path(path_type=pathlib.Path, dir_okay=False),
-              help="Your own mapping table (YAML) for every checkpoint.")
-@click.option("--ema", is_flag=True, help="Use the /ExponentialMovingAverage shadows.")
-@click.option("--keep-background", is_flag=True, help="Keep TF-Slim's background class 0 (1001 classes).")
-@click.option("--no-aux", is_flag=True, help="Leave out the auxiliary head.")
+@model_options
+@click.option("--lenient", is_flag=True, help="Skip (and list) variables no mapping row takes instead of failing.")
 @click.option("--force", is_flag=True, help="Replace output files that this batch did not write.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
               help="Where --verify runs the reference and the outputs.")
 @debug_option
-def command(sources, outdir, targets, verify, jobs, all_steps, executor, address, arch, mapping_path, ema,
-            keep_background, no_aux, force, device, debug):
+def command(sources, outdir, targets, verify, jobs, all_steps, executor, address, lenient, force, device, debug,
+            **shared):
     """Convert every checkpoint under SOURCES to each target, in parallel; write OUTDIR/report.{json,md}.
 
     SOURCES are directories (searched recursively for V1 and V2 checkpoints; of a training run, the
     latest step) or .yaml/.csv manifests listing checkpoints with per-model options. A rerun skips
     outputs that are up to date and redoes what changed or failed. Exit status 1 when any model failed.
+    Each model is decided by its own checkpoint (scope, background class, heads, input size); the
+    options below apply to every model that a manifest does not set otherwise.
     """
-    options = {"arch": arch, "mapping": str(mapping_path.resolve()) if mapping_path else None, "ema": ema,
-               "keep_background": keep_background, "aux": not no_aux}
+    options = dict(pop_plan_options(shared), strict=not lenient)
+    if options["mapping"]:
+        options["mapping"] = str(pathlib.Path(options["mapping"]).resolve())
     progress = _Progress()
     try:
         report = batch.run_batch(sources, outdir, targets=targets, options=options, verify=verify, jobs=jobs,

@@ -6,6 +6,7 @@ import click
 
 from converter import convert as conversion
 from converter.cli import debug_option
+from converter.cli.options import model_options, pop_plan_options
 
 MB = 1e6
 
@@ -25,13 +26,17 @@ def _print_plan(result):
         how = entry.transform + (f", drop class {entry.drop_class[1]} on axis {entry.drop_class[0]}"
                                  if entry.drop_class else "")
         click.echo(f"  {entry.source:<{width}} -> {entry.key} [{source_shape} -> {shape}] {how}")
-    _print_skipped(result)
+    _print_decisions(result)
 
 
-def _print_skipped(result):
+def _print_decisions(result):
+    for topic, sentence in result.plan.decisions():
+        click.echo(f"{topic}: {sentence}")
     counts = result.skipped_counts()
     if counts:
         click.echo("skipped: " + ", ".join(f"{count} {reason}" for reason, count in counts.items()))
+    for note in result.notes:
+        click.echo(f"note: {note}")
 
 
 @click.command("convert")
@@ -42,27 +47,23 @@ def _print_skipped(result):
               show_default=True, help="Target framework.")
 @click.option("-o", "--output", type=click.Path(path_type=pathlib.Path),
               help="Output file (.pth or .safetensors; .h5 or .weights.h5; .onnx). Default: beside the checkpoint.")
-@click.option("--arch", help="Architecture (a built-in mapping table) instead of detecting it.")
-@click.option("--mapping", "mapping_path", type=click.Path(path_type=pathlib.Path, dir_okay=False),
-              help="Your own mapping table (YAML).")
-@click.option("--ema", is_flag=True, help="Use the /ExponentialMovingAverage shadows (as evaluation did).")
-@click.option("--keep-background", is_flag=True, help="Keep TF-Slim's background class 0 (1001 classes).")
-@click.option("--no-aux", is_flag=True, help="Leave out the auxiliary head (torch: aux_logits=False).")
+@model_options
 @click.option("--dtype", type=click.Choice(conversion.DTYPES), help="Cast floating tensors on write.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (source -> target, shapes, transform); write nothing.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-@click.option("--lenient", is_flag=True, help="Skip (and list) unmapped variables instead of failing.")
+@click.option("--lenient", is_flag=True, help="Skip (and list) variables no mapping row takes instead of failing.")
 @click.option("--no-top", is_flag=True, help="Leave out the classifier (keras: include_top=False; torch: no fc, as timm's num_classes=0).")
 @click.option("--opset", type=int, help="onnx: the opset to write.")
 @click.option("--input-layout", type=click.Choice(["nchw", "nhwc"]), help="onnx: layout of the graph input.")
 @click.option("--outputs", help="onnx: comma-separated end points to expose as graph outputs.")
 @debug_option
-def command(checkpoint, source_format, target, output, arch, mapping_path, ema, keep_background, no_aux, dtype,
-            dry_run, force, lenient, no_top, opset, input_layout, outputs, debug):
+def command(checkpoint, source_format, target, output, dtype, dry_run, force, lenient, no_top, opset, input_layout,
+            outputs, debug, **shared):
     """Convert TF-Slim CHECKPOINT (a prefix, .index file, V1 file or directory) to a TARGET file.
 
     Everything is checked before anything is written; the output is written atomically and never
-    overwritten without --force.
+    overwritten without --force. What was decided from the checkpoint (its network's scope, the
+    background class, optional heads, the input size, variables outside the network) is printed.
     """
     options = {}
     if no_top:
@@ -74,12 +75,12 @@ def command(checkpoint, source_format, target, output, arch, mapping_path, ema, 
     if outputs is not None:
         options["outputs"] = tuple(name.strip() for name in outputs.split(",") if name.strip())
     result = conversion.convert(
-        checkpoint, target, output, arch=arch, mapping=mapping_path, ema=ema, keep_background=keep_background,
-        aux=not no_aux, dtype=dtype, force=force, strict=not lenient, dry_run=dry_run, **options,
+        checkpoint, target, output, **pop_plan_options(shared), dtype=dtype, force=force, strict=not lenient,
+        dry_run=dry_run, **options,
     )
     if dry_run:
         _print_plan(result)
         return
     click.echo(f"wrote {result.output}: {result.tensors} tensors, {result.bytes / MB:.1f} MB, "
                f"{result.seconds:.2f} s ({result.architecture} -> {result.target}{', ' + dtype if dtype else ''})")
-    _print_skipped(result)
+    _print_decisions(result)

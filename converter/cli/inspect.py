@@ -13,7 +13,7 @@ import click
 from converter import mapping, names
 from converter.checkpoint import open_checkpoint
 from converter.cli import debug_option
-from converter.errors import VariableNameError
+from converter.errors import MappingError, VariableNameError
 
 SCHEMA = 1
 UNKNOWN_ARCHITECTURE = "unknown"
@@ -132,6 +132,19 @@ def _groups(variables):
     return list(groups.values())
 
 
+def _decisions(found, infos):
+    # what a conversion would decide from this checkpoint (classes, heads, input size), from shapes alone
+    if len({network.root for network in found}) != 1:
+        return []
+    table = mapping.load_table(found[0].architecture)
+    shapes = {info.name: info.shape for info in infos}
+    try:
+        plan = mapping.plan(shapes, table, next(iter(table.targets)), strict=False)
+    except MappingError as error:
+        return [{"topic": "problem", "text": str(error).splitlines()[0]}]
+    return [{"topic": topic, "text": text} for topic, text in plan.decisions()]
+
+
 def build_report(path):
     """Describe the checkpoint at ``path`` as plain data (the ``--json`` output; keys in the command help).
 
@@ -142,8 +155,9 @@ def build_report(path):
         infos = [checkpoint.info(name) for name in checkpoint.names()]
         checkpoint_path, checkpoint_format = str(checkpoint.path), checkpoint.format
     kind = KIND_TF2 if checkpoint_format == FORMAT_TF2 else KIND_SLIM
-    architecture = mapping.detect_architecture(info.name for info in infos) if kind == KIND_SLIM else None
-    model_scopes = [mapping.load_table(architecture).scope] if architecture else None
+    found = mapping.networks([info.name for info in infos]) if kind == KIND_SLIM else []
+    architecture = found[0].architecture if found else None
+    model_scopes = list(dict.fromkeys(network.scope for network in found)) or None
     if kind == KIND_TF2:
         variables = [_tf2_variable(info) for info in infos]
     else:
@@ -157,6 +171,8 @@ def build_report(path):
         "format": checkpoint_format,
         "kind": kind,
         "architecture": architecture or UNKNOWN_ARCHITECTURE,
+        "networks": [{"architecture": n.architecture, "scope": str(n), "prefix": n.prefix} for n in found],
+        "decisions": _decisions(found, infos),
         "totals": totals,
         "groups": _groups(variables),
         "variables": variables,
@@ -229,6 +245,11 @@ def render_text(report):
         header += ", TF2 object-based (not TF-Slim): variables are listed by object path"
     else:
         header += f", architecture {report['architecture']}"
+        networks = report["networks"]
+        if len(networks) > 1:
+            header += "; networks: " + ", ".join(f"{n['scope']} ({n['architecture']})" for n in networks) + \
+                      " (convert picks one with --scope)"
+        header += "".join(f"\n  {d['topic']}: {d['text']}" for d in report["decisions"])
     rows = _rows(report)
     width = max((len(INDENT * depth + label) for depth, label, _ in rows), default=0)
     lines = [header, ""]
@@ -267,6 +288,11 @@ def render_text(report):
       format        "v2" | "v1" | "tf2"
       kind          "slim" | "tf2"
       architecture  a mapping table name, or "{UNKNOWN_ARCHITECTURE}"
+      networks      [{{architecture, scope, prefix}}]: each network found, under
+                    whatever scope (FlowerNet) and outer prefix (tower_0/) it has
+      decisions     [{{topic, text}}]: what a conversion decides from the
+                    checkpoint (network, classes and background rule, heads,
+                    input size, variables not converted)
       totals        {{all|model|ema|slot|other: {{variables, parameters, bytes}}}};
                     other = global_step, optimizer and learning-rate variables,
                     unrecognised names, TF2 objects

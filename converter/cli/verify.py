@@ -7,17 +7,14 @@ import click
 from converter import oracle
 from converter._atomic import atomic_output
 from converter.cli import debug_option
+from converter.cli.options import model_options, pop_plan_options
 
 
 @click.command("verify")
 @click.argument("checkpoint", type=click.Path())
 @click.argument("ported", nargs=-1, type=click.Path())
-@click.option("--arch", help="Architecture of the checkpoint (detected from its variable names by default).")
-@click.option("--mapping", "mapping_path", type=click.Path(), help="A mapping table YAML of your own.")
-@click.option("--ema", is_flag=True, help="The ports were made from the EMA shadows (convert --ema).")
-@click.option("--keep-background", is_flag=True, help="The ports keep the background class (1001 classes).")
-@click.option("--no-aux", is_flag=True, help="The ports have no auxiliary head.")
-@click.option("--no-top", is_flag=True, help="The Keras ports have no classifier (include_top=False).")
+@model_options
+@click.option("--no-top", is_flag=True, help="The ports have no classifier (convert --no-top).")
 @click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False),
               help="An .npy batch (NHWC, in the network's input range) or an image; seeded random input otherwise.")
 @click.option("--batch", default=2, show_default=True, help="Size of the seeded random batch.")
@@ -32,17 +29,20 @@ from converter.cli import debug_option
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full report as JSON.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Write a JUnit XML report.")
 @debug_option
-def command(checkpoint, ported, mapping_path, json_path, junit_path, no_aux, debug, **options):
+def command(checkpoint, ported, json_path, junit_path, debug, **options):
     """Check PORTED files (.pth, .safetensors, .h5, .weights.h5, .onnx) against CHECKPOINT.
 
     Runs TF-Slim's own network in TensorFlow (the `tf` extra) as the reference. With no PORTED file,
     converts the checkpoint to every target on the fly and checks each. Every tensor must equal the
     checkpoint's after the mapping's transform, bit for bit; every end point must agree within the
-    bound. Exit status 0 means equivalent, 1 means a check failed.
+    bound. Each port's classes are matched to TF-Slim's by a correspondence derived from the two
+    class counts and printed; a port that lacks or shifts a class fails. Exit status 0 means
+    equivalent, 1 means a check failed.
     """
     from converter.verify import verify
 
-    report = verify(checkpoint, ported, mapping_path=mapping_path, aux=not no_aux, **options)
+    plan_options = pop_plan_options(options)
+    report = verify(checkpoint, ported, **plan_options, **options)
     click.echo(report.table())
     for path, render in ((json_path, lambda: json.dumps(report.to_dict(), indent=2)), (junit_path, report.to_junit)):
         if path:

@@ -195,7 +195,7 @@ class SlimNet(nn.Module):
             raise MappingError(f"{table.path}: kind {row['kind']} must take one torch tensor from `{KERNEL}` "
                                f"and, with batch_norm, its BatchNorm/* tensors into one module")
         # module paths from the joined keys: a row names one module prefix or a module per role
-        op_key = mapping.join_key("torch", name, op_keys[0])
+        op_key = mapping.bind_name(mapping.join_key("torch", name, op_keys[0]), plan.dims[layer])
         weight = entries[op_key]
         bias = BIAS in kind["params"]
         if compute["op"] == "conv":
@@ -208,7 +208,8 @@ class SlimNet(nn.Module):
         norm = None
         if compute.get("batch_norm"):
             epsilon = table.facts["batch_norm_epsilon"]
-            norm_key = mapping.join_key("torch", name, norm_prefixes.pop() + ".weight")
+            norm_key = mapping.bind_name(mapping.join_key("torch", name, norm_prefixes.pop() + ".weight"),
+                                         plan.dims[layer])
             norm = self._module(norm_key.rpartition(".")[0],
                                 functools.partial(nn.BatchNorm2d, weight.shape[0], eps=epsilon))
         activation = compute.get("activation")
@@ -258,19 +259,8 @@ class SlimNet(nn.Module):
         return points
 
 
-def _layers_under(node, scope):
-    inner = mapping.inner_scope(node, scope)
-    if "layer" in node:
-        yield scope + node["layer"]
-    for branch in mapping.branches(node):
-        for child in branch:
-            yield from _layers_under(child, inner)
-    for child in node.get("nodes", []):
-        yield from _layers_under(child, inner)
-
-
 def _planned(node, scope, plan):
-    return all(layer in plan.dims for layer in _layers_under(node, scope))
+    return all(layer in plan.dims for layer in mapping.layers_under(node, scope))
 
 
 def build(plan, state_dict=None, device=None):

@@ -76,7 +76,8 @@ def run(path, plan, images, *, device="cpu", **_):
     classes = next((e.shape[-1] for e in plan.entries if e.key == f"{classifier}/bias"), 1000)
     application = getattr(keras.applications, spec["application"])
     try:
-        model = application(weights=None, include_top=include_top, classes=classes, classifier_activation=None)
+        model = application(weights=None, include_top=include_top, classes=classes, classifier_activation=None,
+                            input_shape=(*plan.input_size.hw, plan.table.facts["input"]["channels"]))
         model.load_weights(str(pathlib.Path(path)))
     except (ValueError, KeyError) as error:
         raise ConvertError(f"{path}: does not load into keras.applications.{spec['application']} "

@@ -2,6 +2,7 @@
 
 import pathlib
 
+from converter import mapping
 from converter.errors import ConvertError
 from converter.runtimes import as_float32, end_point_modules, to_nhwc
 from converter.transforms import NHWC_TO_NCHW
@@ -45,13 +46,11 @@ def _to_numpy(torch, tensor):
 
 
 def _num_classes(plan):
-    # the classifier's class count as the plan writes it (without the background class it drops)
-    classifier = plan.table.facts["reference"]["classifier"]
-    if classifier not in plan.dims:
+    # the classifier's class count as the plan writes it (without the background class where it drops it)
+    if plan.background.port_classes is None:
         raise ConvertError(f"a headless {plan.table.architecture} file runs in the exact module only "
                            f"(--torch-model exact)")
-    dropped = any(entry.drop_class for entry in plan.entries)
-    return plan.dims[classifier]["classes"] - dropped
+    return plan.background.port_classes
 
 
 def _model(torch, name, plan, state):
@@ -64,9 +63,7 @@ def _model(torch, name, plan, state):
         raise ConvertError(f"{plan.table.architecture} has no {name} model (the table's targets.torch.{name})")
     options = dict(spec.get("options", {}), num_classes=_num_classes(plan))
     if "aux" in spec:  # the option that builds the auxiliary head, when the file has it
-        optional = plan.table.targets["torch"].get("optional", [])
-        options[spec["aux"]] = any(layer in plan.dims for layer in plan.table.layers
-                                   if any(layer.startswith(group + "/") for group in optional))
+        options[spec["aux"]] = any(status == mapping.HEAD_KEPT for status in plan.heads.values())
     if name == "torchvision":
         import torchvision
 

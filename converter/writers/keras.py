@@ -29,6 +29,7 @@ table gives as the role of each layer; ``_<k>`` is left out for k = 0.
 import ml_dtypes
 import numpy as np
 
+from converter import mapping
 from converter.errors import ConvertError, MappingError
 
 TARGET = "keras"
@@ -182,14 +183,7 @@ def _variable(entry):
 
 def _check_dims(plan, required):
     """MappingError naming every layer whose sizes differ from those the target's models build."""
-    mismatches = []
-    for layer, dims in required.items():
-        bound = plan.dims.get(layer)
-        if bound is None:  # a group the plan leaves out (the classifier for include_top=False)
-            continue
-        wrong = [f"{dim} {bound.get(dim)} (needs {size})" for dim, size in dims.items() if bound.get(dim) != size]
-        if wrong:
-            mismatches.append(f"{plan.prefix}{plan.table.scope}/{layer} {', '.join(wrong)}")
+    mismatches = list(mapping.dims_mismatches(plan, required).values())
     if mismatches:
         models = ", ".join(plan.table.targets[TARGET].get("models", [TARGET]))
         raise MappingError(

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 import converter
-from converter import mapping
+from converter import input_size, mapping
 from converter._tf_rules import SAME, VALID, output_size, same_padding
 from converter.errors import ConvertError
 from converter.transforms import NCHW_TO_NHWC, NHWC_TO_NCHW
@@ -35,6 +35,7 @@ CHANNEL_AXIS = 1  # in the NCHW graph
 DTYPES = ("float32", "float16")
 INPUT_NAME = "input"
 BATCH_DIM = "batch"
+HEIGHT_DIM, WIDTH_DIM = "height", "width"
 
 # Slim's variable names under a layer scope (tf_slim.layers), which the table's onnx column keeps:
 # the ONNX op input each feeds. A batch norm's inputs in BatchNormalization's order.
@@ -113,17 +114,10 @@ class _GraphBuilder:
             raise ConvertError(f"ONNX: the graph uses no layer for {len(unused)} tensors of the plan: {', '.join(unused)}")
         return self.points
 
-    def _layers_under(self, node, scope):
-        if "layer" in node:
-            return [scope + node["layer"]]
-        inner = mapping.inner_scope(node, scope)
-        branches = mapping.branches(node) + [node.get("nodes", [])]
-        return [layer for branch in branches for child in branch for layer in self._layers_under(child, inner)]
-
     def _sequence(self, nodes, value, scope):
         for node in nodes:
-            layers = self._layers_under(node, scope) if "name" in node else ()
-            if layers and not any(layer in self.plan.dims for layer in layers):
+            layers = mapping.layers_under(node, scope) if "name" in node else ()
+            if layers and not all(layer in self.plan.dims for layer in layers):
                 continue  # a group the plan leaves out (the auxiliary head, a dropped classifier)
             if "input" in node:
                 if node["input"] not in self.points:
@@ -219,8 +213,10 @@ class _GraphBuilder:
         if layer not in self.plan.dims:
             raise ConvertError(f"ONNX: the graph needs layer {layer}, which the plan leaves out")
         row = self.table.layers[layer]
+        scope = self.plan.scopes.get(layer, layer)  # the checkpoint's name where the table's carries sizes
         kind = self.table.kinds[row["kind"]]
-        params = {key: f"{row['onnx']}{mapping.SEPARATORS['onnx']}{key}" for key in kind.get("onnx", {})}
+        prefix = mapping.bind_name(row["onnx"], self.plan.dims[layer])
+        params = {key: f"{prefix}{mapping.SEPARATORS['onnx']}{key}" for key in kind.get("onnx", {})}
         unknown = sorted(set(params) - set(KNOWN_PARAMS))
         if unknown or WEIGHTS not in params:
             raise ConvertError(
@@ -247,16 +243,16 @@ class _GraphBuilder:
             kernel = shape[2:]
             size = value.shape[2:]
             out = (None, shape[0], *self._spatial(kernel, size, stride, padding, layer))
-            value = self.op("Conv", inputs, f"{layer}/Conv2D", out, **self._window(kernel, size, stride, padding))
+            value = self.op("Conv", inputs, f"{scope}/Conv2D", out, **self._window(kernel, size, stride, padding))
         else:
-            value = self.op("Gemm", inputs, f"{layer}/Gemm", (None, shape[0]), transB=1)
+            value = self.op("Gemm", inputs, f"{scope}/Gemm", (None, shape[0]), transB=1)
         if compute.get("batch_norm"):
             if not all(key in params for key in BATCH_NORM):
                 raise ConvertError(f"ONNX: kind {row['kind']} has batch norm but not every one of {', '.join(BATCH_NORM)}")
             norm = [self._vector(layer, params[key], value.shape[CHANNEL_AXIS]) for key in BATCH_NORM]
-            value = self.op("BatchNormalization", [value.name, *norm], f"{layer}/BatchNorm", value.shape,
+            value = self.op("BatchNormalization", [value.name, *norm], f"{scope}/BatchNorm", value.shape,
                              epsilon=float(self.table.facts["batch_norm_epsilon"]))
-        return self._activate(value, compute.get("activation"), f"{layer}/")
+        return self._activate(value, compute.get("activation"), f"{scope}/")
 
 
 def _named(nodes):
@@ -321,16 +317,20 @@ def build_model(plan, read, *, dtype=None, opset=None, input_layout=NCHW, output
         floating = np.issubdtype(array.dtype, np.floating)
         tensors[key] = np.ascontiguousarray(array, dtype=dtype if floating else array.dtype)
     spec = table.facts["input"]
-    height, width, channels = spec["height"], spec["width"], spec["channels"]
+    height, width, channels = *plan.input_size.hw, spec["channels"]
+    # the graph is checked at the plan's input size; where TensorFlow pads the same at every size the
+    # input's height and width stay symbolic, so one model serves every size the network takes
+    dynamic = not input_size.pads_depend_on_size(table, plan.dims)
+    declared = (HEIGHT_DIM, WIDTH_DIM) if dynamic else (height, width)
     elem_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     # the input's and end points' names are the graph's interface; no inner node may take them
     builder = _GraphBuilder(onnx, plan, tensors, reserved=[INPUT_NAME, *_named(table.graph)])
     if input_layout == NHWC:
-        graph_input = onnx.helper.make_tensor_value_info(INPUT_NAME, elem_type, [BATCH_DIM, height, width, channels])
+        graph_input = onnx.helper.make_tensor_value_info(INPUT_NAME, elem_type, [BATCH_DIM, *declared, channels])
         source = builder.op("Transpose", [INPUT_NAME], "input/to_nchw", (None, channels, height, width),
                              perm=list(NHWC_TO_NCHW))
     else:
-        graph_input = onnx.helper.make_tensor_value_info(INPUT_NAME, elem_type, [BATCH_DIM, channels, height, width])
+        graph_input = onnx.helper.make_tensor_value_info(INPUT_NAME, elem_type, [BATCH_DIM, channels, *declared])
         source = _Value(INPUT_NAME, (None, channels, height, width))
     points = builder.build(source)
 
@@ -351,6 +351,10 @@ def build_model(plan, read, *, dtype=None, opset=None, input_layout=NCHW, output
             builder.nodes.append(onnx.helper.make_node("Identity", [value.name], [name], name=f"{name}/output"))
             shape = list(value.shape)
         shape[0] = BATCH_DIM
+        if dynamic and len(shape) == 4:
+            spatial = (1, 2) if input_layout == NHWC else (2, 3)
+            for axis, dim in zip(spatial, (HEIGHT_DIM, WIDTH_DIM)):
+                shape[axis] = f"{name}_{dim}"
         graph_outputs.append(onnx.helper.make_tensor_value_info(name, elem_type, shape))
 
     initializers = [onnx.numpy_helper.from_array(array, key) for key, array in tensors.items()]
@@ -365,12 +369,12 @@ def build_model(plan, read, *, dtype=None, opset=None, input_layout=NCHW, output
         doc_string=f"TF-Slim {table.architecture}; input {input_layout.upper()} {dtype} "
                    f"in range {spec.get('range')}",
     )
-    background = table.background_class is not None and any(e.drop_class for e in plan.entries)
     onnx.helper.set_model_props(model, {
-        "architecture": table.architecture,
+        **plan.provenance(),
         "input_layout": input_layout,
         "input_range": str(spec.get("range")),
-        "background_class": "dropped" if background else "kept",
+        "background_class": "dropped" if plan.background.dropped else "kept",
+        "input_size_dynamic": str(dynamic).lower(),
     })
     try:
         onnx.checker.check_model(model, full_check=True)

@@ -207,5 +207,5 @@ def save_safetensors_state(plan, read, path, *, dtype=None, **options):
     """
     _check_options(options)
     tensors = [(name, cast(np.asarray(value), dtype)) for name, value in plan.tensors(read)]
-    save_safetensors(tensors, path, metadata={"format": "pt"})
+    save_safetensors(tensors, path, metadata={"format": "pt", **plan.provenance()})
     return {name: (value.dtype, value.shape) for name, value in tensors}
