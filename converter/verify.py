@@ -413,7 +413,7 @@ def verify(
         context = _Context(ckpt, shapes, table, images, ref, device, atol, options, background)
         with tempfile.TemporaryDirectory(prefix="ckpt-convert-verify-") as scratch:
             jobs = [(pathlib.Path(p), {"model": torch_model}, False) for p in ported] or _convert_on_the_fly(
-                ckpt.path, table, scratch, report, dict(options, background=background)
+                ckpt.path, table, scratch, report, dict(options, background=background), list(ref)
             )
             for path, runtime_options, advisory in jobs:
                 _check_file(report, context, path, runtime_options, advisory)
@@ -475,7 +475,7 @@ class _Context:
     background: str
 
 
-def _convert_on_the_fly(checkpoint, table, scratch, report, options):
+def _convert_on_the_fly(checkpoint, table, scratch, report, options, end_points):
     from converter.convert import convert, third_party_notes
 
     jobs, written = [], {}
@@ -486,8 +486,8 @@ def _convert_on_the_fly(checkpoint, table, scratch, report, options):
         if target not in table.targets or (model not in (None, "exact") and model not in table.targets[target]):
             continue  # a target or third-party model the table does not port to
         if name not in written:
-            # an ONNX model outputs logits only unless asked for the other end points
-            extra = {"outputs": list(table.facts["end_points"])} if target == "onnx" else {}
+            # an ONNX model outputs logits only unless asked for the other end points (those the checkpoint has)
+            extra = {"outputs": end_points} if target == "onnx" else {}
             try:
                 result = convert(checkpoint, to=target, output=pathlib.Path(scratch) / name, mapping=table.path,
                                  strict=False, **convert_options, **extra)

@@ -309,3 +309,12 @@ def test_zoo_finetunes_verify_with_no_flags(finetune, name):
 
 
 FINETUNE_CLASSES = {"inception_v1_ft": 10, "resnet_v1_50_ft": 3}
+
+
+def test_verify_a_scoped_net_without_aux_head_with_no_flags(finetune):
+    verify = pytest.importorskip("converter.verify").verify
+    report = verify(finetune("inception_v3_scoped").v2)
+    assert report.ok, report.table()
+    onnx_checks = [c for c in report.checks if c.backend.startswith("onnxruntime") and c.kind == "output"]
+    assert {c.name for c in onnx_checks} == {"Mixed_5b", "Mixed_6e", "Mixed_7c", "Logits"}
+    assert "network: FlowerNet (inception_v3) under tower_0/" in report.decisions
