@@ -211,19 +211,34 @@ class _Walk:
         return height, width
 
 
+def same_pads_vary(kernel, stride):
+    """Whether TensorFlow's 'SAME' pads of this window change with the input size: a stride over 1 and a kernel over 1."""
+    return stride > 1 and max(kernel) > 1
+
+
+def runtime_pads(kernel, stride):
+    """Whether a runtime's 'SAME_UPPER' computes TensorFlow's 'SAME' pads for this window at every size.
+
+    They agree where the kernel is at least the stride; below it TensorFlow clips a negative total
+    pad at zero, which not every runtime does.
+    """
+    return min(kernel) >= stride
+
+
 def pads_depend_on_size(table, dims):
-    """Whether any SAME window of the graph pads differently at other input sizes (a stride over 1 with a kernel over 1)."""
+    """Whether a graph needs a fixed input size: a 'SAME' window whose pads vary with the size and that
+    a runtime cannot pad as TensorFlow does (``runtime_pads``)."""
     found, bound = [], kernels(table, dims)
 
     def visit(node, scope):
         stride = node.get("stride", DEFAULT_STRIDE)
-        if stride == 1 or node.get("padding", DEFAULT_PADDING) != "SAME":
+        if node.get("padding", DEFAULT_PADDING) != "SAME":
             return
         if "layer" in node:
             kernel = bound.get(scope + node["layer"], (1, 1))
         else:
             kernel = node.get("max_pool", node.get("avg_pool"))
-        if kernel != "global" and max(kernel) > 1:
+        if kernel != "global" and same_pads_vary(kernel, stride) and not runtime_pads(kernel, stride):
             found.append(node)
 
     mapping.walk(table.graph, visit)

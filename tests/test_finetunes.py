@@ -318,3 +318,17 @@ def test_verify_a_scoped_net_without_aux_head_with_no_flags(finetune):
     onnx_checks = [c for c in report.checks if c.backend.startswith("onnxruntime") and c.kind == "output"]
     assert {c.name for c in onnx_checks} == {"Mixed_5b", "Mixed_6e", "Mixed_7c", "Logits"}
     assert "network: FlowerNet (inception_v3) under tower_0/" in report.decisions
+
+
+def test_one_onnx_model_serves_other_input_sizes(finetune, tmp_path):
+    # nothing in a ResNet's weights reveals its training size: the model must take the size it is given
+    reference = pytest.importorskip("converter.reference")
+    onnx = pytest.importorskip("onnx", reason="reads the model's input")
+    fixture = finetune("resnet_v1_50_ft")
+    result = convert(fixture.v2, "onnx", tmp_path / "port.onnx", outputs=["block1", "Logits"])
+    dims = [d.dim_value or d.dim_param for d in onnx.load(str(result.output)).graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]
+    images = np.random.default_rng(1).uniform(-123.68, 151.06, (2, 161, 190, 3)).astype(np.float32)  # odd and even
+    golden = reference.run_reference(fixture.v2, images, architecture="resnet_v1_50", end_points=["block1", "Logits"])
+    outputs, _ = onnx_runtime.run(result.output, result.plan, images)
+    _assert_equivalent(golden, outputs)

@@ -280,23 +280,28 @@ def test_tensorflow_same_padding_and_average_pooling(table, tmp_path):
     onnx_path = tmp_path / "tiny.onnx"
     onnx_writer.save_onnx(plan, values.__getitem__, onnx_path, outputs=["Conv", "Pools"])
     model = onnx.load(str(onnx_path))
-    pads = [list(a.ints) for n in model.graph.node for a in n.attribute if a.name == "pads"]
-    assert any(p[:2] != p[2:] for p in pads), "the test must exercise asymmetric padding"
+    # strided 'SAME' windows pad by the input's size (one more at the end where the total is odd, as TF)
+    auto = [a.s.decode() for n in model.graph.node for a in n.attribute if a.name == "auto_pad"]
+    assert auto and set(auto) == {onnx_writer.SAME_UPPER}
+    dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[2:] == [onnx_writer.HEIGHT_DIM, onnx_writer.WIDTH_DIM]
 
-    images = rng.uniform(-1, 1, size=(2, 9, 8, 3)).astype(np.float32)
-    conv = tf.nn.conv2d(images, values["Tiny/Conv/weights"], strides=2, padding="SAME")
-    conv = tf.nn.relu(tf.nn.batch_normalization(
-        conv, values["Tiny/Conv/BatchNorm/moving_mean"], values["Tiny/Conv/BatchNorm/moving_variance"],
-        values["Tiny/Conv/BatchNorm/beta"], None, 0.001))
-    pools = tf.concat([
-        tf.nn.max_pool2d(conv, 3, 2, "SAME"),
-        tf.nn.avg_pool2d(conv, 3, 2, "SAME"),
-        tf.nn.avg_pool2d(conv, 2, 2, "SAME"),
-    ], axis=3)
-    features = tf.reduce_mean(pools, axis=[1, 2])
-    logits = features @ values["Tiny/Logits/Fc/weights"][0, 0] + values["Tiny/Logits/Fc/biases"]
-    golden = {"Conv": conv.numpy(), "Pools": pools.numpy(), "Logits": logits.numpy()}
-    _assert_matches(golden, _run(onnx_path, images))
+    # odd and even sizes: TensorFlow pads them differently, and one model must follow both
+    for height, width in ((9, 8), (10, 7)):
+        images = rng.uniform(-1, 1, size=(2, height, width, 3)).astype(np.float32)
+        conv = tf.nn.conv2d(images, values["Tiny/Conv/weights"], strides=2, padding="SAME")
+        conv = tf.nn.relu(tf.nn.batch_normalization(
+            conv, values["Tiny/Conv/BatchNorm/moving_mean"], values["Tiny/Conv/BatchNorm/moving_variance"],
+            values["Tiny/Conv/BatchNorm/beta"], None, 0.001))
+        pools = tf.concat([
+            tf.nn.max_pool2d(conv, 3, 2, "SAME"),
+            tf.nn.avg_pool2d(conv, 3, 2, "SAME"),
+            tf.nn.avg_pool2d(conv, 2, 2, "SAME"),
+        ], axis=3)
+        features = tf.reduce_mean(pools, axis=[1, 2])
+        logits = features @ values["Tiny/Logits/Fc/weights"][0, 0] + values["Tiny/Logits/Fc/biases"]
+        golden = {"Conv": conv.numpy(), "Pools": pools.numpy(), "Logits": logits.numpy()}
+        _assert_matches(golden, _run(onnx_path, images))
 
 
 def test_full_size_matches_golden(full, table, tmp_path):

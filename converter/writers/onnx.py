@@ -2,8 +2,9 @@
 
 ONNX weights mean nothing without a graph, so this writer builds one from the table (``graph``,
 ``layers``, ``kinds``) and the plan's shapes, with TF-Slim's semantics made explicit: the graph runs
-in NCHW; TensorFlow's 'SAME' padding becomes the explicit, possibly asymmetric pads TensorFlow
-computes for the fixed input size of ``facts.input``; average pooling excludes padding
+in NCHW; TensorFlow's 'SAME' padding becomes explicit pads where they are the same at every input
+size (stride 1) and ``auto_pad: SAME_UPPER`` on strided windows, which the runtime computes as
+TensorFlow does for the size it is given; average pooling excludes padding
 (``count_include_pad=0``); batch norm uses the table's epsilon. Needs the ``onnx`` package only.
 """
 
@@ -35,6 +36,8 @@ CHANNEL_AXIS = 1  # in the NCHW graph
 DTYPES = ("float32", "float16")
 INPUT_NAME = "input"
 BATCH_DIM = "batch"
+# ONNX's auto_pad that computes TensorFlow's 'SAME' pads from the input size (the odd one at the end)
+SAME_UPPER = "SAME_UPPER"
 HEIGHT_DIM, WIDTH_DIM = "height", "width"
 
 # Slim's variable names under a layer scope (tf_slim.layers), which the table's onnx column keeps:
@@ -197,6 +200,9 @@ class _GraphBuilder:
 
     @staticmethod
     def _window(kernel, size, stride, padding):
+        if padding == SAME and input_size.same_pads_vary(kernel, stride) and input_size.runtime_pads(kernel, stride):
+            # TensorFlow's 'SAME' at every input size: the runtime computes the pads, the extra one at the end
+            return {"kernel_shape": list(kernel), "strides": [stride, stride], "auto_pad": SAME_UPPER}
         pads = [0, 0, 0, 0]  # ONNX order: h_begin, w_begin, h_end, w_end
         if padding == SAME:
             (pads[0], pads[2]), (pads[1], pads[3]) = (same_padding(n, k, stride) for n, k in zip(size, kernel))
@@ -318,8 +324,8 @@ def build_model(plan, read, *, dtype=None, opset=None, input_layout=NCHW, output
         tensors[key] = np.ascontiguousarray(array, dtype=dtype if floating else array.dtype)
     spec = table.facts["input"]
     height, width, channels = *plan.input_size.hw, spec["channels"]
-    # the graph is checked at the plan's input size; where TensorFlow pads the same at every size the
-    # input's height and width stay symbolic, so one model serves every size the network takes
+    # the graph is checked at the plan's input size; where every pad is either constant or computed by
+    # the runtime (auto_pad), the input's height and width stay symbolic: one model for every size it takes
     dynamic = not input_size.pads_depend_on_size(table, plan.dims)
     declared = (HEIGHT_DIM, WIDTH_DIM) if dynamic else (height, width)
     elem_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
