@@ -26,9 +26,7 @@ import signal
 import time
 import traceback
 
-import yaml
-
-from converter import __version__
+from converter import __version__, _yaml
 from converter import mapping as tables
 from converter._atomic import atomic_output
 from converter.checkpoint import _paths, open_checkpoint
@@ -266,6 +264,8 @@ def _parse_targets(targets):
     """A tuple of target names from ``"torch,onnx"`` or a list; ConvertError naming an unknown one."""
     if isinstance(targets, str):
         targets = [t for t in _TARGET_SEPARATORS.split(targets) if t]
+    if not isinstance(targets, (list, tuple)) or not all(isinstance(t, str) for t in targets):
+        raise ConvertError(f"targets must be names ({', '.join(DEFAULT_SUFFIXES)}), got {targets!r:.60}")
     targets = tuple(dict.fromkeys(targets))
     unknown = [t for t in targets if t not in DEFAULT_SUFFIXES]
     if unknown or not targets:
@@ -290,6 +290,7 @@ def read_manifest(path, *, targets=("torch",), options=None):
             raise ConvertError(f"{where}: unknown field {', '.join(unknown)}; known: {', '.join(MANIFEST_FIELDS)}")
         if not row.get("path"):
             raise ConvertError(f"{where}: no path; every row names a checkpoint")
+        _check_row_values(where, row)
         checkpoint = path.parent / str(row["path"])
         options = dict(defaults)
         for name in ("ema", "keep_background", "aux"):
@@ -313,20 +314,9 @@ def read_manifest(path, *, targets=("torch",), options=None):
 
 
 def _manifest_rows(path):
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConvertError(f"{path}: cannot read the manifest ({error.strerror})") from None
     if MANIFEST_FORMATS[path.suffix.lower()] == "csv":
-        reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames or "path" not in reader.fieldnames:
-            raise ConvertError(f"{path}: a CSV manifest starts with a header line naming a path column")
-        return [(f"{path}, line {number}", {k.strip(): (v or "").strip() for k, v in row.items() if k})
-                for number, row in enumerate(reader, start=2)]
-    try:
-        data = yaml.load(text, Loader=tables.SAFE_LOADER)
-    except yaml.YAMLError as error:
-        raise ConvertError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        return _csv_rows(path, _yaml.read_text(path, "manifest"))
+    data = _yaml.load(path, "manifest")
     if isinstance(data, dict) and set(data) == {"models"}:
         data = data["models"]
     if not isinstance(data, list):
@@ -339,6 +329,24 @@ def _manifest_rows(path):
             raise ConvertError(f"{path}, model {number}: a path or a mapping with a path")
         rows.append((f"{path}, model {number}", item))
     return rows
+
+
+def _check_row_values(where, row):
+    # one scalar per field (a list of names for targets): a mapping or a list elsewhere is a mistake
+    for name, value in row.items():
+        if name != "targets" and isinstance(value, (dict, list, set)):
+            raise ConvertError(f"{where}: {name} is {type(value).__name__}, where a single value belongs")
+
+
+def _csv_rows(path, text):
+    try:
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise ConvertError(f"{path}: a CSV manifest starts with a header line naming a path column")
+        return [(f"{path}, line {number}", {k.strip(): (v or "").strip() for k, v in row.items() if k})
+                for number, row in enumerate(reader, start=2)]
+    except csv.Error as error:  # a NUL byte, a field over csv's size limit...
+        raise ConvertError(f"{path}: not a readable CSV manifest ({error})") from None
 
 
 def _boolean(value, where):

@@ -139,9 +139,10 @@ def convert(checkpoint, to="torch", output=None, *, arch=None, mapping=None, ema
             )
         names = ckpt.names()
         table = _table(names, arch, mapping, ckpt.path)
-        shapes = {name: ckpt.info(name).shape for name in names}
+        infos = [ckpt.info(name) for name in names]
+        shapes = {info.name: info.shape for info in infos}
         plan = tables.plan(shapes, table, to, ema=ema, keep_background=keep_background, aux=aux, drop=drop,
-                           strict=strict)
+                           strict=strict, dtypes={info.name: info.dtype for info in infos})
         target = pathlib.Path(output) if output is not None else default_output(ckpt.path, to)
         write = writer_for(to, target)
         check = getattr(importlib.import_module(write.__module__), "check", None)

@@ -6,16 +6,16 @@ checks everything before anything is written: unmapped source variables, rows th
 cannot fill, and shapes that disagree are all gathered into one error.
 """
 
+import collections
 import dataclasses
 import functools
 import importlib.resources
 import pathlib
 
 import numpy as np
-import yaml
 
-from converter import names, transforms
-from converter.errors import ConvertError, MappingError
+from converter import _table_rules, _yaml, names, transforms
+from converter.errors import ConvertError, MappingError, join_problems
 
 SCHEMA = 1
 TARGETS = ("torch", "keras", "onnx")
@@ -33,8 +33,6 @@ PADDINGS = ("SAME", "VALID")
 FLATTENS = (True, "spatial")
 REFERENCE_KEYS = ("module", "network", "arg_scope", "classifier")
 FILL_DTYPES = ("float32", "int64")
-# libyaml's safe loader where PyYAML has it (ten times faster than the pure-Python one); both are safe_load
-SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 EMA_SUFFIX = names.SEPARATOR + names.EMA_SUFFIX
 # what a variable the table does not take is, by the name parser's role
@@ -169,12 +167,7 @@ def _load_builtin(name):
 
 
 def _load_file(path):
-    try:
-        data = yaml.load(path.read_text(), Loader=SAFE_LOADER)
-    except OSError as error:
-        raise MappingError(f"{path}: cannot read mapping table ({error.strerror})") from None
-    except yaml.YAMLError as error:
-        raise MappingError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    data = _yaml.load(path, "mapping table", MappingError)
     try:
         problems = validate(data)
     except (TypeError, AttributeError, KeyError) as error:
@@ -182,7 +175,7 @@ def _load_file(path):
         raise MappingError(f"{path}: invalid mapping table: a value has the wrong type ({error}); "
                            f"see mappings/README.md for the schema") from None
     if problems:
-        raise MappingError(f"{path}: invalid mapping table ({len(problems)} problems):\n  " + "\n  ".join(problems))
+        raise MappingError(f"{path}: invalid mapping table ({len(problems)} problems):\n  " + join_problems(problems))
     return Table(
         path=path,
         architecture=data["architecture"],
@@ -214,8 +207,9 @@ def validate(data):
               (data["facts"].get("input", {}), dict, "facts.input must be a mapping"),
               (data["facts"].get("end_points", []), list, "facts.end_points must be a list"))
     problems += [message for value, kind, message in shapes if not isinstance(value, kind)]
+    problems += _table_rules.value_problems(data) if not problems else []
     if problems:
-        return problems
+        return problems  # what follows relies on every value having its type
     problems += _validate_facts(data["facts"])
     for target in targets:
         if target not in TARGETS:
@@ -229,9 +223,10 @@ def validate(data):
     used = []
     names = set()
     problems += _validate_nodes(data["graph"], "", used, names, data["layers"])
+    uses = collections.Counter(used)
     for layer in data["layers"]:
-        if used.count(layer) != 1:
-            problems.append(f"layers: {layer} is used {used.count(layer)} times in the graph (must be once)")
+        if uses[layer] != 1:
+            problems.append(f"layers: {layer} is used {uses[layer]} times in the graph (must be once)")
     classifier = (data["facts"].get("reference") or {}).get("classifier")
     if classifier is not None and classifier not in data["layers"]:
         problems.append(f"facts.reference.classifier: {classifier} is not a row of layers")
@@ -438,7 +433,7 @@ class Plan:
             yield entry.key, entry.value(read)
 
 
-def plan(shapes, table, target, *, ema=False, keep_background=False, aux=True, drop=(), strict=True):
+def plan(shapes, table, target, *, ema=False, keep_background=False, aux=True, drop=(), strict=True, dtypes=None):
     """Bind ``table`` to a checkpoint's ``{name: shape}`` for ``target``; check everything first.
 
     Args:
@@ -448,6 +443,7 @@ def plan(shapes, table, target, *, ema=False, keep_background=False, aux=True, d
         aux: keep the target's optional groups (the auxiliary head).
         drop: more graph end points to leave out (``("Logits",)`` for a headless model).
         strict: unmapped model variables are an error (otherwise listed in ``skipped``).
+        dtypes: every variable's numpy dtype; when given, the variables the plan reads must be floating point.
 
     Returns:
         a ``Plan``; raises ``MappingError`` listing every problem at once.
@@ -502,6 +498,7 @@ def plan(shapes, table, target, *, ema=False, keep_background=False, aux=True, d
         for row in rows:
             entries.append(_entry(row, scope, shapes, dims[row.layer], ema, background, problems))
         consumed.update(entry.source for entry in entries if entry is not None)
+        problems += _table_rules.entry_problems(table, rows, entries, shapes, scope, dtypes)
     for name in sorted(set(shapes) - consumed):
         role = _role(name, table.scope)
         if role == names.ROLE_EMA and name[: -len(EMA_SUFFIX)] in consumed:
@@ -515,7 +512,7 @@ def plan(shapes, table, target, *, ema=False, keep_background=False, aux=True, d
     if problems:
         raise MappingError(
             f"the checkpoint does not fit mapping {table.architecture} for {target} "
-            f"({len(problems)} problems):\n  " + "\n  ".join(problems)
+            f"({len(problems)} problems):\n  " + join_problems(problems)
         )
     return Plan(table, target, prefix, entries, {k: v for k, v in skipped.items() if v}, dims)
 

@@ -26,10 +26,12 @@ Layers without variables (activations, pools) need no group in either layout.
 table gives as the role of each layer; ``_<k>`` is left out for k = 0.
 """
 
+import collections
+
 import ml_dtypes
 import numpy as np
 
-from converter.errors import ConvertError, MappingError
+from converter.errors import ConvertError, MappingError, join_problems
 
 TARGET = "keras"
 # the Keras release these layouts were checked against (setup.cfg's keras extra); loaders read it only
@@ -157,17 +159,18 @@ def ordered_layers(plan):
     for entry in plan.entries:
         name, _, _ = entry.key.partition("/")
         layers.setdefault(name, []).append(entry)
-    for name in sorted({n for n in order if order.count(n) > 1}):
-        problems.append(f"targets.{TARGET}.order lists {name} {order.count(name)} times")
+    listed = collections.Counter(order)
+    problems += [f"targets.{TARGET}.order lists {name} {count} times" for name, count in sorted(listed.items())
+                 if count > 1]
     problems += [f"targets.{TARGET}.order: {name} is no row's keras name" for name in order if name not in roles]
-    problems += [f"keras layer {name} is not in targets.{TARGET}.order" for name in layers if name not in order]
+    problems += [f"keras layer {name} is not in targets.{TARGET}.order" for name in layers if name not in listed]
     for name, entries in layers.items():
         known = VARIABLES.get(roles.get(name), ())
         problems += [f"{entry.key}: not a variable of Keras class {roles.get(name)} (known classes: "
                      f"{', '.join(VARIABLES)})" for entry in entries if _variable(entry) not in known]
     if problems:
         raise MappingError(f"{where}: cannot write Keras weights ({len(problems)} problems):\n  "
-                           + "\n  ".join(problems))
+                           + join_problems(problems))
     ordered = []
     for name in order:
         if name in layers:
