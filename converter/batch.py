@@ -15,6 +15,7 @@ import csv
 import ctypes
 import dataclasses
 import fcntl
+import fnmatch
 import glob
 import hashlib
 import json
@@ -51,6 +52,10 @@ MANIFEST_FIELDS = ("path", "id", "architecture", "mapping", "ema", "keep_backgro
 BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 # statuses of a target and of a model
 OK, UP_TO_DATE, FAILED, PARTIAL, PENDING = "ok", "up to date", "failed", "partial", "pending"
+# files the batch writes in OUTDIR and in each model's folder: no model id may name one
+RESERVED_NAMES = (STATE_FILENAME, REPORT_JSON, REPORT_MARKDOWN, LOCK_FILENAME)
+# a model folder's name leaves room for its outputs' suffixes and temporary names in 255 bytes
+MAX_ID_PART_BYTES = 200
 # the exit status of a batch in which any model failed
 EXIT_FAILED = 1
 WORKER_DIED = "the worker process died (out of memory or a crash); rerun the batch to retry this model"
@@ -200,9 +205,25 @@ def _safe_id(text):
     return "/".join(parts)
 
 
+def _id_problem(model_id):
+    """Why ``model_id`` cannot name a folder of OUTDIR, or None: it must stay clear of the batch's own files."""
+    parts = model_id.split("/")
+    if not model_id or any(not part for part in parts):
+        return "is empty"
+    if any(part in RESERVED_NAMES or fnmatch.fnmatch(part, PARTIAL_GLOB) for part in parts):
+        return f"has a part named as a file the batch writes ({', '.join(RESERVED_NAMES)}, {PARTIAL_GLOB})"
+    if any(len(part.encode()) > MAX_ID_PART_BYTES for part in parts):
+        return f"has a part longer than {MAX_ID_PART_BYTES} bytes (outputs and temporary names must fit beside it)"
+    return None
+
+
 def _check_unique(models):
     seen, checkpoints = {}, set()
     for model in models:
+        problem = _id_problem(model.id)
+        if problem:
+            raise ConvertError(f"{model.checkpoint}: its model id {model.id!r} {problem}; give it another id in a "
+                               "manifest")
         if model.checkpoint in checkpoints:
             raise ConvertError(f"{model.checkpoint} is given twice (its .index and data files, or nested sources); "
                                "give it once")
@@ -213,6 +234,13 @@ def _check_unique(models):
                 "give one an id in its manifest"
             )
         seen[model.id] = model.checkpoint
+    for model in models:
+        # a folder inside another model's folder could take the name of that model's output or state
+        parents = ["/".join(model.id.split("/")[:n]) for n in range(1, model.id.count("/") + 1)]
+        outer = next((seen[parent] for parent in parents if parent in seen), None)
+        if outer is not None:
+            raise ConvertError(f"{model.checkpoint} would be written inside the folder of {outer} ({model.id}/); "
+                               "give one an id in a manifest")
 
 
 def _search(root, all_steps, excluded):
@@ -548,7 +576,7 @@ def _process_model(job):
         return _failed_record(model, model.error)
     folder = pathlib.Path(job.outdir, model.id)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        _make_folder(folder, job.outdir)
         state = _read_state(folder)
         content, files = content_hash(checkpoint_files(model.checkpoint), state.get("files", {}))
         table = _table_for(model)
@@ -580,6 +608,24 @@ def _process_model(job):
         status = entry["status"] if worked or entry["status"] == FAILED else UP_TO_DATE
         record["targets"][target] = _report_entry(model.id, entry, status, seconds)
     return _finish(record, time.perf_counter() - started)
+
+
+def _make_folder(folder, outdir):
+    """Create a model's folder, refusing one that a link in OUTDIR places outside it, before creating anything."""
+    existing = folder
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    _check_inside(existing, folder, outdir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConvertError(f"{folder}: cannot create the model's folder ({error.strerror or error})") from None
+    _check_inside(folder, folder, outdir)
+
+
+def _check_inside(path, folder, outdir):
+    if not pathlib.Path(os.path.realpath(path)).is_relative_to(os.path.realpath(outdir)):
+        raise ConvertError(f"{folder}: a link leads it out of {outdir}; remove the link, outputs stay in OUTDIR")
 
 
 def _convert_target(job, folder, state, target, name, key, previous):
@@ -775,7 +821,13 @@ def _default_jobs():
 
 @contextlib.contextmanager
 def _exclusive(outdir):
-    with open(outdir / LOCK_FILENAME, "w") as handle:
+    # never through a link: opening one to write would create or truncate a file elsewhere
+    try:
+        handle = open(os.open(outdir / LOCK_FILENAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666), "r+")
+    except OSError as error:
+        raise ConvertError(f"{outdir / LOCK_FILENAME}: cannot lock the output directory ({error.strerror}); "
+                           "remove it if it is a link") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -817,7 +869,8 @@ def run_batch(sources, outdir, *, targets=("torch",), options=None, verify=False
     outdir.mkdir(parents=True, exist_ok=True)
     with _exclusive(outdir):
         for partial in outdir.rglob(PARTIAL_GLOB):
-            partial.unlink()  # left by a batch that was killed; the lock says none is running
+            if partial.is_symlink() or not partial.is_dir():
+                partial.unlink()  # left by a batch that was killed; the lock says none is running
         models = discover(sources, targets=targets, options=options, all_steps=all_steps, exclude=[outdir])
         if not models:
             raise ConvertError(f"{', '.join(map(str, sources))}: no checkpoint found (no V2 .index file, V1 "

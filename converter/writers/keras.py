@@ -27,6 +27,7 @@ table gives as the role of each layer; ``_<k>`` is left out for k = 0.
 """
 
 import collections
+import contextlib
 
 import ml_dtypes
 import numpy as np
@@ -68,6 +69,21 @@ def _h5py():
     return h5py
 
 
+@contextlib.contextmanager
+def _hdf5_file(h5py, path):
+    """A new HDF5 file built in memory, then written to ``path`` by Python.
+
+    HDF5 meets a failed write (a full disk) deep in its cache, where h5py turns it into a
+    RuntimeError or, on closing, a crash; Python's own write raises an OSError naming the reason.
+    """
+    with h5py.File(str(path), "w", driver="core", backing_store=False) as file:
+        yield file
+        file.flush()
+        image = file.id.get_file_image()
+    with open(path, "wb") as out:
+        out.write(image)
+
+
 def check(plan, path, *, dtype=None, **options):
     """What the Keras layouts constrain (layer order, full-size channels, dtype), before writing or on a dry run."""
     legacy = not str(path).endswith(".weights.h5")
@@ -88,7 +104,7 @@ def save_h5(plan, read, path, *, dtype=None, **options):
     cast = _caster(dtype, LEGACY_DTYPES, "legacy .h5")
     layers = ordered_layers(plan)
     h5py = _h5py()
-    with h5py.File(path, "w") as f:
+    with _hdf5_file(h5py, path) as f:
         _set_strings(f, "layer_names", [name for name, _, _ in layers])
         f.attrs["backend"] = BACKEND.encode()
         f.attrs["keras_version"] = KERAS_VERSION.encode()
@@ -113,7 +129,7 @@ def save_weights_h5(plan, read, path, *, dtype=None, **options):
     layers = ordered_layers(plan)
     h5py = _h5py()
     counts = {}
-    with h5py.File(path, "w") as f:
+    with _hdf5_file(h5py, path) as f:
         f.create_group("vars")
         root = f.create_group("layers")
         for name, role, entries in layers:
