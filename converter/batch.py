@@ -866,15 +866,19 @@ def run_batch(sources, outdir, *, targets=("torch",), options=None, verify=False
     outdir = pathlib.Path(os.path.abspath(outdir))
     if outdir.exists() and not outdir.is_dir():
         raise ConvertError(f"{outdir}: not a directory; pass an output directory with -o")
-    outdir.mkdir(parents=True, exist_ok=True)
+    # sources first: a batch refused for its sources leaves no OUTDIR behind
+    models = discover(sources, targets=targets, options=options, all_steps=all_steps, exclude=[outdir])
+    if not models:
+        raise ConvertError(f"{', '.join(map(str, sources))}: no checkpoint found (no V2 .index file, V1 "
+                           "checkpoint or manifest row); check the paths")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConvertError(f"{outdir}: cannot create the output directory ({error.strerror or error})") from None
     with _exclusive(outdir):
         for partial in outdir.rglob(PARTIAL_GLOB):
             if partial.is_symlink() or not partial.is_dir():
                 partial.unlink()  # left by a batch that was killed; the lock says none is running
-        models = discover(sources, targets=targets, options=options, all_steps=all_steps, exclude=[outdir])
-        if not models:
-            raise ConvertError(f"{', '.join(map(str, sources))}: no checkpoint found (no V2 .index file, V1 "
-                               "checkpoint or manifest row); check the paths")
         notify("found", len(models))
         records, todo = {}, []
         for model in models:

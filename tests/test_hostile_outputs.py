@@ -27,7 +27,8 @@ def test_model_ids_that_collide_with_the_batchs_own_files(tmp_path, model_id, me
     crafted.tiny(tmp_path)
     manifest = tmp_path / "fleet.yaml"
     manifest.write_text(yaml.safe_dump([{"path": "tiny.ckpt", "id": model_id}]))
-    crafted.assert_error(crafted.run_one({"discover": [str(manifest)]})[0], message)
+    crafted.assert_error(crafted.run_one(["batch", str(manifest), "-o", str(tmp_path / "out")])[0], message)
+    assert not (tmp_path / "out").exists()  # refused for its sources, a batch leaves no OUTDIR behind
 
 
 def test_nested_model_ids_and_row_types(tmp_path):
