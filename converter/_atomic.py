@@ -9,12 +9,28 @@ from converter.errors import ConvertError, OutputExistsError
 
 # a new output gets the permissions an ordinary open() would give it, not mkstemp's 0600
 _DEFAULT_MODE = 0o666
+# the temporary name is ".<name>.<8 random>.partial"; this much of the name keeps it within the
+# 255 bytes most file systems allow, so any output name that fits gets a temporary name that fits
+_TEMP_STEM_BYTES = 200
 
 
 def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _check_target(path, force):
+    try:
+        if path.is_dir():
+            raise ConvertError(f"{path}: is a directory; name an output file")
+        # a link counts as existing even when it points nowhere: replacing it is overwriting
+        if os.path.lexists(path) and not force:
+            raise OutputExistsError(f"{path}: already exists; pass --force to overwrite it")
+        if not path.parent.is_dir():
+            raise ConvertError(f"{path}: its directory {path.parent} does not exist; create it first")
+    except OSError as error:  # a name too long, a component that is not a directory...
+        raise ConvertError(f"{path}: cannot write here ({error.strerror or error}); choose another output") from None
 
 
 @contextlib.contextmanager
@@ -24,15 +40,11 @@ def atomic_output(path, force=False):
     Raises OutputExistsError if ``path`` exists and ``force`` is false, before anything is written.
     """
     path = pathlib.Path(path)
-    if path.is_dir():
-        raise ConvertError(f"{path}: is a directory; name an output file")
-    if path.exists() and not force:
-        raise OutputExistsError(f"{path}: already exists; pass --force to overwrite it")
-    if not path.parent.is_dir():
-        raise ConvertError(f"{path}: its directory {path.parent} does not exist; create it first")
+    _check_target(path, force)
     # the same directory, so the final rename stays on one file system and is atomic
+    stem = os.fsdecode(os.fsencode(path.name)[:_TEMP_STEM_BYTES])
     try:
-        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        handle, temp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".partial", dir=path.parent)
     except OSError as error:
         raise ConvertError(f"{path}: cannot write here ({error.strerror}); choose another output") from None
     os.close(handle)

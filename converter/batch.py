@@ -15,6 +15,7 @@ import csv
 import ctypes
 import dataclasses
 import fcntl
+import fnmatch
 import glob
 import hashlib
 import json
@@ -26,10 +27,7 @@ import signal
 import time
 import traceback
 
-import yaml
-
-from converter import __version__
-from converter import input_size
+from converter import __version__, _yaml, input_size
 from converter import mapping as tables
 from converter._atomic import atomic_output
 from converter.checkpoint import _paths, open_checkpoint
@@ -58,6 +56,10 @@ MANIFEST_FIELDS = ("path", "id", "architecture", "mapping", "scope", "ema", "bac
 BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 # statuses of a target and of a model
 OK, UP_TO_DATE, FAILED, PARTIAL, PENDING = "ok", "up to date", "failed", "partial", "pending"
+# files the batch writes in OUTDIR and in each model's folder: no model id may name one
+RESERVED_NAMES = (STATE_FILENAME, REPORT_JSON, REPORT_MARKDOWN, LOCK_FILENAME)
+# a model folder's name leaves room for its outputs' suffixes and temporary names in 255 bytes
+MAX_ID_PART_BYTES = 200
 # the exit status of a batch in which any model failed
 EXIT_FAILED = 1
 WORKER_DIED = "the worker process died (out of memory or a crash); rerun the batch to retry this model"
@@ -220,9 +222,25 @@ def _safe_id(text):
     return "/".join(parts)
 
 
+def _id_problem(model_id):
+    """Why ``model_id`` cannot name a folder of OUTDIR, or None: it must stay clear of the batch's own files."""
+    parts = model_id.split("/")
+    if not model_id or any(not part for part in parts):
+        return "is empty"
+    if any(part in RESERVED_NAMES or fnmatch.fnmatch(part, PARTIAL_GLOB) for part in parts):
+        return f"has a part named as a file the batch writes ({', '.join(RESERVED_NAMES)}, {PARTIAL_GLOB})"
+    if any(len(part.encode()) > MAX_ID_PART_BYTES for part in parts):
+        return f"has a part longer than {MAX_ID_PART_BYTES} bytes (outputs and temporary names must fit beside it)"
+    return None
+
+
 def _check_unique(models):
     seen, checkpoints = {}, set()
     for model in models:
+        problem = _id_problem(model.id)
+        if problem:
+            raise ConvertError(f"{model.checkpoint}: its model id {model.id!r} {problem}; give it another id in a "
+                               "manifest")
         if model.checkpoint in checkpoints:
             raise ConvertError(f"{model.checkpoint} is given twice (its .index and data files, or nested sources); "
                                "give it once")
@@ -233,6 +251,13 @@ def _check_unique(models):
                 "give one an id in its manifest"
             )
         seen[model.id] = model.checkpoint
+    for model in models:
+        # a folder inside another model's folder could take the name of that model's output or state
+        parents = ["/".join(model.id.split("/")[:n]) for n in range(1, model.id.count("/") + 1)]
+        outer = next((seen[parent] for parent in parents if parent in seen), None)
+        if outer is not None:
+            raise ConvertError(f"{model.checkpoint} would be written inside the folder of {outer} ({model.id}/); "
+                               "give one an id in a manifest")
 
 
 def _search(root, all_steps, excluded):
@@ -284,6 +309,8 @@ def _parse_targets(targets):
     """A tuple of target names from ``"torch,onnx"`` or a list; ConvertError naming an unknown one."""
     if isinstance(targets, str):
         targets = [t for t in _TARGET_SEPARATORS.split(targets) if t]
+    if not isinstance(targets, (list, tuple)) or not all(isinstance(t, str) for t in targets):
+        raise ConvertError(f"targets must be names ({', '.join(DEFAULT_SUFFIXES)}), got {targets!r:.60}")
     targets = tuple(dict.fromkeys(targets))
     unknown = [t for t in targets if t not in DEFAULT_SUFFIXES]
     if unknown or not targets:
@@ -310,6 +337,7 @@ def read_manifest(path, *, targets=("torch",), options=None):
             raise ConvertError(f"{where}: unknown field {', '.join(unknown)}; known: {', '.join(MANIFEST_FIELDS)}")
         if not row.get("path"):
             raise ConvertError(f"{where}: no path; every row names a checkpoint")
+        _check_row_values(where, row)
         checkpoint = path.parent / str(row["path"])
         options = dict(defaults)
         if row.get("ema") not in (None, ""):
@@ -348,20 +376,9 @@ def read_manifest(path, *, targets=("torch",), options=None):
 
 
 def _manifest_rows(path):
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise ConvertError(f"{path}: cannot read the manifest ({error.strerror})") from None
     if MANIFEST_FORMATS[path.suffix.lower()] == "csv":
-        reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames or "path" not in reader.fieldnames:
-            raise ConvertError(f"{path}: a CSV manifest starts with a header line naming a path column")
-        return [(f"{path}, line {number}", {k.strip(): (v or "").strip() for k, v in row.items() if k})
-                for number, row in enumerate(reader, start=2)]
-    try:
-        data = yaml.load(text, Loader=tables.SAFE_LOADER)
-    except yaml.YAMLError as error:
-        raise ConvertError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        return _csv_rows(path, _yaml.read_text(path, "manifest"))
+    data = _yaml.load(path, "manifest")
     if isinstance(data, dict) and set(data) == {"models"}:
         data = data["models"]
     if not isinstance(data, list):
@@ -374,6 +391,24 @@ def _manifest_rows(path):
             raise ConvertError(f"{path}, model {number}: a path or a mapping with a path")
         rows.append((f"{path}, model {number}", item))
     return rows
+
+
+def _check_row_values(where, row):
+    # one scalar per field (a list of names for targets): a mapping or a list elsewhere is a mistake
+    for name, value in row.items():
+        if name != "targets" and isinstance(value, (dict, list, set)):
+            raise ConvertError(f"{where}: {name} is {type(value).__name__}, where a single value belongs")
+
+
+def _csv_rows(path, text):
+    try:
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or "path" not in reader.fieldnames:
+            raise ConvertError(f"{path}: a CSV manifest starts with a header line naming a path column")
+        return [(f"{path}, line {number}", {k.strip(): (v or "").strip() for k, v in row.items() if k})
+                for number, row in enumerate(reader, start=2)]
+    except csv.Error as error:  # a NUL byte, a field over csv's size limit...
+        raise ConvertError(f"{path}: not a readable CSV manifest ({error})") from None
 
 
 def _boolean(value, where):
@@ -580,7 +615,7 @@ def _process_model(job):
         return _failed_record(model, model.error)
     folder = pathlib.Path(job.outdir, model.id)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        _make_folder(folder, job.outdir)
         state = _read_state(folder)
         content, files = content_hash(checkpoint_files(model.checkpoint), state.get("files", {}))
         table = _table_for(model)
@@ -612,6 +647,24 @@ def _process_model(job):
         status = entry["status"] if worked or entry["status"] == FAILED else UP_TO_DATE
         record["targets"][target] = _report_entry(model.id, entry, status, seconds)
     return _finish(record, time.perf_counter() - started)
+
+
+def _make_folder(folder, outdir):
+    """Create a model's folder, refusing one that a link in OUTDIR places outside it, before creating anything."""
+    existing = folder
+    while not os.path.lexists(existing):
+        existing = existing.parent
+    _check_inside(existing, folder, outdir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConvertError(f"{folder}: cannot create the model's folder ({error.strerror or error})") from None
+    _check_inside(folder, folder, outdir)
+
+
+def _check_inside(path, folder, outdir):
+    if not pathlib.Path(os.path.realpath(path)).is_relative_to(os.path.realpath(outdir)):
+        raise ConvertError(f"{folder}: a link leads it out of {outdir}; remove the link, outputs stay in OUTDIR")
 
 
 def _convert_target(job, folder, state, target, name, key, previous):
@@ -805,7 +858,13 @@ def _default_jobs():
 
 @contextlib.contextmanager
 def _exclusive(outdir):
-    with open(outdir / LOCK_FILENAME, "w") as handle:
+    # never through a link: opening one to write would create or truncate a file elsewhere
+    try:
+        handle = open(os.open(outdir / LOCK_FILENAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666), "r+")
+    except OSError as error:
+        raise ConvertError(f"{outdir / LOCK_FILENAME}: cannot lock the output directory ({error.strerror}); "
+                           "remove it if it is a link") from None
+    with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -821,7 +880,8 @@ def run_batch(sources, outdir, *, targets=("torch",), options=None, verify=False
     Args:
         sources: directories (searched recursively), ``.yaml``/``.csv`` manifests, or checkpoints.
         targets: ``torch``, ``keras``, ``onnx`` (a list or ``"torch,onnx"``); options: defaults of
-            ``convert``'s ``arch``, ``mapping``, ``ema``, ``keep_background``, ``aux``.
+            ``convert``'s ``arch``, ``mapping``, ``scope``, ``ema``, ``background``, ``aux``, ``input_size``,
+            ``strict``.
         verify: check each output with ``converter.verify`` (TF-Slim reference on ``device``).
         jobs: models at once (default: the CPU cores; Ray: the cluster's CPUs).
         all_steps: every step of a training directory, not only the latest.
@@ -844,14 +904,19 @@ def run_batch(sources, outdir, *, targets=("torch",), options=None, verify=False
     outdir = pathlib.Path(os.path.abspath(outdir))
     if outdir.exists() and not outdir.is_dir():
         raise ConvertError(f"{outdir}: not a directory; pass an output directory with -o")
-    outdir.mkdir(parents=True, exist_ok=True)
+    # sources first: a batch refused for its sources leaves no OUTDIR behind
+    models = discover(sources, targets=targets, options=options, all_steps=all_steps, exclude=[outdir])
+    if not models:
+        raise ConvertError(f"{', '.join(map(str, sources))}: no checkpoint found (no V2 .index file, V1 "
+                           "checkpoint or manifest row); check the paths")
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConvertError(f"{outdir}: cannot create the output directory ({error.strerror or error})") from None
     with _exclusive(outdir):
         for partial in outdir.rglob(PARTIAL_GLOB):
-            partial.unlink()  # left by a batch that was killed; the lock says none is running
-        models = discover(sources, targets=targets, options=options, all_steps=all_steps, exclude=[outdir])
-        if not models:
-            raise ConvertError(f"{', '.join(map(str, sources))}: no checkpoint found (no V2 .index file, V1 "
-                               "checkpoint or manifest row); check the paths")
+            if partial.is_symlink() or not partial.is_dir():
+                partial.unlink()  # left by a batch that was killed; the lock says none is running
         notify("found", len(models))
         records, todo = {}, []
         for model in models:

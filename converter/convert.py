@@ -171,9 +171,10 @@ def convert(checkpoint, to="torch", output=None, *, arch=None, mapping=None, sco
         names = ckpt.names()
         table = table_for(names, arch, mapping, scope=scope, checkpoint=ckpt.path)
         tables.locate(names, table, scope=scope, path=ckpt.path)  # names the file where the network is missing
-        shapes = {name: ckpt.info(name).shape for name in names}
+        infos = [ckpt.info(name) for name in names]
+        shapes = {info.name: info.shape for info in infos}
         plan = tables.plan(shapes, table, to, ema=ema, background=background, aux=aux, drop=drop, strict=strict,
-                           scope=scope, input_size=input_size)
+                           scope=scope, input_size=input_size, dtypes={info.name: info.dtype for info in infos})
         target = pathlib.Path(output) if output is not None else default_output(ckpt.path, to)
         write = writer_for(to, target)
         check = getattr(importlib.import_module(write.__module__), "check", None)

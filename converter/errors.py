@@ -25,3 +25,15 @@ class OutputExistsError(ConvertError):
 
 class VariableNameError(ConvertError):
     """A variable name does not follow TF-Slim's scope conventions (empty component, no layer...)."""
+
+
+# how many problems one error names before it counts the rest: enough to act on, short enough to read
+SHOWN_PROBLEMS = 20
+
+
+def join_problems(problems, separator="\n  ", limit=SHOWN_PROBLEMS):
+    """The first ``limit`` of ``problems`` joined by ``separator``, then "and N more" for the rest."""
+    shown = list(problems[:limit])
+    if len(problems) > limit:
+        shown.append(f"and {len(problems) - limit} more")
+    return separator.join(shown)

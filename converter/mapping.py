@@ -6,6 +6,7 @@ checks everything before anything is written: unmapped source variables, rows th
 cannot fill, and shapes that disagree are all gathered into one error.
 """
 
+import collections
 import dataclasses
 import functools
 import importlib.resources
@@ -13,10 +14,9 @@ import pathlib
 import re
 
 import numpy as np
-import yaml
 
-from converter import names, transforms
-from converter.errors import ConvertError, MappingError
+from converter import _table_rules, _yaml, names, transforms
+from converter.errors import ConvertError, MappingError, join_problems
 
 SCHEMA = 1
 TARGETS = ("torch", "keras", "onnx")
@@ -36,8 +36,6 @@ REFERENCE_KEYS = ("module", "network", "arg_scope", "classifier")
 FILL_DTYPES = ("float32", "int64")
 # a size in a layer scope's name, bound to a dimension of its tensors: Conv2d_2a_{kh}x{kw}
 SIZE_FIELD = re.compile(r"\{(\w+)\}")
-# libyaml's safe loader where PyYAML has it (ten times faster than the pure-Python one); both are safe_load
-SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 EMA_SUFFIX = names.SEPARATOR + names.EMA_SUFFIX
 # what a variable the table does not take is, by the name parser's role
@@ -171,12 +169,7 @@ def _load_builtin(name):
 
 
 def _load_file(path):
-    try:
-        data = yaml.load(path.read_text(), Loader=SAFE_LOADER)
-    except OSError as error:
-        raise MappingError(f"{path}: cannot read mapping table ({error.strerror})") from None
-    except yaml.YAMLError as error:
-        raise MappingError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    data = _yaml.load(path, "mapping table", MappingError)
     try:
         problems = validate(data)
     except (TypeError, AttributeError, KeyError) as error:
@@ -184,7 +177,7 @@ def _load_file(path):
         raise MappingError(f"{path}: invalid mapping table: a value has the wrong type ({error}); "
                            f"see mappings/README.md for the schema") from None
     if problems:
-        raise MappingError(f"{path}: invalid mapping table ({len(problems)} problems):\n  " + "\n  ".join(problems))
+        raise MappingError(f"{path}: invalid mapping table ({len(problems)} problems):\n  " + join_problems(problems))
     return Table(
         path=path,
         architecture=data["architecture"],
@@ -216,8 +209,9 @@ def validate(data):
               (data["facts"].get("input", {}), dict, "facts.input must be a mapping"),
               (data["facts"].get("end_points", []), list, "facts.end_points must be a list"))
     problems += [message for value, kind, message in shapes if not isinstance(value, kind)]
+    problems += _table_rules.value_problems(data) if not problems else []
     if problems:
-        return problems
+        return problems  # what follows relies on every value having its type
     problems += _validate_facts(data["facts"])
     for target in targets:
         if target not in TARGETS:
@@ -231,9 +225,10 @@ def validate(data):
     used = []
     names = set()
     problems += _validate_nodes(data["graph"], "", used, names, data["layers"])
+    uses = collections.Counter(used)
     for layer in data["layers"]:
-        if used.count(layer) != 1:
-            problems.append(f"layers: {layer} is used {used.count(layer)} times in the graph (must be once)")
+        if uses[layer] != 1:
+            problems.append(f"layers: {layer} is used {uses[layer]} times in the graph (must be once)")
     classifier = (data["facts"].get("reference") or {}).get("classifier")
     if classifier is not None and classifier not in data["layers"]:
         problems.append(f"facts.reference.classifier: {classifier} is not a row of layers")
@@ -756,7 +751,7 @@ def _bind(table, shapes, root):
 
 
 def plan(shapes, table, target, *, ema=False, background=BACKGROUND_AUTO, aux=None, drop=(), strict=True,
-         scope=None, input_size=None):
+         scope=None, input_size=None, dtypes=None):
     """Bind ``table`` to a checkpoint's ``{name: shape}`` for ``target``; check everything first.
 
     Args:
@@ -770,6 +765,7 @@ def plan(shapes, table, target, *, ema=False, background=BACKGROUND_AUTO, aux=No
         strict: variables no row takes are an error (otherwise listed in ``skipped``).
         scope: which network, where the checkpoint holds several (see ``locate``).
         input_size: ``(height, width)``; by default inferred from the checkpoint (``input_size.infer``).
+        dtypes: every variable's numpy dtype; when given, the variables the plan reads must be floating point.
 
     Returns:
         a ``Plan``; raises ``MappingError`` listing every problem at once.
@@ -812,9 +808,12 @@ def plan(shapes, table, target, *, ema=False, background=BACKGROUND_AUTO, aux=No
     entries = []
     if not problems:
         index = decided.index
-        for row in table.rows(target, skip=table.groups(target) + optional + tuple(drop)):
+        rows = table.rows(target, skip=table.groups(target) + optional + tuple(drop))
+        for row in rows:
             entries.append(_entry(row, root, scopes[row.layer], shapes, dims[row.layer], ema, index, problems))
         consumed.update(entry.source for entry in entries if entry is not None)
+        layer_scopes = {layer: f"{root}{scope}/" for layer, scope in scopes.items()}
+        problems += _table_rules.entry_problems(table, rows, entries, shapes, layer_scopes, dtypes)
     skipped = _skipped(shapes, consumed, network, table, strict, problems)
     left = sorted(name for layer in left_out for name in present[layer])
     if left:
@@ -823,7 +822,7 @@ def plan(shapes, table, target, *, ema=False, background=BACKGROUND_AUTO, aux=No
     if problems:
         raise MappingError(
             f"the checkpoint does not fit mapping {table.architecture} for {target} "
-            f"({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n  " + "\n  ".join(problems)
+            f"({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n  " + join_problems(problems)
         )
     patterned = {layer: scope for layer, scope in scopes.items() if scope != layer}
     return Plan(table, target, network, entries, skipped, dims, patterned, decided, heads, size)

@@ -18,6 +18,7 @@ import pathlib
 import struct
 import tempfile
 import time
+import warnings
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -50,6 +51,12 @@ DEVICES = ("auto", "cpu", "cuda")
 HEAD_END_POINT = "Logits"
 # the most of a .safetensors header read for its metadata
 MAX_HEADER = 1 << 26
+# numbers an input batch may hold: floats, signed and unsigned integers
+NUMERIC_KINDS = "fiu"
+# an input image larger than a 64-megapixel photo is refused before it is decoded
+MAX_IMAGE_PIXELS = 64_000_000
+# the part of a third-party error quoted in a one-line message
+ERROR_DETAIL_CHARS = 300
 
 
 @dataclasses.dataclass
@@ -193,17 +200,37 @@ def make_input(table, *, input_file=None, batch=2, seed=0, size=None):
         return images, f"seeded uniform [{low}, {high}] batch {batch}x{'x'.join(map(str, shape))} (seed {seed})"
     path = pathlib.Path(input_file)
     if path.suffix == ".npy":
-        images = np.load(path, allow_pickle=False).astype(np.float32)
-        if images.ndim == 3:
-            images = images[None]
-        if images.shape[1:] != shape:
-            raise ConvertError(f"{path}: input batch has shape {images.shape}, the network takes [N, {', '.join(map(str, shape))}] "
-                               f"(NHWC; --input-size sets the size)")
+        images = _load_npy(path, shape)
         return images, f"{path.name} ({images.shape[0]}x{'x'.join(map(str, shape))})"
     mean = spec.get("mean")
     scaled = f"RGB in [0, 255] minus the channel means {mean}" if mean else f"scaled to [{low}, {high}]"
     return (_load_image(path, shape, low, high, mean),
             f"image {path.name} (central crop 87.5%, bilinear {shape[0]}x{shape[1]}, {scaled})")
+
+
+def _load_npy(path, shape):
+    """An ``.npy`` batch as float32 NHWC, its header and size checked before its data is read."""
+    try:
+        # memory-mapped: a header too large, an object dtype or a file shorter than its header says
+        # is refused before any data is read
+        images = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise ConvertError(f"{path}: not a readable .npy array ({_one_line(error)}); save the batch with numpy.save") \
+            from None
+    if not isinstance(images, np.ndarray):  # an .npz archive under an .npy name
+        images.close()
+        raise ConvertError(f"{path}: an .npz archive, not one .npy array; save the batch with numpy.save")
+    if images.dtype.fields is not None or images.dtype.kind not in NUMERIC_KINDS:
+        raise ConvertError(f"{path}: the batch holds {images.dtype}, not numbers; save it as float32")
+    if images.ndim == 3:
+        images = images[None]
+    if images.shape[1:] != shape or not images.shape[0]:
+        raise ConvertError(f"{path}: input batch has shape {images.shape}, the network takes [N, {', '.join(map(str, shape))}] (NHWC; --input-size sets the size)")
+    return np.asarray(images, dtype=np.float32)
+
+
+def _one_line(error):
+    return " ".join(str(error).split())[:ERROR_DETAIL_CHARS] or type(error).__name__
 
 
 def _load_image(path, shape, low, high, mean=None):
@@ -214,9 +241,20 @@ def _load_image(path, shape, low, high, mean=None):
     except ImportError:
         raise ConvertError("reading an image needs Pillow: pip install pillow (or pass an .npy batch)") from None
     try:
-        image = Image.open(path).convert("RGB")
-    except OSError as error:
-        raise ConvertError(f"{path}: not an image or .npy batch ({error})") from None
+        with warnings.catch_warnings():
+            # Pillow warns, on stderr, of images over its own bound: here they are refused instead
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise ConvertError(f"{path}: {image.width}x{image.height} pixels, more than the {MAX_IMAGE_PIXELS:,} "
+                                   "an input image may have; resize it first")
+            image = image.convert("RGB")
+    except ConvertError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ConvertError(f"{path}: too many pixels to decode ({_one_line(error)}); resize it first") from None
+    except Exception as error:  # image decoders meet untrusted bytes and raise many kinds of errors on them
+        raise ConvertError(f"{path}: not a readable image or .npy batch ({_one_line(error)})") from None
     width, height = image.size
     crop_w, crop_h = round(width * 0.875), round(height * 0.875)
     left, top = (width - crop_w) // 2, (height - crop_h) // 2
@@ -521,10 +559,8 @@ def _check_file(report, context, path, runtime_options, advisory):
                                background=mapping_module.BACKGROUND_KEEP)
     try:
         found = runtime.load_weights(path, plan) if target == "keras" else runtime.load_weights(path)
-    except ConvertError:
-        raise
     except Exception as error:  # torch, onnx and h5py each raise their own errors on a damaged file
-        report.checks.append(Check(label, "weights", str(path), False, f"{path}: cannot read ({error})"))
+        report.checks.append(Check(label, "weights", str(path), False, f"{path}: cannot read ({_one_line(error)})"))
         return
     classes = None
     port_classes = _port_classes(plan, found)
@@ -547,8 +583,8 @@ def _check_file(report, context, path, runtime_options, advisory):
             backend.note = f"reduced precision: bound {atol:g} x max(1, max|ref|)"
     try:
         outputs, backend.device = runtime.run(path, plan, context.images, device=context.device, **runtime_options)
-    except ConvertError as error:
-        report.checks.append(Check(label, "output", "run", False, str(error)))
+    except Exception as error:  # a runtime refusing a damaged or crafted model (an unknown op, a lost initializer)
+        report.checks.append(Check(label, "output", "run", False, f"{path}: cannot run ({_one_line(error)})"))
         return
     class_points = mapping_module.class_end_points(table)
     reference = {name: classes.apply(value) if classes is not None and name in class_points else value

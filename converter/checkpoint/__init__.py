@@ -20,7 +20,11 @@ from converter.errors import CheckpointError
 __all__ = ["Checkpoint", "TensorInfo", "open_checkpoint"]
 
 # what malformed bytes can raise inside the parsers; turned into CheckpointError at the boundary
-_CORRUPTION = (ValueError, IndexError, KeyError, struct.error, OverflowError, MemoryError, cramjam.DecompressionError)
+_CORRUPTION = (ValueError, IndexError, KeyError, struct.error, OverflowError, cramjam.DecompressionError)
+# TensorFlow names are a few hundred bytes at most; a longer one is a crafted index, and no output
+# format holds every length (a zip member name, as in .npz, is at most 65,535 bytes)
+MAX_NAME_BYTES = 1 << 15
+SHOWN_NAMES = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +47,9 @@ class _Boundary:
         return self
 
     def __exit__(self, kind, error, traceback):
+        if isinstance(error, MemoryError):
+            # every allocation is bounded by the bytes the files hold: this is a large checkpoint on a small machine
+            raise CheckpointError(f"{self.path}: not enough memory to read it; use a machine with more") from error
         if isinstance(error, _CORRUPTION):
             detail = " ".join(str(error).split()) or kind.__name__  # one line, whatever the parser said
             raise CheckpointError(f"{self.path}: corrupt checkpoint ({detail})") from error
@@ -59,6 +66,7 @@ class Checkpoint:
         self.path = path
         self.format = source.format
         self._names = sorted(source.names())
+        _check_names(self._names, path)
         self._known = set(self._names)
         self._closed = False
 
@@ -111,6 +119,25 @@ class Checkpoint:
 
     def __repr__(self):
         return f"<Checkpoint {self.format} {self.path} ({len(self)} variables)>"
+
+
+def _name_problem(name):
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if "\0" in name:
+        return "holds a NUL character"
+    return f"is {size} bytes long (the limit is {MAX_NAME_BYTES})" if size > MAX_NAME_BYTES else None
+
+
+def _check_names(names, path):
+    """TensorFlow writes names as UTF-8 text; any other is a corrupt or crafted index that no output can name."""
+    bad = [(name, problem) for name in names if (problem := _name_problem(name))]
+    if bad:
+        shown = "; ".join(f"variable {ascii(name[:60])} {problem}" for name, problem in bad[:SHOWN_NAMES])
+        more = f"; and {len(bad) - SHOWN_NAMES} more" if len(bad) > SHOWN_NAMES else ""
+        raise CheckpointError(f"{path}: {shown}{more} (corrupt index)")
 
 
 def open_checkpoint(path):

@@ -7,6 +7,7 @@ partitioned tensor whose full entry lists its ``slices``). Data files hold raw l
 
 import math
 import mmap
+import os
 import pathlib
 import struct
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from converter.checkpoint import _crc, _dtypes, _proto, _slices
 from converter.checkpoint._table import Table
-from converter.errors import CheckpointError
+from converter.errors import CheckpointError, join_problems
 
 INDEX_SUFFIX = ".index"
 HEADER_KEY = b""
@@ -25,6 +26,8 @@ LENGTH_CHECKSUM_SIZE = 4
 UINT32_MAX = 0xFFFFFFFF
 COPY_ALL_SHARDS = "copy every data file next to the .index file"
 CORRUPT_DATA = "the data file is corrupted; copy it again"
+# problems named in one error before the rest are counted
+SHOWN_PROBLEMS = 5
 
 
 def data_filename(prefix, shard, num_shards):
@@ -61,6 +64,7 @@ class Bundle:
         # full entries only: a partitioned tensor's slices hide behind its full entry
         self._full = {key.decode("utf-8", "surrogateescape"): key for key in entries if key not in slice_keys}
         self._check_entries()
+        self._check_claims()
         self._maps = {}
         self.format = "tf2" if OBJECT_GRAPH_KEY in self._full else "v2"
 
@@ -97,9 +101,35 @@ class Bundle:
         if missing:
             names = ", ".join(data_filename(self.prefix, s, self.num_shards).name for s in sorted(missing))
             problems.append(f"missing data shard {names}; {COPY_ALL_SHARDS}")
+        self._raise(problems)
+
+    def _raise(self, problems, path=None):
         if problems:
-            shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
-            raise self._error(shown)
+            raise self._error(join_problems(problems, "; ", SHOWN_PROBLEMS), path)
+
+    def _check_claims(self):
+        """Bound what reading can allocate by what the data files hold, from the index and file sizes alone.
+
+        A partitioned tensor's slices must tile it (``_slices.check_partition``), every entry's bytes
+        must lie inside its data file, and no two entries may claim the same bytes: TensorFlow writes
+        each tensor once, so shared bytes are a crafted index, not a checkpoint.
+        """
+        claims, problems = {}, []  # claims: shard -> [(offset, end, name)]
+        for name, key in self._full.items():
+            entry = self._entries[key]
+            parts = [self._entries[_slices.slice_key(key, extents)] for extents in entry.slices] or [entry]
+            try:
+                if entry.slices:
+                    _slices.check_partition(name, entry.slices, entry.shape)
+            except _proto.ProtoError as error:
+                problems.append(f"{error} (corrupt index)")
+            for part in parts:
+                if part.size:
+                    claims.setdefault(part.shard_id, []).append((part.offset, part.offset + part.size, name))
+        self._raise(problems)
+        for shard, ranges in sorted(claims.items()):
+            path = data_filename(self.prefix, shard, self.num_shards)
+            self._raise(_overlaps(sorted(ranges), os.stat(path).st_size), path)
 
     def _shards_of(self, key):
         entry = self._entries[key]
@@ -212,3 +242,20 @@ class Bundle:
                 except BufferError:
                     pass  # arrays handed out still view it; it closes when the last one goes
         self._maps.clear()
+
+
+def _overlaps(ranges, size):
+    """Problems of sorted ``(offset, end, name)`` claims on one data file of ``size`` bytes."""
+    problems, past, last_end, last_name = [], [], 0, None
+    for offset, end, name in ranges:
+        if end > size:
+            past.append(name)
+        elif offset < last_end:
+            sharing = f"slices of '{name}'" if name == last_name else f"'{last_name}' and '{name}'"
+            problems.append(f"{sharing} claim the same bytes of the data file (corrupt index)")
+        if end > last_end:
+            last_end, last_name = end, name
+    if past:
+        problems.insert(0, f"'{past[0]}'{f' and {len(past) - 1} more entries' if len(past) > 1 else ''} lie past "
+                           f"the end of the data file ({size} bytes): it is truncated; copy it again")
+    return list(dict.fromkeys(problems))  # one line per pair of tensors, not per slice

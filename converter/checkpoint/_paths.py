@@ -1,6 +1,7 @@
 """Which checkpoint a user's path means: a V2 prefix, its ``.index`` or a data file, a V1 file,
 or a directory (its ``checkpoint`` state file, else the one checkpoint it holds)."""
 
+import os
 import pathlib
 import re
 
@@ -9,6 +10,8 @@ from converter.checkpoint._table import has_table_magic
 from converter.errors import CheckpointError
 
 STATE_FILENAME = "checkpoint"
+# TensorFlow's state file names a few checkpoints in a few hundred bytes; more is not one
+STATE_FILE_LIMIT = 1 << 20
 # the text-format CheckpointState line naming the latest checkpoint
 _STATE_PATH = re.compile(r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"', re.MULTILINE)
 _DATA_SUFFIX = re.compile(r"\.data-\d{5}-of-\d{5}$")
@@ -24,8 +27,14 @@ _NOT_CHECKPOINTS = re.compile(r"(\.meta|\.data-\d{5}-of-\d{5}|\.tempstate\d+)$")
 def resolve(path):
     """``("v2", prefix)`` or ``("v1", file)`` for a user-supplied path; CheckpointError if there is none."""
     path = pathlib.Path(path)
-    if path.is_dir():
-        return _from_directory(path)
+    try:
+        return _from_directory(path) if path.is_dir() else _checkpoint(path)
+    except OSError as error:  # a name too long, a part that is not a directory, no permission...
+        raise CheckpointError(f"{path}: cannot read ({error.strerror or error})") from None
+
+
+def _checkpoint(path):
+    """What ``resolve`` finds for a path that is not a directory (a state file's target is never one)."""
     text = str(path)
     if text.endswith(_bundle.INDEX_SUFFIX):
         return _prefix(pathlib.Path(text[: -len(_bundle.INDEX_SUFFIX)]), path)
@@ -68,7 +77,7 @@ def _prefix(prefix, given):
 def _from_directory(directory):
     state = directory / STATE_FILENAME
     if state.is_file():
-        return resolve(_from_state_file(state))
+        return _checkpoint(_from_state_file(state))
     found = sorted(
         {pathlib.Path(str(p)[: -len(_bundle.INDEX_SUFFIX)]) for p in directory.glob("*" + _bundle.INDEX_SUFFIX)}
         | {_v1_pattern(p) for p in directory.iterdir() if _is_v1_candidate(p)}
@@ -84,19 +93,33 @@ def _from_directory(directory):
 
 
 def _from_state_file(state):
-    match = _STATE_PATH.search(state.read_text(errors="replace"))
+    with open(state, "rb") as file:
+        text = file.read(STATE_FILE_LIMIT + 1)
+    if len(text) > STATE_FILE_LIMIT:
+        raise CheckpointError(f"{state}: larger than a checkpoint state file ({STATE_FILE_LIMIT} bytes at most); "
+                              "pass the checkpoint prefix instead")
+    match = _STATE_PATH.search(text.decode("utf-8", "replace"))
     if match is None:
         raise CheckpointError(f"{state}: no model_checkpoint_path line; pass the checkpoint prefix instead")
     target = pathlib.Path(_ESCAPES.sub(r"\1", match.group(1)))
     if not target.is_absolute():
         target = state.parent / target
-    if _exists(target):
+    inside = _inside(target, state.parent)
+    if inside and _exists(target):
         return target
     # an absolute path from the machine that trained the model: look beside the state file
     local = state.parent / target.name
-    if _exists(local):
+    if target.name not in ("", ".", "..") and _exists(local):
         return local
+    if _exists(target):
+        # outputs go beside the checkpoint: one outside the directory given would put them elsewhere too
+        raise CheckpointError(f"{state}: names {target}, outside {state.parent}; pass that checkpoint's prefix instead")
     raise CheckpointError(f"{state}: names {target}, which does not exist; pass the checkpoint prefix instead")
+
+
+def _inside(target, directory):
+    """Whether checkpoint prefix ``target`` lies in ``directory`` (its files are ``directory``'s), links resolved."""
+    return pathlib.Path(os.path.realpath(target)).parent.is_relative_to(os.path.realpath(directory))
 
 
 def _is_v1_candidate(path):

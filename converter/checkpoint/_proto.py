@@ -11,6 +11,7 @@ VARINT = 0
 FIXED64 = 1
 LENGTH_DELIMITED = 2
 FIXED32 = 5
+FIXED_WIDTHS = {FIXED64: 8, FIXED32: 4}
 
 MAX_VARINT_BYTES = 10
 INT64_SIGN = 1 << 63
@@ -58,31 +59,38 @@ def to_int64(value):
     return value - UINT64_RANGE if value >= INT64_SIGN else value
 
 
+def read_field(buf, pos):
+    """Decode the field at ``pos`` of a memoryview: ``(field number, wire type, value, next position)``."""
+    end = len(buf)
+    key, pos = read_varint(buf, pos)
+    number, wire = key >> 3, key & 7
+    if number == 0:
+        raise ProtoError("field number 0")
+    if wire == VARINT:
+        value, pos = read_varint(buf, pos)
+    elif wire in FIXED_WIDTHS:
+        width = FIXED_WIDTHS[wire]
+        if pos + width > end:
+            raise ProtoError("truncated fixed-width field")
+        value = int.from_bytes(buf[pos : pos + width], "little")
+        pos += width
+    elif wire == LENGTH_DELIMITED:
+        length, pos = read_varint(buf, pos)
+        if pos + length > end:
+            raise ProtoError("length-delimited field runs past the end of its message")
+        value = buf[pos : pos + length]
+        pos += length
+    else:
+        raise ProtoError(f"unsupported wire type {wire}")
+    return number, wire, value, pos
+
+
 def iter_fields(buf):
     """Yield ``(field number, wire type, value)``: an int, or a memoryview for length-delimited fields."""
     buf = memoryview(buf)
-    pos, end = 0, len(buf)
-    while pos < end:
-        key, pos = read_varint(buf, pos)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise ProtoError("field number 0")
-        if wire == VARINT:
-            value, pos = read_varint(buf, pos)
-        elif wire in (FIXED64, FIXED32):
-            width = 8 if wire == FIXED64 else 4
-            if pos + width > end:
-                raise ProtoError("truncated fixed-width field")
-            value = int.from_bytes(buf[pos : pos + width], "little")
-            pos += width
-        elif wire == LENGTH_DELIMITED:
-            length, pos = read_varint(buf, pos)
-            if pos + length > end:
-                raise ProtoError("length-delimited field runs past the end of its message")
-            value = buf[pos : pos + length]
-            pos += length
-        else:
-            raise ProtoError(f"unsupported wire type {wire}")
+    pos = 0
+    while pos < len(buf):
+        number, wire, value, pos = read_field(buf, pos)
         yield number, wire, value
 
 

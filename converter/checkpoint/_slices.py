@@ -65,6 +65,20 @@ def slice_shape(extents, shape):
     return tuple(out)
 
 
+def check_partition(name, extents_list, shape):
+    """Check, from the index alone, that the slices of tensor ``name`` can tile ``shape``.
+
+    Each slice lies inside the shape, none is listed twice, and their element counts add up to the
+    tensor's. Slices of distinct stored bytes then never assemble into more than the bytes stored,
+    so a crafted index cannot make a reader allocate what its files do not hold.
+    """
+    if len(set(extents_list)) != len(extents_list):
+        raise ProtoError(f"'{name}' lists one of its slices twice")
+    counts = [math.prod(slice_shape(extents, shape)) for extents in extents_list]
+    if sum(counts) != math.prod(shape):
+        raise ProtoError(f"the slices of '{name}' hold {sum(counts)} elements of a tensor of {math.prod(shape)}")
+
+
 def assemble(shape, dtype, parts):
     """A full read-only tensor from ``(extents, array)`` parts that must cover it exactly once."""
     total = math.prod(shape)

@@ -12,11 +12,13 @@ import pathlib
 
 import numpy as np
 
-from converter.checkpoint import _dtypes, _proto, _slices
+from converter.checkpoint import _dtypes, _proto, _repeated, _slices
 from converter.checkpoint._table import Table
-from converter.errors import CheckpointError
+from converter.errors import CheckpointError, join_problems
 
 META_KEY = b""
+# problems named in one error before the rest are counted
+SHOWN_PROBLEMS = 5
 TENSOR_CONTENT = 4  # TensorProto.tensor_content
 
 # numpy dtype -> (TensorProto field number, how its elements are encoded)
@@ -39,30 +41,12 @@ VALUE_FIELDS = {
     np.dtype(np.uint32): (16, VARINT),
     np.dtype(np.uint64): (17, VARINT),
 }
+# the fewest bytes an element takes in an entry: a packed varint one, a string its tag and length
+MIN_ELEMENT_BYTES = {VARINT: 1, BYTES: 2}
 # the fixed-width wire representation of complex values is their float components
 FIXED_COMPONENTS = {np.dtype(np.complex64): np.dtype("<f4"), np.dtype(np.complex128): np.dtype("<f8")}
-# varint fields decode to uint64; this is the integer type the value bits are taken from
-VARINT_SOURCE = {
-    _dtypes.NUMPY_DTYPES[19]: np.dtype(np.uint16),
-    _dtypes.NUMPY_DTYPES[14]: np.dtype(np.uint16),
-}
-
-
-def decode_varints(buf):
-    """All varints in ``buf`` as a uint64 array (vectorised: values of up to 10 bytes each)."""
-    data = np.frombuffer(buf, dtype=np.uint8)
-    ends = np.flatnonzero(data < 0x80)
-    if len(data) and (not len(ends) or ends[-1] != len(data) - 1):
-        raise _proto.ProtoError("truncated packed varints")
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    lengths = ends - starts + 1
-    if len(lengths) and lengths.max() > _proto.MAX_VARINT_BYTES:
-        raise _proto.ProtoError("varint longer than 10 bytes")
-    out = np.zeros(len(ends), dtype=np.uint64)
-    for byte in range(int(lengths.max()) if len(lengths) else 0):
-        rows = lengths > byte
-        out[rows] |= (data[starts[rows] + byte] & 0x7F).astype(np.uint64) << np.uint64(7 * byte)
-    return out
+# the wire type of one unpacked fixed-width element, by its width
+UNPACKED_FIXED = {4: _proto.FIXED32, 8: _proto.FIXED64}
 
 
 def _parse(table, what, value):
@@ -99,8 +83,19 @@ class V1Checkpoint:
             for name, item in self._meta.items()
             if _dtypes.numpy_dtype(item.dtype) is None
         ]
+        problems += self._partition_problems()
         if problems:
-            raise self._error("; ".join(problems))
+            raise self._error(join_problems(problems, "; ", SHOWN_PROBLEMS))
+
+    def _partition_problems(self):
+        # every slice is its own entry: slices that tile their tensor never assemble into more than is stored
+        problems = []
+        for name, parts in self._slices.items():
+            try:
+                _slices.check_partition(name, [extents for extents, _ in parts], self._meta[name].shape)
+            except _proto.ProtoError as error:
+                problems.append(f"{error} (corrupt file)")
+        return problems
 
     def _open(self, path):
         try:
@@ -128,8 +123,9 @@ class V1Checkpoint:
     def describe(self, name):
         item = self._meta[name]
         dtype = _dtypes.numpy_dtype(item.dtype)
-        if dtype == object:
-            return dtype, item.shape, sum(len(value) for value in self.read(name).flat)
+        if dtype == object:  # strings: their stored size, without decoding them
+            stored = (table.get(_slices.slice_key(item.name, extents)) for extents, table in self._slices[name])
+            return dtype, item.shape, sum(len(value) for value in stored if value is not None)
         return dtype, item.shape, math.prod(item.shape) * dtype.itemsize
 
     def read(self, name):
@@ -156,54 +152,37 @@ class V1Checkpoint:
 
     def _tensor(self, name, proto, dtype, count):
         number, encoding = VALUE_FIELDS[dtype]
-        chunks, content = [], None
-        for field, wire, value in _proto.iter_fields(proto):
-            if field == TENSOR_CONTENT and wire == _proto.LENGTH_DELIMITED:
-                content = value
-            elif field == number:
-                chunks.append((wire, value))
-        if content is not None and dtype != object:
-            array = self._fixed([(_proto.LENGTH_DELIMITED, content)], dtype)
-        elif encoding == FIXED:
-            array = self._fixed(chunks, dtype)
-        elif encoding == VARINT:
-            array = self._varints(chunks, dtype)
-        else:
-            array = np.empty(len(chunks), dtype=object)
-            array[:] = [bytes(value) for _, value in chunks]
+        width = FIXED_COMPONENTS.get(dtype, dtype).itemsize
+        # every element takes some bytes of the entry: a claim of more elements is refused unread
+        least = width if encoding == FIXED else MIN_ELEMENT_BYTES[encoding]
+        if count * least > len(proto):
+            raise self._error(f"'{name}' claims {count} values in an entry of {len(proto)} bytes (corrupt file)")
+        if encoding == BYTES:
+            values, _ = _repeated.strings(proto, number)
+            array = np.empty(len(values), dtype=object)
+            array[:] = values
             array.flags.writeable = False
+        else:
+            wire = _proto.VARINT if encoding == VARINT else UNPACKED_FIXED[width]
+            values, others = _repeated.packed(memoryview(proto), number, wire)
+            content = others.get(TENSOR_CONTENT)
+            if content is not None and content[0] == _proto.LENGTH_DELIMITED:
+                array = _fixed(content[1], dtype)
+            elif encoding == FIXED:
+                array = _fixed(values, dtype)
+            else:
+                array = _repeated.varints(values, dtype)
         if array.size != count:
             raise self._error(f"'{name}' holds {array.size} values where its shape needs {count} (corrupt file)")
         return array
 
-    def _fixed(self, chunks, dtype):
-        wire_dtype = FIXED_COMPONENTS.get(dtype, dtype.newbyteorder("<"))
-        if any(wire != _proto.LENGTH_DELIMITED for wire, _ in chunks):
-            # unpacked repeated fixed-width values: each chunk is one decoded integer
-            width = wire_dtype.itemsize
-            raw = b"".join(
-                value.to_bytes(width, "little") if isinstance(value, int) else bytes(value) for _, value in chunks
-            )
-            chunks = [(_proto.LENGTH_DELIMITED, memoryview(raw))]
-        if len(chunks) == 1:
-            data = chunks[0][1]  # one packed run: a view straight into the file
-        else:
-            data = b"".join(bytes(value) for _, value in chunks)
-        if len(data) % dtype.itemsize:
-            raise _proto.ProtoError("packed values of a partial element")
-        return np.frombuffer(data, dtype=dtype)
-
-    def _varints(self, chunks, dtype):
-        parts = [
-            decode_varints(value) if wire == _proto.LENGTH_DELIMITED else np.array([value], dtype=np.uint64)
-            for wire, value in chunks
-        ]
-        values = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
-        source = VARINT_SOURCE.get(dtype)
-        if source is not None:
-            return values.astype(source).view(dtype)
-        return values.astype(dtype) if dtype == np.bool_ else values.view(np.int64).astype(dtype)
-
     def close(self):
         # each map closes once the last array handed out (a view into it) is gone
         self._slices, self._buffers = {}, []
+
+
+def _fixed(data, dtype):
+    """Packed fixed-width values: a view straight into the file where they are one run."""
+    if len(data) % dtype.itemsize:
+        raise _proto.ProtoError("packed values of a partial element")
+    return np.frombuffer(data, dtype=dtype)

@@ -83,6 +83,11 @@ def main(argv=None):
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as error:
+        # one line, like every other error: click's own form is a usage block, a hint and the message
+        where = error.ctx.command_path if error.ctx is not None else "ckpt-convert"
+        click.echo(f"error: {' '.join(error.format_message().split())} (see {where} --help)", err=True)
+        sys.exit(error.exit_code)
     except click.ClickException as error:
         error.show()
         sys.exit(error.exit_code)

@@ -80,12 +80,12 @@ def command(path, output, force, unmapped, arch, mapping_path, scope, debug):
         wanted = _unmapped(ckpt, arch, mapping_path, scope) if unmapped else list(ckpt)
         infos = [ckpt.info(name) for name in wanted]
         skipped = [info for info in infos if not holds(info.dtype)]
-        if skipped:
-            kinds = sorted({"string" if info.dtype == object else str(info.dtype) for info in skipped})
-            shown = ", ".join(info.name for info in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-            note = f"note: skipped {len(skipped)} {'/'.join(kinds)} tensor(s) that {label} cannot hold: {shown}"
-            click.echo(note, err=True)
         kept = [info for info in infos if holds(info.dtype)]
         write(((info.name, ckpt.read(info.name)) for info in kept), temp)
+    if skipped:  # said once the output is written: a failed run prints its error alone
+        kinds = sorted({"string" if info.dtype == object else str(info.dtype) for info in skipped})
+        shown = ", ".join(info.name for info in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        click.echo(f"note: skipped {len(skipped)} {'/'.join(kinds)} tensor(s) that {label} cannot hold: {shown}",
+                   err=True)
     total = sum(info.nbytes for info in kept)
     click.echo(f"wrote {len(kept)} tensors ({total / 1e6:.1f} MB) from {ckpt.path} to {output}", err=True)

@@ -1,6 +1,8 @@
 """Run ported PyTorch files: the exact TF-semantics module, or torchvision's / timm's own model."""
 
 import pathlib
+import pickle
+import re
 
 from converter import mapping
 from converter.errors import ConvertError
@@ -8,6 +10,8 @@ from converter.runtimes import as_float32, end_point_modules, to_nhwc
 from converter.transforms import NHWC_TO_NCHW
 
 MODELS = ("exact", "torchvision", "timm")
+# how torch's refusal names the function a pickle asks to import
+PICKLE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
 def _torch():
@@ -28,7 +32,13 @@ def _load_state(torch, path):
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    return torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message suggests weights_only=False, which would run the file's code: name what it asked for
+        asked = PICKLE_GLOBAL.search(str(error))
+        raise ConvertError(f"{path}: refused: its pickle calls {asked[1] if asked else 'more than tensors need'}, "
+                           "which is never run; it is not a state dict of tensors") from None
 
 
 def load_weights(path):

@@ -26,11 +26,14 @@ Layers without variables (activations, pools) need no group in either layout.
 table gives as the role of each layer; ``_<k>`` is left out for k = 0.
 """
 
+import collections
+import contextlib
+
 import ml_dtypes
 import numpy as np
 
 from converter import mapping
-from converter.errors import ConvertError, MappingError
+from converter.errors import ConvertError, MappingError, join_problems
 
 TARGET = "keras"
 # the Keras release these layouts were checked against (setup.cfg's keras extra); loaders read it only
@@ -67,6 +70,21 @@ def _h5py():
     return h5py
 
 
+@contextlib.contextmanager
+def _hdf5_file(h5py, path):
+    """A new HDF5 file built in memory, then written to ``path`` by Python.
+
+    HDF5 meets a failed write (a full disk) deep in its cache, where h5py turns it into a
+    RuntimeError or, on closing, a crash; Python's own write raises an OSError naming the reason.
+    """
+    with h5py.File(str(path), "w", driver="core", backing_store=False) as file:
+        yield file
+        file.flush()
+        image = file.id.get_file_image()
+    with open(path, "wb") as out:
+        out.write(image)
+
+
 def check(plan, path, *, dtype=None, **options):
     """What the Keras layouts constrain (layer order, full-size channels, dtype), before writing or on a dry run."""
     legacy = not str(path).endswith(".weights.h5")
@@ -87,7 +105,7 @@ def save_h5(plan, read, path, *, dtype=None, **options):
     cast = _caster(dtype, LEGACY_DTYPES, "legacy .h5")
     layers = ordered_layers(plan)
     h5py = _h5py()
-    with h5py.File(path, "w") as f:
+    with _hdf5_file(h5py, path) as f:
         _set_strings(f, "layer_names", [name for name, _, _ in layers])
         f.attrs["backend"] = BACKEND.encode()
         f.attrs["keras_version"] = KERAS_VERSION.encode()
@@ -112,7 +130,7 @@ def save_weights_h5(plan, read, path, *, dtype=None, **options):
     layers = ordered_layers(plan)
     h5py = _h5py()
     counts = {}
-    with h5py.File(path, "w") as f:
+    with _hdf5_file(h5py, path) as f:
         f.create_group("vars")
         root = f.create_group("layers")
         for name, role, entries in layers:
@@ -158,17 +176,18 @@ def ordered_layers(plan):
     for entry in plan.entries:
         name, _, _ = entry.key.partition("/")
         layers.setdefault(name, []).append(entry)
-    for name in sorted({n for n in order if order.count(n) > 1}):
-        problems.append(f"targets.{TARGET}.order lists {name} {order.count(name)} times")
+    listed = collections.Counter(order)
+    problems += [f"targets.{TARGET}.order lists {name} {count} times" for name, count in sorted(listed.items())
+                 if count > 1]
     problems += [f"targets.{TARGET}.order: {name} is no row's keras name" for name in order if name not in roles]
-    problems += [f"keras layer {name} is not in targets.{TARGET}.order" for name in layers if name not in order]
+    problems += [f"keras layer {name} is not in targets.{TARGET}.order" for name in layers if name not in listed]
     for name, entries in layers.items():
         known = VARIABLES.get(roles.get(name), ())
         problems += [f"{entry.key}: not a variable of Keras class {roles.get(name)} (known classes: "
                      f"{', '.join(VARIABLES)})" for entry in entries if _variable(entry) not in known]
     if problems:
         raise MappingError(f"{where}: cannot write Keras weights ({len(problems)} problems):\n  "
-                           + "\n  ".join(problems))
+                           + join_problems(problems))
     ordered = []
     for name in order:
         if name in layers:

@@ -11,6 +11,7 @@ TensorFlow does for the size it is given; average pooling excludes padding
 import dataclasses
 import math
 
+import ml_dtypes
 import numpy as np
 
 import converter
@@ -34,6 +35,8 @@ LAYOUTS = (NCHW, NHWC)
 CHANNEL_AXIS = 1  # in the NCHW graph
 
 DTYPES = ("float32", "float16")
+# a floating-point type numpy does not count as one; the graph computes in DTYPES
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 INPUT_NAME = "input"
 BATCH_DIM = "batch"
 # ONNX's auto_pad that computes TensorFlow's 'SAME' pads from the input size (the odd one at the end)
@@ -182,14 +185,14 @@ class _GraphBuilder:
     def _pad(self, pads, value, scope):
         # explicit zero padding (tf.pad); ONNX order: every axis's begin, then every axis's end
         (top, bottom), (left, right) = pads
+        _, channels, height, width = _feature_map(value, f"pad in {scope or 'the graph'}")
         amounts = self.op("Constant", [], f"{scope}Pad/paddings", (8,), value=self.onnx.numpy_helper.from_array(
             np.array([0, 0, top, left, 0, 0, bottom, right], dtype=np.int64)))
-        _, channels, height, width = value.shape
         return self.op("Pad", [value.name, amounts.name], f"{scope}Pad",
                        (None, channels, height + top + bottom, width + left + right))
 
     def _pool(self, op, kernel, value, stride, padding, scope):
-        _, channels, height, width = value.shape
+        _, channels, height, width = _feature_map(value, f"{op} in {scope or 'the graph'}")
         if kernel == GLOBAL:
             return self.op(f"Global{op}", [value.name], f"{scope}{op}", (None, channels, 1, 1))
         attributes = self._window(kernel, (height, width), stride, padding)
@@ -261,6 +264,14 @@ class _GraphBuilder:
         return self._activate(value, compute.get("activation"), f"{scope}/")
 
 
+def _feature_map(value, where):
+    """The NCHW shape of ``value``; a flat [N, features] value (after a flatten) has no map to pool or pad."""
+    if len(value.shape) != 4:
+        raise ConvertError(f"ONNX: {where} needs a feature map, but its input has shape {list(value.shape[1:])}; "
+                           "check the graph's order")
+    return value.shape
+
+
 def _named(nodes):
     for node in nodes:
         if "name" in node:
@@ -320,7 +331,7 @@ def build_model(plan, read, *, dtype=None, opset=None, input_layout=NCHW, output
     table = plan.table
     tensors = {}
     for key, array in plan.tensors(read):
-        floating = np.issubdtype(array.dtype, np.floating)
+        floating = np.issubdtype(array.dtype, np.floating) or array.dtype == BFLOAT16
         tensors[key] = np.ascontiguousarray(array, dtype=dtype if floating else array.dtype)
     spec = table.facts["input"]
     height, width, channels = *plan.input_size.hw, spec["channels"]
