@@ -215,11 +215,6 @@ def validate(data):
         return problems
     if data["schema"] != SCHEMA:
         problems.append(f"schema {data['schema']} is not supported (this version reads schema {SCHEMA})")
-    absent = data.get("detect_absent", [])
-    if not isinstance(absent, list) or not all(isinstance(name, str) for name in absent):
-        problems.append("`detect_absent` must be a list of variable names")
-    elif set(absent) & set(data["detect"]):
-        problems.append(f"`detect_absent` repeats `detect` variables: {', '.join(sorted(set(absent) & set(data['detect'])))}")
     targets = data.get("targets", {})
     shapes = ((targets, dict, "`targets` must be a mapping"),
               (data["facts"].get("input", {}), dict, "facts.input must be a mapping"),
@@ -228,6 +223,12 @@ def validate(data):
     if problems:
         return problems
     problems += _validate_facts(data["facts"])
+    absent = data.get("detect_absent", [])
+    if not isinstance(absent, list) or not all(isinstance(name, str) for name in absent):
+        problems.append("`detect_absent` must be a list of variable names")
+    elif set(absent) & set(data["detect"]):
+        repeated = ", ".join(sorted(set(absent) & set(data["detect"])))
+        problems.append(f"`detect_absent` repeats `detect` variables: {repeated} (a network cannot have and lack them)")
     for target, spec in targets.items():
         if target not in TARGETS:
             problems.append(f"targets: unknown target {target!r} (known: {', '.join(TARGETS)})")

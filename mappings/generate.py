@@ -84,6 +84,18 @@ def _wrap(items, indent, width=ORDER_WIDTH):
     return ("\n" + " " * indent).join(lines)
 
 
+def _flow(value):
+    # a YAML flow value: a name, or a mapping (of role to name) in one line
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_flow(item)}" for key, item in value.items()) + "}"
+    return value
+
+
+def _row(kind, torch, onnx, keras=None):
+    # one row of `layers`: its kind and its name per target; keras only where the table has that target
+    return _flow({"kind": kind, "torch": torch, "onnx": onnx, **({"keras": keras} if keras else {})})
+
+
 def _rows(rows):
     # the layers section: one flow mapping per layer, keys aligned
     width = max(len(layer) for layer, _ in rows) + 2
@@ -252,7 +264,7 @@ targets:
 
 {V1_KINDS}
 {V1_GRAPH_HEAD}"""
-    rows = [("conv1", "{kind: conv_bn_relu, torch: {conv: conv1, bn: bn1}, onnx: conv1}")]
+    rows = [("conv1", _row("conv_bn_relu", {"conv": "conv1", "bn": "bn1"}, "conv1"))]
     blocks = {}
     for block, unit, projection, stride in _units(depth):
         prefix = f"block{block}/unit_{unit}/{_unit(1)}"
@@ -263,15 +275,15 @@ targets:
                      f"          - {_shortcut(1, f'unit_{unit}', projection, stride)}\n"
                      f"          - {_residual_branch(1, f'unit_{unit}', stride, preact=False)}\n")
         if projection:
-            rows.append((f"{prefix}/shortcut", f"{{kind: conv_bn, torch: {{conv: {module}.downsample.0, "
-                                               f"bn: {module}.downsample.1}}, onnx: {prefix}/shortcut}}"))
+            torch = {"conv": f"{module}.downsample.0", "bn": f"{module}.downsample.1"}
+            rows.append((f"{prefix}/shortcut", _row("conv_bn", torch, f"{prefix}/shortcut")))
         for conv in (1, 2, 3):
+            torch = {"conv": f"{module}.conv{conv}", "bn": f"{module}.bn{conv}"}
             kind = "conv_bn" if conv == 3 else "conv_bn_relu"
-            rows.append((f"{prefix}/conv{conv}", f"{{kind: {kind}, torch: {{conv: {module}.conv{conv}, "
-                                                 f"bn: {module}.bn{conv}}}, onnx: {prefix}/conv{conv}}}"))
+            rows.append((f"{prefix}/conv{conv}", _row(kind, torch, f"{prefix}/conv{conv}")))
     for block, lines in blocks.items():
         text += f"  - name: block{block}\n    nodes:\n" + "".join(lines)
-    rows.append(("logits", "{kind: logits, torch: fc, onnx: logits}"))
+    rows.append(("logits", _row("logits", "fc", "logits")))
     return text + LOGITS_NODE + "\n" + _rows(rows)
 
 
@@ -410,11 +422,6 @@ def _keras_name(block, unit, layer):
     return f"conv{block + 1}_block{unit}_{layer}"
 
 
-def _keras_column(application, names):
-    # a row's keras entry, where the table has a Keras target
-    return f", keras: {{{names}}}" if application else ""
-
-
 def resnet_v2(depth):
     """The mapping table of TF-Slim's ``resnet_v2_<depth>``, as YAML text."""
     scope = f"resnet_v2_{depth}"
@@ -477,7 +484,10 @@ targets:
 
 {V2_KINDS if application else _without_keras(V2_KINDS)}
 {V2_GRAPH_HEAD}"""
-    rows = [("conv1", "{kind: conv_bias, torch: conv1, onnx: conv1" + _keras_column(application, "conv2d: conv1_conv") + "}")]
+    def keras(**roles):  # a row's keras layers by role, where the table has a Keras target
+        return roles if application else None
+
+    rows = [("conv1", _row("conv_bias", "conv1", "conv1", keras(conv2d="conv1_conv")))]
     blocks = {}
     for block, unit, projection, stride in units:
         prefix = f"block{block}/unit_{unit}/{_unit(2)}"
@@ -489,26 +499,23 @@ targets:
         lines.append(f"      - add:               # {_kind_of_shortcut(projection, stride)}\n"
                      f"          - {_shortcut(2, branch, projection, stride)}\n"
                      f"          - {_residual_branch(2, branch, stride, preact=not projection)}\n")
-        rows.append((f"{prefix}/preact", f"{{kind: norm_relu, torch: {module}.preact, onnx: {prefix}/preact"
-                                         + _keras_column(application, f"batch_normalization: {_keras_name(block, unit, 'preact_bn')}") + "}"))
+        name = {layer: _keras_name(block, unit, layer) for layer in KERAS_UNIT_ORDER}
+        rows.append((f"{prefix}/preact", _row("norm_relu", f"{module}.preact", f"{prefix}/preact",
+                                              keras(batch_normalization=name["preact_bn"]))))
         if projection:
-            rows.append((f"{prefix}/shortcut", f"{{kind: conv_bias, torch: {module}.shortcut, onnx: {prefix}/shortcut"
-                                               + _keras_column(application, f"conv2d: {_keras_name(block, unit, '0_conv')}") + "}"))
+            rows.append((f"{prefix}/shortcut", _row("conv_bias", f"{module}.shortcut", f"{prefix}/shortcut",
+                                                    keras(conv2d=name["0_conv"]))))
         for conv in (1, 2):
-            rows.append((f"{prefix}/conv{conv}",
-                         f"{{kind: conv_bn_relu, torch: {{conv: {module}.conv{conv}, bn: {module}.bn{conv}}}, "
-                         f"onnx: {prefix}/conv{conv}"
-                         + _keras_column(application, f"conv2d: {_keras_name(block, unit, f'{conv}_conv')}, "
-                                  f"batch_normalization: {_keras_name(block, unit, f'{conv}_bn')}")
-                         + "}"))
-        rows.append((f"{prefix}/conv3", f"{{kind: conv_bias, torch: {module}.conv3, onnx: {prefix}/conv3"
-                                        + _keras_column(application, f"conv2d: {_keras_name(block, unit, '3_conv')}") + "}"))
+            torch = {"conv": f"{module}.conv{conv}", "bn": f"{module}.bn{conv}"}
+            rows.append((f"{prefix}/conv{conv}", _row("conv_bn_relu", torch, f"{prefix}/conv{conv}", keras(
+                conv2d=name[f"{conv}_conv"], batch_normalization=name[f"{conv}_bn"]))))
+        rows.append((f"{prefix}/conv3", _row("conv_bias", f"{module}.conv3", f"{prefix}/conv3",
+                                             keras(conv2d=name["3_conv"]))))
     for block, lines in blocks.items():
         text += f"  - name: block{block}\n    nodes:\n" + "".join(lines)
     text += "  - {name: postnorm, layer: postnorm}     # not an end point of tf-slim's; a headless port ends here\n"
-    rows.append(("postnorm", "{kind: norm_relu, torch: postnorm, onnx: postnorm"
-                             + _keras_column(application, "batch_normalization: post_bn") + "}"))
-    rows.append(("logits", "{kind: logits, torch: fc, onnx: logits" + _keras_column(application, "dense: predictions") + "}"))
+    rows.append(("postnorm", _row("norm_relu", "postnorm", "postnorm", keras(batch_normalization="post_bn"))))
+    rows.append(("logits", _row("logits", "fc", "logits", keras(dense="predictions"))))
     return text + LOGITS_NODE + "\n" + _rows(rows)
 
 

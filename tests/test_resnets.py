@@ -53,6 +53,43 @@ def test_committed_tables_are_the_generated_ones(tmp_path):
     assert generate.stale(tmp_path) == ["resnet_v2_101"]
 
 
+def test_the_schema_additions_are_validated():
+    raw = yaml.safe_load(mapping.load_table("resnet_v2_50").path.read_text())
+    broken = copy.deepcopy(raw)
+    broken["kinds"]["norm_relu"]["compute"]["batch_norm"] = True
+    del broken["facts"]["batch_norm_epsilon"]
+    broken["detect_absent"].append(broken["detect"][0])
+    broken["targets"]["keras"]["drift"] = ["not", "a", "sentence"]
+    joined = "\n".join(mapping.validate(broken))
+    assert "kinds.norm_relu: op batch_norm is the batch norm itself; drop `batch_norm: true`" in joined
+    assert "facts.batch_norm_epsilon must be a positive number: kinds conv_bn_relu, norm_relu" in joined
+    assert f"`detect_absent` repeats `detect` variables: {raw['detect'][0]}" in joined
+    assert "targets.keras.drift must be a sentence" in joined
+
+
+def test_a_batch_norm_layer_names_what_each_target_needs(zoo, tmp_path):
+    pytest.importorskip("onnx", reason="builds the ONNX graph")
+    pytest.importorskip("torch", reason="builds the exact module")
+    from converter.errors import ConvertError, MappingError
+    from converter.nets import torch as nets
+    from converter.writers import onnx as writer
+
+    fixture = zoo("resnet_v2_50")
+    raw = yaml.safe_load(mapping.load_table("resnet_v2_50").path.read_text())
+    kind = raw["kinds"]["norm_relu"]
+    kind["onnx"] = {f"BatchNorm/{key}": spec for key, spec in kind["onnx"].items()}  # a conv_bn kind's names
+    kind["torch"] = {f"bn.{key}" if key != "weight" else key: spec for key, spec in kind["torch"].items()}
+    (tmp_path / "renamed.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    renamed = mapping.load_table(tmp_path / "renamed.yaml")
+    size = (fixture.meta["image_size"],) * 2
+    with open_checkpoint(fixture.v2) as ckpt:
+        shapes = {name: ckpt.info(name).shape for name in ckpt.names()}
+        with pytest.raises(ConvertError, match="op batch_norm.*exactly gamma, beta, moving_mean, moving_variance"):
+            writer.build_model(mapping.plan(shapes, renamed, "onnx", input_size=size), ckpt.read)
+        with pytest.raises(MappingError, match="op batch_norm.*tensors of one torch module"):
+            nets.build(mapping.plan(shapes, renamed, "torch", input_size=size), device="cpu")
+
+
 @pytest.mark.parametrize("architecture", RESNETS)
 def test_the_table_binds_every_variable_of_tf_slims_network(variables, architecture):
     shapes = variables(architecture)
