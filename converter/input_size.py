@@ -190,6 +190,8 @@ class _Walk:
     def _layer(self, layer, value, stride, padding):
         kernel = self.kernels.get(layer)
         op = self.table.kinds[self.table.layers[layer]["kind"]]["compute"]["op"]
+        if op == mapping.BATCH_NORM_OP:
+            return value  # a batch norm alone keeps the size of what it normalizes
         if op == "conv":
             if isinstance(value, _Flat):
                 raise SizeError(f"{layer} convolves a flattened input")

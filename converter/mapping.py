@@ -24,7 +24,9 @@ TARGETS = ("torch", "keras", "onnx")
 # targets whose rows name one layer per role (class): Keras keeps a conv and its batch norm apart
 ROLE_TARGETS = ("keras",)
 SEPARATORS = {"torch": ".", "keras": "/", "onnx": "/"}
-COMPUTE_OPS = ("conv", "linear")
+# `batch_norm`: a layer that is a batch norm alone (ResNet-v2's preact and postnorm), its params the norm's own
+COMPUTE_OPS = ("conv", "linear", "batch_norm")
+BATCH_NORM_OP = "batch_norm"
 NODE_KINDS = ("layer", "max_pool", "avg_pool", "concat", "add", "nodes", "flatten", "pad")
 NODE_OPTIONS = ("name", "scoped", "input", "stride", "padding", "activation")
 # what may follow a node: a layer's from its kind's `compute.activation`, an `add`'s from its own option
@@ -78,6 +80,7 @@ class Table:
     architecture: str
     scope: str
     detect: tuple
+    detect_absent: tuple  # variables whose presence rules the architecture out (a deeper network)
     facts: dict
     targets: dict
     kinds: dict
@@ -183,6 +186,7 @@ def _load_file(path):
         architecture=data["architecture"],
         scope=data["scope"],
         detect=tuple(data["detect"]),
+        detect_absent=tuple(data.get("detect_absent", ())),
         facts=data["facts"],
         targets=data.get("targets", {}),
         kinds=data["kinds"],
@@ -213,11 +217,24 @@ def validate(data):
     if problems:
         return problems  # what follows relies on every value having its type
     problems += _validate_facts(data["facts"])
-    for target in targets:
+    absent = data.get("detect_absent", [])
+    if not isinstance(absent, list) or not all(isinstance(name, str) for name in absent):
+        problems.append("`detect_absent` must be a list of variable names")
+    elif set(absent) & set(data["detect"]):
+        repeated = ", ".join(sorted(set(absent) & set(data["detect"])))
+        problems.append(f"`detect_absent` repeats `detect` variables: {repeated} (a network cannot have and lack them)")
+    for target, spec in targets.items():
         if target not in TARGETS:
             problems.append(f"targets: unknown target {target!r} (known: {', '.join(TARGETS)})")
+        elif isinstance(spec, dict) and not isinstance(spec.get("drift", ""), str):
+            problems.append(f"targets.{target}.drift must be a sentence saying why the target's model drifts")
     for name, kind in data["kinds"].items():
         problems += _validate_kind(name, kind)
+    normed = [name for name, kind in data["kinds"].items() if _has_batch_norm(kind)]
+    epsilon = data["facts"].get("batch_norm_epsilon")
+    if normed and (not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or epsilon <= 0):
+        problems.append(f"facts.batch_norm_epsilon must be a positive number: kinds {', '.join(normed)} "
+                        f"have a batch norm")
     skips = {target: group_layers(data["graph"], spec.get("skip", [])) for target, spec in targets.items()
              if isinstance(spec, dict)}
     for layer, row in data["layers"].items():
@@ -271,6 +288,11 @@ def _validate_facts(facts):
     return problems
 
 
+def _has_batch_norm(kind):
+    compute = kind.get("compute") if isinstance(kind, dict) else None
+    return isinstance(compute, dict) and (compute.get("batch_norm") or compute.get("op") == BATCH_NORM_OP)
+
+
 def _validate_kind(name, kind):
     where = f"kinds.{name}"
     if not isinstance(kind, dict) or not isinstance(kind.get("params"), dict):
@@ -278,6 +300,8 @@ def _validate_kind(name, kind):
     problems = []
     if not isinstance(kind.get("compute"), dict) or kind["compute"].get("op") not in COMPUTE_OPS:
         problems.append(f"{where}.compute.op must be one of {', '.join(COMPUTE_OPS)}")
+    elif kind["compute"]["op"] == BATCH_NORM_OP and kind["compute"].get("batch_norm"):
+        problems.append(f"{where}: op batch_norm is the batch norm itself; drop `batch_norm: true`")
     dims = {d for shape in kind["params"].values() for d in shape if isinstance(d, str)}
     for target in TARGETS:
         for key, spec in kind.get(target, {}).items():
@@ -437,7 +461,8 @@ class Network:
 
 
 def find_networks(variables, table):
-    """Every ``Network`` of ``table`` in a checkpoint: each root under which all its ``detect`` variables occur.
+    """Every ``Network`` of ``table`` in a checkpoint: each root under which all its ``detect`` variables occur
+    and none of its ``detect_absent`` ones (a deeper ResNet holds every variable of a shallower one).
 
     The root is found from the variables themselves, so a network built with another ``scope=``
     (``FlowerNet/...``) or under an outer prefix (``tower_0/InceptionV3/...``) is found like the zoo's.
@@ -449,7 +474,8 @@ def find_networks(variables, table):
         if name != first and not name.endswith(names.SEPARATOR + first):
             continue
         root = name[: len(name) - len(first)]
-        if all(root + variable in present for variable in table.detect):
+        if all(root + variable in present for variable in table.detect) and \
+                not any(root + variable in present for variable in table.detect_absent):
             roots.add(root)
     return [Network(table.architecture, root) for root in sorted(roots)]
 

@@ -34,6 +34,8 @@ def _restrictions(table):
         if spec.get("dims"):
             notes.append(f"{target}: full size only (depth_multiplier 1.0)")
         notes += [f"{target}: {note}" for note in spec.get("restrictions", [])]
+        if spec.get("drift"):
+            notes.append(f"{target}: {spec['drift']}")
     if not mapping.group_layers(table.graph, (HEAD,)):
         notes.append("`--no-top` not supported")
     if table.facts.get("preprocessing"):

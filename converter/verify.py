@@ -39,7 +39,8 @@ PORTED = {
 }
 # what `verify` converts on the fly when no ported file is given: (file name, runtime options, advisory).
 # torchvision's Inception3 averages padding into its pools where TF-Slim does not: its drift is
-# reported, but only decides the verdict when asked for (--torch-model torchvision).
+# reported, but only decides the verdict when asked for (--torch-model torchvision). A target whose
+# table says its model drifts (targets.<target>.drift: keras.applications' ResNetV2) is advisory too.
 ON_THE_FLY = (
     ("model.pth", {"model": "exact"}, False),
     ("model.pth", {"model": "torchvision"}, True),
@@ -540,15 +541,20 @@ def _convert_on_the_fly(checkpoint, table, scratch, report, options, end_points)
             note = next(note for note in notes if f"not {model}'s" in note)
             report.backends.append(Backend(f"{model} (skipped)", name, target, advisory=True, note=note))
             continue
-        jobs.append((pathlib.Path(scratch) / name, runtime_options, advisory))
+        jobs.append((pathlib.Path(scratch) / name, runtime_options, advisory or bool(_drift(table, target))))
     return jobs
+
+
+def _drift(table, target):
+    # why the model a target's output loads into is close, not equivalent (the table's targets.<target>.drift)
+    return table.targets.get(target, {}).get("drift", "")
 
 
 def _check_file(report, context, path, runtime_options, advisory):
     target, module_name = target_of(path)
     runtime = importlib.import_module(module_name)
     label = f"{runtime.describe(path, **runtime_options)} ({path.name})"
-    backend = Backend(label, str(path), target, advisory=advisory)
+    backend = Backend(label, str(path), target, advisory=advisory, note=_drift(context.table, target))
     report.backends.append(backend)
     if not path.is_file():
         report.checks.append(Check(label, "weights", str(path), False, f"{path}: no such file"))

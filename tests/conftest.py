@@ -73,10 +73,18 @@ def full():
     return _make_cached("inception_v3_full", depth_multiplier=1.0, kinds=("v2",))
 
 
-# Architectures whose fixtures the test session generates: tf-slim's VGG-16, Inception V1 and
-# ResNet-v1-50 take no depth multiplier (and VGG's and V1's classifiers need the full input size), so
-# no small checkpoint of them exists (528, 26 and 98 MB). Full size, V2 only, golden outputs on the seeded batch.
-GENERATED = ("vgg_16", "inception_v1", "resnet_v1_50")
+# Architectures whose fixtures the test session generates, and make_fixtures options: tf-slim's VGG-16,
+# Inception V1 and ResNets take no depth multiplier (and VGG's and V1's classifiers need the full input size),
+# so no small checkpoint of them exists (528, 26, 98 MB; ResNet-152 and ResNet-v2-200 about 240 and 260 MB).
+# Full size, V2 only, golden outputs on the seeded batch. ResNets take any input size: the others are
+# written and compared at 64x64 (keras.applications' ResNetV2 takes it too).
+GENERATED = {
+    "vgg_16": {},
+    "inception_v1": {},
+    "resnet_v1_50": {},
+    **{f"resnet_v{version}_{depth}": {"image_size": 64} for version in (1, 2) for depth in (50, 101, 152, 200)
+       if (version, depth) != (1, 50)},
+}
 
 
 # Fine-tunes as legacy fleets hold them, written by the real tf-slim networks (generated and cached per
@@ -120,6 +128,6 @@ def zoo():
 
     def make(architecture):
         assert architecture in GENERATED, architecture
-        return _make_cached(f"{architecture}_full", architecture=architecture, kinds=("v2",))
+        return _make_cached(f"{architecture}_full", architecture=architecture, kinds=("v2",), **GENERATED[architecture])
 
     return make

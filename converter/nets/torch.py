@@ -186,6 +186,8 @@ class SlimNet(nn.Module):
         table = self.table
         row = table.layers[layer]
         kind = table.kinds[row["kind"]]
+        if kind["compute"]["op"] == mapping.BATCH_NORM_OP:
+            return self._batch_norm_layer(layer, node, plan, entries)
         compute, spec, name = kind["compute"], kind.get("torch", {}), row["torch"]
         # the op and its batch norm are the modules holding the tensors taken from slim's kernel and BatchNorm/*
         op_keys = [key for key, value in spec.items() if value.get("from") == KERNEL]
@@ -216,6 +218,26 @@ class SlimNet(nn.Module):
         if activation not in ACTIVATIONS:
             raise MappingError(f"{table.path}: kind {row['kind']}: unknown activation {activation!r}")
         return _Layer(op, norm, ACTIVATIONS[activation], node.get("stride", DEFAULT_STRIDE),
+                      node.get("padding", DEFAULT_PADDING))
+
+    def _batch_norm_layer(self, layer, node, plan, entries):
+        # a layer that is a batch norm alone (ResNet-v2's preact, postnorm): one BatchNorm2d holding every tensor
+        table = self.table
+        row = table.layers[layer]
+        kind = table.kinds[row["kind"]]
+        keys = [mapping.bind_name(mapping.join_key("torch", row["torch"], key), plan.dims[layer])
+                for key in kind.get("torch", {})]
+        modules = {key.rpartition(".")[0] for key in keys}
+        sized = [entries[key].shape for key in keys if entries[key].source is not None]
+        if len(modules) != 1 or not sized or any(len(shape) != 1 for shape in sized):
+            raise MappingError(f"{table.path}: kind {row['kind']} (op batch_norm) must map its params to the "
+                               f"tensors of one torch module, each a vector of channels (got {', '.join(keys)})")
+        activation = kind["compute"].get("activation")
+        if activation not in ACTIVATIONS:
+            raise MappingError(f"{table.path}: kind {row['kind']}: unknown activation {activation!r}")
+        norm = self._module(modules.pop(), functools.partial(nn.BatchNorm2d, sized[0][0],
+                                                             eps=table.facts["batch_norm_epsilon"]))
+        return _Layer(norm, None, ACTIVATIONS[activation], node.get("stride", DEFAULT_STRIDE),
                       node.get("padding", DEFAULT_PADDING))
 
     def _compile(self, nodes, scope, plan, entries):

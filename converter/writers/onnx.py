@@ -49,6 +49,9 @@ WEIGHTS = "weights"
 BIASES = "biases"
 BATCH_NORM = ("BatchNorm/gamma", "BatchNorm/beta", "BatchNorm/moving_mean", "BatchNorm/moving_variance")
 KNOWN_PARAMS = (WEIGHTS, BIASES, *BATCH_NORM)
+# a layer that is a batch norm alone (compute.op batch_norm: ResNet-v2's preact, postnorm) keeps slim's
+# names directly under its scope, in BatchNormalization's order
+NORM_PARAMS = ("gamma", "beta", "moving_mean", "moving_variance")
 ACTIVATIONS = {"relu": "Relu"}
 
 # options meant for the plan, which reach every writer
@@ -226,6 +229,8 @@ class _GraphBuilder:
         kind = self.table.kinds[row["kind"]]
         prefix = mapping.bind_name(row["onnx"], self.plan.dims[layer])
         params = {key: f"{prefix}{mapping.SEPARATORS['onnx']}{key}" for key in kind.get("onnx", {})}
+        if kind["compute"]["op"] == mapping.BATCH_NORM_OP:
+            return self._batch_norm_layer(layer, row, kind, params, value, scope)
         unknown = sorted(set(params) - set(KNOWN_PARAMS))
         if unknown or WEIGHTS not in params:
             raise ConvertError(
@@ -262,6 +267,18 @@ class _GraphBuilder:
             value = self.op("BatchNormalization", [value.name, *norm], f"{scope}/BatchNorm", value.shape,
                              epsilon=float(self.table.facts["batch_norm_epsilon"]))
         return self._activate(value, compute.get("activation"), f"{scope}/")
+
+    def _batch_norm_layer(self, layer, row, kind, params, value, scope):
+        # BatchNormalization with the table's epsilon on the layer's input, then the kind's activation
+        if sorted(params) != sorted(NORM_PARAMS):
+            raise ConvertError(f"ONNX: kind {row['kind']} (op batch_norm) has onnx tensors {sorted(params)}; "
+                               f"it needs exactly {', '.join(NORM_PARAMS)}")
+        if len(value.shape) != 4:
+            raise ConvertError(f"ONNX: layer {layer} normalizes a map; its input has shape {list(value.shape[1:])}")
+        norm = [self._vector(layer, params[key], value.shape[CHANNEL_AXIS]) for key in NORM_PARAMS]
+        value = self.op("BatchNormalization", [value.name, *norm], f"{scope}/BatchNorm", value.shape,
+                        epsilon=float(self.table.facts["batch_norm_epsilon"]))
+        return self._activate(value, kind["compute"].get("activation"), f"{scope}/")
 
 
 def _feature_map(value, where):
