@@ -25,3 +25,7 @@ class OutputExistsError(ConvertError):
 
 class VariableNameError(ConvertError):
     """A variable name does not follow TF-Slim's scope conventions (empty component, no layer...)."""
+
+
+class GraphError(ConvertError):
+    """A ``.meta`` graph cannot be read, or the network in it cannot be recovered."""
