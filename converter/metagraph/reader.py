@@ -88,6 +88,7 @@ MAX_CONSTANT_ELEMENTS = 1 << 22
 NODE_NAME_PATTERN = re.compile(r"[A-Za-z0-9.][A-Za-z0-9_./>-]*")
 OP_PATTERN = re.compile(r"[A-Za-z0-9_.>-]+")
 CONTROL_PREFIX = "^"
+VARIABLE_OPS = ("VariableV2", "Variable", "VarHandleOp")
 PORT_SEPARATOR = ":"
 
 
@@ -165,13 +166,24 @@ class SaverDef:
 class Node:
     """One NodeDef: name, op, inputs as written (``x``, ``x:1``, ``^x``), device, and lazily decoded attributes."""
 
-    __slots__ = ("name", "op", "inputs", "device", "_attrs", "_decoded", "_path")
+    __slots__ = ("name", "op", "inputs", "device", "_entries", "_attrs_by_key", "_decoded", "_path")
 
-    def __init__(self, name, op, inputs, device, attrs, path):
+    def __init__(self, name, op, inputs, device, entries, path):
         self.name, self.op, self.inputs, self.device = name, op, inputs, device
-        self._attrs = attrs  # key -> AttrValue bytes
+        self._entries = entries  # the attr map's entries as bytes, split into keys on first use
+        self._attrs_by_key = None
         self._decoded = {}
         self._path = path
+
+    @property
+    def _attrs(self):
+        # key -> AttrValue bytes
+        if self._attrs_by_key is None:
+            try:
+                self._attrs_by_key = dict(wire.map_entry(entry, "NodeDef.attr") for entry in self._entries)
+            except WireError as error:
+                raise GraphError(f"{self._path}: not a readable MetaGraphDef (node {self.name}: {error})") from None
+        return self._attrs_by_key
 
     @property
     def data_inputs(self):
@@ -244,6 +256,11 @@ class MetaGraph:
             for index, ref in enumerate(node.data_inputs):
                 found.setdefault(ref.node, []).append((node, index))
         return found
+
+    @functools.cached_property
+    def variables(self):
+        """``{variable name: Shape}`` of the graph's variables (reference and resource ones)."""
+        return {node.name: node.attr("shape") for node in self.nodes.values() if node.op in VARIABLE_OPS}
 
     def op_counts(self):
         """``{op: how many nodes}``, most frequent first."""
@@ -378,33 +395,57 @@ def _graph(path, buf):
 
 
 def _node(path, buf):
-    name, op, inputs, device, attrs = "", "", [], "", {}
-    for number, kind, value in wire.fields(buf):
+    # the hot loop of reading a graph (a training graph has tens of thousands of nodes): NodeDef's fields
+    # are all length-delimited, decoded inline; attribute entries are kept as bytes until asked for
+    name = op = device = ""
+    inputs, attrs = [], []
+    pos, end = 0, len(buf)
+    while pos < end:
+        key = buf[pos]
+        pos += 1
+        if key >= 0x80:
+            key, pos = wire.read_varint(buf, pos - 1)
+        number, kind = key >> 3, key & 7
+        if kind != LENGTH_DELIMITED:
+            if number in (NODE_NAME, NODE_OP, NODE_INPUT, NODE_DEVICE, NODE_ATTR):
+                wire.expect(number, kind, LENGTH_DELIMITED, "NodeDef")
+            pos = _skip(buf, pos, number, kind)
+            continue
+        if pos >= end:
+            raise WireError("truncated NodeDef")
+        length = buf[pos]
+        pos += 1
+        if length >= 0x80:
+            length, pos = wire.read_varint(buf, pos - 1)
+        stop = pos + length
+        if stop > end:
+            raise WireError(f"NodeDef field {number} runs past the end of its message")
         if number == NODE_INPUT:
-            wire.expect(number, kind, LENGTH_DELIMITED, "NodeDef")
-            inputs.append(wire.text(value, "NodeDef.input"))
+            inputs.append(wire.text(buf[pos:stop], "NodeDef.input"))
         elif number == NODE_ATTR:
-            wire.expect(number, kind, LENGTH_DELIMITED, "NodeDef")
-            key, attr = wire.map_entry(value, "NodeDef.attr")
-            attrs[key] = attr
+            attrs.append(buf[pos:stop])
         elif number == NODE_NAME:
-            wire.expect(number, kind, LENGTH_DELIMITED, "NodeDef")
-            name = wire.text(value, "NodeDef.name")
+            name = wire.text(buf[pos:stop], "NodeDef.name")
         elif number == NODE_OP:
-            wire.expect(number, kind, LENGTH_DELIMITED, "NodeDef")
-            op = wire.text(value, "NodeDef.op")
+            op = wire.text(buf[pos:stop], "NodeDef.op")
         elif number == NODE_DEVICE:
-            wire.expect(number, kind, LENGTH_DELIMITED, "NodeDef")
-            device = wire.text(value, "NodeDef.device")
+            device = wire.text(buf[pos:stop], "NodeDef.device")
+        pos = stop
     if not NODE_NAME_PATTERN.fullmatch(name):
         raise WireError(f"a node has the name {name[:80]!r}, which TensorFlow does not allow")
     if not OP_PATTERN.fullmatch(op):
         raise WireError(f"node {name} has the op {op[:80]!r}, which TensorFlow does not allow")
-    for text in inputs:
-        target = text[1:] if text.startswith(CONTROL_PREFIX) else parse_ref(text).node
-        if not NODE_NAME_PATTERN.fullmatch(target):
-            raise WireError(f"node {name} has the input {text[:80]!r}, which names no node TensorFlow allows")
     return Node(name, op, tuple(inputs), device, attrs, path)
+
+
+def _skip(buf, pos, number, kind):
+    # a field of another wire type that NodeDef does not define (a newer TensorFlow's): step over it
+    if kind == VARINT:
+        return wire.read_varint(buf, pos)[1]
+    width = {FIXED64: 8, FIXED32: 4}.get(kind)
+    if width is None or pos + width > len(buf):
+        raise WireError(f"NodeDef field {number} has wire type {kind}")
+    return pos + width
 
 
 def dtype_name(value):
