@@ -100,7 +100,11 @@ def recover_data(meta_path, *, input_node=None, outputs=None):
 
 def recover_table(meta_path, **options):
     """``recover_data`` as a ``converter.mapping.Table`` whose path is the ``.meta`` file."""
-    data = recover_data(meta_path, **options)
+    return table_from_data(meta_path, recover_data(meta_path, **options))
+
+
+def table_from_data(meta_path, data):
+    """A ``converter.mapping.Table`` of recovered ``data``, its path the ``.meta`` file it came from."""
     return mapping.Table(path=pathlib.Path(meta_path), architecture=data["architecture"], scope=data["scope"],
                          detect=tuple(data["detect"]), facts=data["facts"], targets=data["targets"],
                          kinds=data["kinds"], layers=data["layers"], graph=data["graph"])
