@@ -61,13 +61,14 @@ def test_the_recovered_table_says_what_it_rewrote(meta_net):
     # training-mode batch norm, rewritten to the layer's moving statistics; dropout, the identity
     assert graph_facts["batch_norms"]["Net/Conv2d_1a_3x3/BatchNorm/FusedBatchNormV3"] == [
         "Net/Conv2d_1a_3x3/BatchNorm/moving_mean", "Net/Conv2d_1a_3x3/BatchNorm/moving_variance"]
-    assert len(graph_facts["batch_norms"]) == 8 and graph_facts["training_flags"] == []
+    assert len(graph_facts["batch_norms"]) == 10 and graph_facts["training_flags"] == []
     assert list(graph_facts["dropouts"].values()) == ["Net/global_pool"]
     nodes = residual["graph"]
     assert nodes[0] == {"layer": "Conv2d_1a_3x3", "stride": 2, "padding": "VALID"}
     assert [len(branch) for branch in nodes[2]["concat"]] == [1, 2, 2]
     assert nodes[3]["add"][0] == [] and nodes[3]["activation"] == "relu"
     assert {"pad": [[1, 1], [1, 1]]} in nodes[3]["add"][1]
+    assert [len(branch) for branch in nodes[4]["add"]] == [0, 1, 1] and nodes[4]["activation"] == "relu"  # add_n
     assert nodes[-3:] == [{"avg_pool": "global"}, {"flatten": True},
                           {"layer": "Logits", "name": "Logits", "scoped": False}]
     assert residual["layers"]["Mixed_3a/Branch_1/Conv2d_0b_3x3"] == {

@@ -37,7 +37,7 @@ def test_verify_converts_and_checks_a_recovered_network(meta_net):
     assert report.ok, report.table()
     assert {backend.target for backend in report.backends} == {"torch", "onnx"}
     assert any(decision.startswith("reference: the .meta graph run by TensorFlow at Logits = Net/SpatialSqueeze")
-               and "8 training-mode batch norms run with their moving statistics" in decision
+               and "10 training-mode batch norms run with their moving statistics" in decision
                for decision in report.decisions)
 
 

@@ -22,6 +22,12 @@ NOT_SUPPORTED_YET = {
     "Relu6": "relu6 is not supported yet",
     "DepthwiseConv2dNative": "depthwise convolutions are not supported yet",
 }
+# ops with a reason of their own
+NOT_SUPPORTED = {
+    "If": "tf.cond as a function call (TF 2's control flow) is not supported; TF 1's Switch/Merge is",
+    "StatelessIf": "tf.cond as a function call (TF 2's control flow) is not supported; TF 1's Switch/Merge is",
+    "FusedBatchNormGrad": "a gradient op on the path: choose the forward pass's outputs with --outputs",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +84,8 @@ def read_op(node, shapes):
     """
     if node.op in NOT_SUPPORTED_YET:
         raise OpProblem(NOT_SUPPORTED_YET[node.op])
+    if node.op in NOT_SUPPORTED:
+        raise OpProblem(NOT_SUPPORTED[node.op])
     function = READERS.get(node.op)
     if function is None:
         raise OpProblem(UNKNOWN_OP)
@@ -184,6 +192,13 @@ def _concat(node, shapes):
 def _add(node, shapes):
     data, _ = _split(node, (0, 1), {})
     return Op("add", node, data)
+
+
+@reader("AddN")
+def _add_n(node, shapes):
+    if len(node.data_inputs) < 2:
+        raise OpProblem("sums fewer than two tensors")
+    return Op("add", node, node.data_inputs)
 
 
 @reader("Squeeze")
