@@ -153,3 +153,26 @@ def test_the_table_is_found_only_where_no_built_in_one_fits(meta_net, tmp_path):
     with pytest.raises(MappingError, match="no .meta graph lies beside it"):
         table_for(names, checkpoint=tmp_path / "model.ckpt")
     assert mapping.validate(recover_data(fixture.graph)) == []
+
+
+def test_a_head_that_no_softmax_takes_is_an_output_too(tmp_path):
+    # a graph built for inference has no loss: a second head (an auxiliary classifier) is found by its kernels
+    from converter import reference
+
+    tf, slim = reference.import_tensorflow()
+    with tf.Graph().as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
+        with tf.compat.v1.variable_scope("Net"):
+            net = slim.conv2d(images, 4, [3, 3], scope="conv1")
+            aux = slim.conv2d(net, 2, [8, 8], padding="VALID", activation_fn=None, scope="Aux/logits")
+            tf.squeeze(aux, [1, 2], name="Aux/SpatialSqueeze")
+            logits = slim.fully_connected(tf.reduce_mean(net, [1, 2]), 3, activation_fn=None, scope="logits")
+            tf.nn.softmax(logits, name="Predictions")
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            tf.compat.v1.train.Saver().save(session, str(tmp_path / "model.ckpt"))
+    data = recover_data(tmp_path / "model.ckpt.meta")
+    assert data["facts"]["meta_graph"]["outputs"] == {"Logits": "Net/logits/BiasAdd",
+                                                      "Aux/SpatialSqueeze": "Net/Aux/SpatialSqueeze"}
+    result = convert(tmp_path / "model.ckpt", "onnx", tmp_path / "net.onnx", outputs=["Aux/SpatialSqueeze"])
+    assert "unmapped" not in result.skipped  # every variable of the checkpoint has its row, no --lenient

@@ -39,6 +39,10 @@ BRANCH_SEARCH_LIMIT = 4096
 # the ops whose logits input names the network's output, when the graph has no Softmax
 LOSS_OPS = ("SoftmaxCrossEntropyWithLogits", "SparseSoftmaxCrossEntropyWithLogits")
 GRADIENT_SCOPES = ("gradients",)
+# ops that start a layer: a head begins where one reads a kernel the outputs do not
+KERNEL_OPS = ("Conv2D", "MatMul")
+# a head ends before these: what a loss or a Softmax does to logits
+TERMINAL_OPS = ("Reshape",)
 INPUT_HINT = "pass --input with the tensor the network starts from (`ckpt-convert map --input NODE`)"
 OUTPUT_HINT = "choose them with `ckpt-convert map --outputs NODE,...`"
 
@@ -83,7 +87,9 @@ def find_network(graph, input_ref=None, output_refs=None):
     """Walk ``graph`` back from its outputs to its input; returns a ``Network`` (problems listed in it).
 
     ``input_ref`` and ``output_refs`` (``Ref``s) default to the one float placeholder the outputs
-    depend on and to the logits: what the graph's Softmax (or, without one, its cross-entropy loss) takes.
+    depend on and to the logits: what the graph's Softmax (or, without one, its cross-entropy loss)
+    takes, then the logits of other losses, then the last tensor of every other head (a layer whose
+    kernel the outputs do not read, followed forward to where the network's ops end).
     """
     walker = _Walker(graph, input_ref)
     if output_refs:
@@ -98,6 +104,14 @@ def find_network(graph, input_ref=None, output_refs=None):
     values = [walker.resolve(ref) for ref in outputs]
     for value in values:
         walker.visit(value)
+    while not output_refs and outputs and not walker.problems:
+        # a head no Softmax or loss takes (InceptionV3's auxiliary logits in a graph built for inference)
+        head = walker.other_head(values)
+        if head is None:
+            break
+        outputs.append(head)
+        values.append(walker.resolve(head))
+        walker.visit(values[-1])
     if walker.input is None and not walker.problems:
         walker.problems.append(f"the outputs depend on no float placeholder; {INPUT_HINT}")
     return Network(graph, walker.input, outputs, values, walker.ops, walker.inputs, walker.params,
@@ -137,6 +151,29 @@ class _Walker:
                 values.add(value)
                 found.append(ref)
         return found
+
+    def other_head(self, values):
+        """The end of a head the outputs do not reach: from a layer whose kernel no op read so far, forward
+        through the network's ops to a tensor nothing else of the network takes; None when there is none."""
+        read = {param.name for params in self.params.values() for param in params.values()
+                if isinstance(param, ops.Variable)}
+        for node in self.graph.nodes.values():
+            if node.op not in KERNEL_OPS or _in_gradients(node.name) or len(node.data_inputs) < 2:
+                continue
+            kernel = self._source(node.data_inputs[1])
+            if kernel is None or kernel.op not in VARIABLES or kernel.name in read:
+                continue
+            ref = Ref(node.name)
+            while True:
+                forward = [user for user, _ in self.graph.consumers.get(ref.node, [])
+                           if not _in_gradients(user.name) and (user.op in ops.READERS or user.op in PASS_THROUGH)
+                           and user.op not in TERMINAL_OPS]
+                if not forward:
+                    break
+                ref = Ref(forward[0].name)
+            if self.resolve(ref) not in values:
+                return ref
+        return None
 
     def _logits_of(self, op_types):
         found = []
