@@ -138,6 +138,10 @@ def test_input_and_outputs_can_be_chosen(meta_net):
     assert data["facts"]["end_points"] == ["SpatialSqueeze", "Mixed_3a/concat"]
     named = [node.get("name") for node in data["graph"] if node.get("name")]
     assert named == ["Mixed_3a/concat", "SpatialSqueeze"]
+    # the default output first, the logits after it: the logits take it, and it is referenced last
+    reversed_order = recover_data(fixture.graph, outputs="Net/Mixed_3a/concat,Net/SpatialSqueeze")
+    assert reversed_order["graph"][-1] == {"input": "Mixed_3a/concat", "nodes": []}
+    assert mapping.validate(reversed_order) == []
     # cut before the first layer: the network starts at its first convolution's input
     with pytest.raises(GraphError, match="the network also depends on"):
         recover_data(fixture.graph, input_node="Net/Mixed_3a/Branch_0/Conv2d_0a_1x1/Conv2D")

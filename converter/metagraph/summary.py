@@ -14,9 +14,9 @@ def describe(meta_path):
     ``path`` and ``problems``."""
     try:
         graph = read_meta_graph(meta_path)
+        network = inference.find_network(graph)
     except GraphError as error:
         return {"path": str(meta_path), "problems": [str(error)]}
-    network = inference.find_network(graph)
     training = [op.node.name for op in network.ops.values()
                 if op is not None and op.kind == "batch_norm" and op.attrs["training"]]
     shape = network.shape(network.input) if network.input is not None else None

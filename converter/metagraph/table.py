@@ -233,7 +233,8 @@ def _splice(primary, others, emitter):
                 if any(inner.get("name") in taken for inner in _walk([node]))), default=-1)
     extra = [node for sequence in others for node in sequence]
     if last + 1 >= len(primary):
-        raise AssertionError("an output depends on the default output's own node")
+        # they take the default output itself: it comes last again as a reference to it
+        return primary + extra + [{"input": primary[-1]["name"], "nodes": []}]
     resumed = dict(primary[last + 1])
     if "input" not in resumed:
         previous = [value for value, node in emitter.emitted.items() if node is primary[last]]

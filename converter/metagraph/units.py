@@ -256,10 +256,9 @@ def _pad(op, params, where, problems):
 def _logits_as_linear(units, consumers, outputs):
     # conv 1x1 -> flatten of its 1x1 map is flatten -> fully connected: TF-Slim's logits as a classifier
     producers = {unit.output: unit for unit in units}
-    rewritten = []
-    skip = set()
+    rewritten, absorbed = [], set()
     for unit in units:
-        if id(unit) in skip:
+        if id(unit) in absorbed:
             continue
         layer = unit.layer
         users = consumers.get(unit.output, [])
@@ -271,7 +270,6 @@ def _logits_as_linear(units, consumers, outputs):
             continue
         flat = Ref(f"{unit.output.node}/flattened")
         layer.form, layer.padding = CONV1X1, "SAME"
-        rewritten.append(Unit(flat, unit.inputs, [{"flatten": FLATTEN_MAP}]))
-        rewritten.append(Unit(follower.output, (flat,), layer=layer))
-        skip.add(id(follower))
-    return [unit for unit in rewritten if id(unit) not in skip or unit.layer is not None]
+        rewritten += [Unit(flat, unit.inputs, [{"flatten": FLATTEN_MAP}]), Unit(follower.output, (flat,), layer=layer)]
+        absorbed.add(id(follower))
+    return rewritten
