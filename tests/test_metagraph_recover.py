@@ -180,3 +180,21 @@ def test_a_head_that_no_softmax_takes_is_an_output_too(tmp_path):
                                                       "Aux/SpatialSqueeze": "Net/Aux/SpatialSqueeze"}
     result = convert(tmp_path / "model.ckpt", "onnx", tmp_path / "net.onnx", outputs=["Aux/SpatialSqueeze"])
     assert "unmapped" not in result.skipped  # every variable of the checkpoint has its row, no --lenient
+
+
+def test_a_batch_norm_of_its_own_scope_is_not_supported_yet(tmp_path):
+    from converter import reference
+
+    tf, slim = reference.import_tensorflow()
+    with tf.Graph().as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
+        with tf.compat.v1.variable_scope("Net"):
+            net = slim.conv2d(images, 4, [3, 3], activation_fn=None, scope="conv1")
+            net = tf.nn.relu(slim.batch_norm(net, is_training=True, scope="bn1"))
+            tf.nn.softmax(slim.fully_connected(tf.reduce_mean(net, [1, 2]), 3, scope="logits"), name="Predictions")
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            tf.compat.v1.train.Saver().save(session, str(tmp_path / "model.ckpt"))
+    with pytest.raises(GraphError, match=r"FusedBatchNormV3 Net/bn1/FusedBatchNormV3: a batch norm of its own scope "
+                                         r"\(Net/bn1\), not its convolution's \(Net/conv1/BatchNorm\), is not supported yet"):
+        recover_data(tmp_path / "model.ckpt.meta")

@@ -153,6 +153,12 @@ def _own(variable, expected, op, problems):
 def _norm(op, params, scope, network, problems):
     prefix = f"{scope}/{BATCH_NORM}/"
     norm = {"epsilon": op.attrs["epsilon"], "training": op.node.name if op.attrs["training"] else None}
+    elsewhere = sorted({param.name.rpartition(SEPARATOR)[0] for param in params.values()
+                        if isinstance(param, ops.Variable) and not param.name.startswith(prefix)})
+    if elsewhere:
+        problems.append(f"{op.node.op} {op.node.name}: a batch norm of its own scope ({', '.join(elsewhere)}), not "
+                        f"its convolution's ({prefix.rstrip(SEPARATOR)}), is not supported yet")
+        return None
     for role, fill in ((GAMMA, 1.0), (BETA, 0.0)):
         param = params.get(role)
         if isinstance(param, ops.Constant):
