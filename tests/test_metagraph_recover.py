@@ -172,14 +172,18 @@ def test_a_head_that_no_softmax_takes_is_an_output_too(tmp_path):
             tf.squeeze(aux, [1, 2], name="Aux/SpatialSqueeze")
             logits = slim.fully_connected(tf.reduce_mean(net, [1, 2]), 3, activation_fn=None, scope="logits")
             tf.nn.softmax(logits, name="Predictions")
+        # another network in the same graph, on an input of its own: not a head of this one
+        slim.conv2d(tf.compat.v1.placeholder(tf.float32, [None, 4, 4, 1], name="other"), 2, [1, 1], scope="Other")
         with tf.compat.v1.Session() as session:
             session.run(tf.compat.v1.global_variables_initializer())
             tf.compat.v1.train.Saver().save(session, str(tmp_path / "model.ckpt"))
     data = recover_data(tmp_path / "model.ckpt.meta")
     assert data["facts"]["meta_graph"]["outputs"] == {"Logits": "Net/logits/BiasAdd",
                                                       "Aux/SpatialSqueeze": "Net/Aux/SpatialSqueeze"}
-    result = convert(tmp_path / "model.ckpt", "onnx", tmp_path / "net.onnx", outputs=["Aux/SpatialSqueeze"])
-    assert "unmapped" not in result.skipped  # every variable of the checkpoint has its row, no --lenient
+    result = convert(tmp_path / "model.ckpt", "onnx", tmp_path / "net.onnx", outputs=["Aux/SpatialSqueeze"],
+                     strict=False)
+    # every variable of the network has its row; the other network's are outside it
+    assert set(result.skipped) == {"outside the network"} and len(result.skipped["outside the network"]) == 2
 
 
 def test_a_batch_norm_of_its_own_scope_is_not_supported_yet(tmp_path):

@@ -104,14 +104,21 @@ def find_network(graph, input_ref=None, output_refs=None):
     values = [walker.resolve(ref) for ref in outputs]
     for value in values:
         walker.visit(value)
+    tried = set()
     while not output_refs and outputs and not walker.problems:
-        # a head no Softmax or loss takes (InceptionV3's auxiliary logits in a graph built for inference)
-        head = walker.other_head(values)
+        # a head no Softmax or loss takes (InceptionV3's auxiliary logits in a graph built for inference);
+        # one that does not come from the same input is another network's, and is left alone
+        head = walker.other_head(values + list(tried))
         if head is None:
             break
+        tried.add(walker.resolve(head))
+        saved = walker.snapshot()
+        walker.visit(walker.resolve(head))
+        if walker.problems or walker.input != saved["input"]:
+            walker.restore(saved)
+            continue
         outputs.append(head)
         values.append(walker.resolve(head))
-        walker.visit(values[-1])
     if walker.input is None and not walker.problems:
         walker.problems.append(f"the outputs depend on no float placeholder; {INPUT_HINT}")
     return Network(graph, walker.input, outputs, values, walker.ops, walker.inputs, walker.params,
@@ -127,6 +134,18 @@ class _Walker:
         self.dropouts = {}
         self.ops, self.inputs, self.params = {}, {}, {}
         self._open = {}  # refs being walked above: ref -> op
+
+    def snapshot(self):
+        """What the walk has found so far, to restore where a further walk fails."""
+        return {"input": self.input, "problems": list(self.problems), "flags": set(self.flags),
+                "dropouts": dict(self.dropouts), "ops": dict(self.ops), "inputs": dict(self.inputs),
+                "params": dict(self.params)}
+
+    def restore(self, saved):
+        self.input, self.problems, self.flags = saved["input"], saved["problems"], saved["flags"]
+        self.dropouts, self.ops, self.inputs, self.params = saved["dropouts"], saved["ops"], saved["inputs"], \
+            saved["params"]
+        self._open = {}
 
     def _problem(self, node, message):
         self.problems.append(f"{node.op} {node.name}: {message}")
