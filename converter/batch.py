@@ -33,6 +33,7 @@ from converter._atomic import atomic_output
 from converter.checkpoint import _paths, open_checkpoint
 from converter.convert import DEFAULT_SUFFIXES, TF2_FORMAT, convert, default_output, table_for
 from converter.errors import CheckpointError, ConvertError
+from converter.metagraph import recover
 
 STATE_FILENAME = "state.json"
 REPORT_JSON = "report.json"
@@ -516,8 +517,8 @@ def _table_for(model):
     if options["mapping"] or options["arch"]:
         return table_for([], options["arch"], options["mapping"])
     with open_checkpoint(model.checkpoint) as ckpt:
-        # a TF2 checkpoint, or one no table fits: convert says which, per target
-        if ckpt.format == TF2_FORMAT or not tables.networks(ckpt.names()):
+        # a TF2 checkpoint, or one no table fits and no .meta graph describes: convert says which, per target
+        if ckpt.format == TF2_FORMAT or not (tables.networks(ckpt.names()) or recover.meta_beside(ckpt.path)):
             return None
         return table_for(ckpt.names(), scope=options["scope"], checkpoint=ckpt.path)
 

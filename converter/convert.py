@@ -120,17 +120,28 @@ def table_for(names, arch=None, mapping=None, *, scope=None, checkpoint="the che
     """The mapping table for a checkpoint: a user's (``mapping``), a named one (``arch``), or the one detected.
 
     Detection finds a built-in table's network under any scope or outer prefix; ``scope`` picks one
-    where the checkpoint holds several. Raises ``MappingError`` saying what was found and the flag to pass.
+    where the checkpoint holds several. Where none fits, the table is recovered from the ``.meta``
+    graph beside the checkpoint (``mapping`` may also name a ``.meta`` file). Raises ``MappingError``
+    saying what was found and the flag to pass, ``GraphError`` where the graph's network cannot be recovered.
     """
+    from converter.metagraph import recover
+
     if mapping is not None:
+        if str(mapping).endswith(recover.META_SUFFIX):
+            return recover.recover_table(mapping)
         return tables.load_table(mapping)
     if arch is not None:
         return tables.load_table(arch)
     if not tables.networks(names):
+        # no built-in table fits: the graph TF1's Saver wrote beside the checkpoint holds the network
+        meta = recover.meta_beside(checkpoint)
+        if meta is not None:
+            return recover.recover_table(meta)
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         raise MappingError(
-            f"{checkpoint}: no mapping table ({', '.join(tables.builtin_tables())}) fits this checkpoint; "
-            f"its {len(names)} variables are unmapped: {shown}; pass --arch or --mapping my_table.yaml"
+            f"{checkpoint}: no mapping table ({', '.join(tables.builtin_tables())}) fits this checkpoint "
+            f"and no {recover.META_SUFFIX} graph lies beside it; its {len(names)} variables are unmapped: {shown}; "
+            f"pass --arch or --mapping my_table.yaml"
         )
     return tables.load_table(tables.locate(names, scope=scope, path=checkpoint).architecture)
 

@@ -27,6 +27,10 @@ class VariableNameError(ConvertError):
     """A variable name does not follow TF-Slim's scope conventions (empty component, no layer...)."""
 
 
+class GraphError(ConvertError):
+    """A ``.meta`` graph cannot be read, or the network in it cannot be recovered."""
+
+
 # how many problems one error names before it counts the rest: enough to act on, short enough to read
 SHOWN_PROBLEMS = 20
 

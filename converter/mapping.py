@@ -32,8 +32,9 @@ NODE_OPTIONS = ("name", "scoped", "input", "stride", "padding", "activation")
 # what may follow a node: a layer's from its kind's `compute.activation`, an `add`'s from its own option
 ACTIVATIONS = ("relu",)
 PADDINGS = ("SAME", "VALID")
-# `flatten: true` takes a 1x1 map; `flatten: spatial` any map, in the order of the target's layout
-FLATTENS = (True, "spatial")
+# `flatten: true` takes a 1x1 map; `flatten: spatial` any map, in the order of the target's layout;
+# `flatten: hwc` any map, in TensorFlow's order (H, W, C) in every target
+FLATTENS = (True, "spatial", "hwc")
 REFERENCE_KEYS = ("module", "network", "arg_scope", "classifier")
 FILL_DTYPES = ("float32", "int64")
 # a size in a layer scope's name, bound to a dimension of its tensors: Conv2d_2a_{kh}x{kw}
@@ -373,7 +374,7 @@ def _validate_nodes(nodes, scope, used, names, layers):
         if "pad" in node and not _is_pads(node["pad"]):
             problems.append(f"graph: pad {node['pad']!r} must be [[top, bottom], [left, right]] of non-negative ints")
         if "flatten" in node and node["flatten"] not in FLATTENS:
-            problems.append(f"graph: flatten {node['flatten']!r} must be true (a 1x1 map) or spatial")
+            problems.append(f"graph: flatten {node['flatten']!r} must be true (a 1x1 map), spatial or hwc")
         if "scoped" in node and ("name" not in node or not isinstance(node["scoped"], bool)):
             problems.append(f"graph: scoped must be true or false, on a named node (got {node})")
         inner = inner_scope(node, scope)

@@ -50,6 +50,12 @@ def _linear_shape(shape):
     return fan_out, fan_in
 
 
+def _dense_shape(shape):
+    if len(shape) != 2:
+        raise ValueError(f"expects an [in, out] kernel, got {list(shape)}")
+    return shape[1], shape[0]
+
+
 def _conv_kernel(shape):
     if len(shape) != 4:
         raise ValueError(f"expects a [kh, kw, in, out] kernel, got {list(shape)}")
@@ -88,6 +94,8 @@ TRANSFORMS = {
         # a 1x1 convolution on a 1x1 map is a fully connected layer
         Transform("conv1x1_to_linear", "[1, 1, in, out] -> [out, in]", _linear_shape, lambda a: a[0, 0].T),
         Transform("conv1x1_to_dense", "[1, 1, in, out] -> [in, out]", _conv1x1, lambda a: a[0, 0]),
+        # TF-Slim's fully_connected kernel: torch's Linear and ONNX's Gemm (transB) take [out, in]
+        Transform("dense_to_linear", "[in, out] -> [out, in]", _dense_shape, lambda a: a.T),
         # a kh x kw convolution on a kh x kw map (VGG's fc6) after a channels-first flatten (torch, ONNX)
         Transform("conv_to_linear_chw", "[kh, kw, in, out] -> [out, in * kh * kw] (C, H, W order)",
                   _linear_chw_shape, _linear_chw),

@@ -443,12 +443,19 @@ def verify(
         images, described = make_input(table, input_file=input_file, batch=batch, seed=seed,
                                        size=facts.input_size.hw)
         end_points = tuple(table.facts["end_points"])
-        ref = reference.run_reference(
-            ckpt.path, images, architecture=table.architecture, end_points=end_points, ema=ema, device=device,
-            scope=scope,
-        )
+        if "meta_graph" in table.facts:  # a network recovered from its .meta: that graph is the reference
+            from converter.metagraph import reference as graph_reference
+
+            ref = graph_reference.run(ckpt.path, table, images, ema=ema, device=device)
+        else:
+            ref = reference.run_reference(
+                ckpt.path, images, architecture=table.architecture, end_points=end_points, ema=ema, device=device,
+                scope=scope,
+            )
         report = Report(str(ckpt.path), table.architecture, described, atol or oracle.ATOL, reference.tf_device(device))
         report.decisions = [f"{topic}: {sentence}" for topic, sentence in facts.decisions() if topic != "classes"]
+        if "meta_graph" in table.facts:
+            report.decisions.append(f"reference: {graph_reference.describe(table)}")
         context = _Context(ckpt, shapes, table, images, ref, device, atol, options, background)
         with tempfile.TemporaryDirectory(prefix="ckpt-convert-verify-") as scratch:
             jobs = [(pathlib.Path(p), {"model": torch_model}, False) for p in ported] or _convert_on_the_fly(

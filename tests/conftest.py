@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -129,5 +130,51 @@ def zoo():
     def make(architecture):
         assert architecture in GENERATED, architecture
         return _make_cached(f"{architecture}_full", architecture=architecture, kinds=("v2",), **GENERATED[architecture])
+
+    return make
+
+
+class MetaFixture:
+    """A network saved in training mode by fixtures/make_meta_fixtures.py: checkpoint, .meta, golden outputs."""
+
+    def __init__(self, root):
+        self.root = pathlib.Path(root)
+        self.info = json.loads((self.root / "meta.json").read_text())
+        self.checkpoint = self.root / "model.ckpt"
+        self.graph = self.root / "model.ckpt.meta"
+
+    @property
+    def input(self):
+        return np.load(self.root / "golden_input.npy")
+
+    def golden(self, ema=False):
+        with np.load(self.root / ("golden_ema.npz" if ema else "golden.npz")) as data:
+            return dict(data)
+
+
+@pytest.fixture(scope="session")
+def meta_net():
+    """``meta_net(name)``: a network of ``make_meta_fixtures.NETWORKS`` with its .meta, generated once per machine.
+
+    Generated in a subprocess: it switches TensorFlow to TF 1's control flow, which must not leak into the tests.
+    """
+    pytest.importorskip("tensorflow", reason="training graphs are written by TensorFlow")
+    script = FIXTURES / "make_meta_fixtures.py"
+    code = b"".join(p.read_bytes() for p in (script, FIXTURES / "make_fixtures.py", ROOT / "converter" / "reference.py"))
+
+    def make(name):
+        target = CACHE / f"meta_{name}-{hashlib.sha256(code + name.encode()).hexdigest()[:12]}"
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with open(CACHE / f"meta_{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (target / "meta.json").exists():
+                staging = target.with_name(target.name + ".partial")
+                shutil.rmtree(staging, ignore_errors=True)
+                made = subprocess.run([sys.executable, str(script), "--net", name, "--out", str(staging)],
+                                      capture_output=True, text=True)
+                if made.returncode:
+                    pytest.fail(f"make_meta_fixtures.py --net {name} failed:\n{made.stderr[-3000:]}")
+                staging.rename(target)
+        return MetaFixture(target)
 
     return make

@@ -15,7 +15,8 @@ from converter.cli import inspect as inspect_cli
 EMA = "ExponentialMovingAverage"
 SLOTS = ("RMSProp", "RMSProp_1", "Adam", "Adam_1", "Momentum")
 TOTAL_KEYS = {"all", "model", "ema", "slot", "other"}
-REPORT_KEYS = {"schema", "path", "format", "kind", "architecture", "networks", "decisions", "totals", "groups", "variables"}
+REPORT_KEYS = {"schema", "path", "format", "kind", "architecture", "networks", "decisions", "totals", "groups", "variables",
+               "graph"}
 VARIABLE_KEYS = {
     "name", "role", "shape", "dtype", "parameters", "bytes", "prefix", "model_scope", "block", "branch", "layer",
     "parameter", "suffixes", "ema", "slot", "kernel_hint", "object_path", "problem",

@@ -21,6 +21,7 @@ COMMANDS = {
     "dump": "converter.cli.dump",
     "verify": "converter.cli.verify",
     "batch": "converter.cli.batch",
+    "map": "converter.cli.map",
 }
 
 DEFAULT_COMMAND = "convert"
@@ -60,6 +61,7 @@ def cli():
     ckpt-convert dump model.ckpt -o raw.safetensors    export every variable, unmapped
     ckpt-convert verify model.ckpt model.pth           prove a port equivalent (exit 0) or not
     ckpt-convert batch models/ -o ported/ --to onnx    port every checkpoint under a folder
+    ckpt-convert map model.ckpt -o net.yaml            recover a network's table from its .meta graph
     """
 
 

@@ -14,6 +14,7 @@ from converter import mapping, names
 from converter.checkpoint import open_checkpoint
 from converter.cli import debug_option
 from converter.errors import MappingError, VariableNameError
+from converter.metagraph import recover, summary
 
 SCHEMA = 1
 UNKNOWN_ARCHITECTURE = "unknown"
@@ -165,6 +166,7 @@ def build_report(path):
     totals = _empty_totals()
     for variable in variables:
         _add(totals, variable)
+    meta = recover.meta_beside(checkpoint_path)
     return {
         "schema": SCHEMA,
         "path": checkpoint_path,
@@ -176,6 +178,7 @@ def build_report(path):
         "totals": totals,
         "groups": _groups(variables),
         "variables": variables,
+        "graph": summary.describe(meta) if meta is not None else None,
     }
 
 
@@ -268,6 +271,8 @@ def render_text(report):
     lines += ["", "totals:"]
     for key in TOTAL_KEYS:
         lines.append(f"{INDENT}{key + ':':<7} {_summary(report['totals'][key])}")
+    if report["graph"] is not None:
+        lines += [""] + summary.render(report["graph"])
     return "\n".join(lines)
 
 
@@ -304,6 +309,10 @@ def render_text(report):
                     role: model | ema | slot | global_step | optimizer |
                     learning_rate | unrecognised (problem says why) | object |
                     object_graph (TF2); kernel_hint comes from the name only
+      graph         null, or the .meta graph beside the checkpoint: {{path, nodes,
+                    tensorflow_version, input, input_shape, outputs,
+                    training_flags, batch_norms_in_training, dropouts,
+                    ops: {{op: count}}, problems}} (without TensorFlow)
     """,
 )
 @click.argument("path", type=click.Path())

@@ -113,7 +113,12 @@ def _flatten_spatial(x, points):
     return torch.flatten(x, 1)
 
 
-FLATTENS = {True: _flatten, "spatial": _flatten_spatial}
+def _flatten_hwc(x, points):
+    # TensorFlow's order (H, W, C), in which the following fully connected kernel ([in, out]) was trained
+    return torch.flatten(x.permute(0, 2, 3, 1), 1)
+
+
+FLATTENS = {True: _flatten, "spatial": _flatten_spatial, "hwc": _flatten_hwc}
 
 
 class _Concat:

@@ -164,6 +164,9 @@ class _GraphBuilder:
         # map in this graph's NCHW order (C, H, W), which the next row's transform (conv_to_linear_chw) matches
         if len(value.shape) != 4 or (node["flatten"] is True and value.shape[2:] != (1, 1)):
             raise ConvertError(f"ONNX: flatten in {inner or 'the graph'} needs a 1x1 map, got shape {value.shape[1:]}")
+        if node["flatten"] == "hwc":  # TensorFlow's order: the map back to NHWC first
+            value = self.op("Transpose", [value.name], f"{inner}Flatten/to_nhwc",
+                            (None, *(value.shape[axis] for axis in NCHW_TO_NHWC[1:])), perm=list(NCHW_TO_NHWC))
         return self.op("Flatten", [value.name], f"{inner}Flatten", (None, math.prod(value.shape[1:])), axis=1)
 
     def _add(self, node, value, inner):
