@@ -182,6 +182,11 @@ def _load_file(path):
                            f"see mappings/README.md for the schema") from None
     if problems:
         raise MappingError(f"{path}: invalid mapping table ({len(problems)} problems):\n  " + join_problems(problems))
+    return table_from_data(path, data)
+
+
+def table_from_data(path, data):
+    """A ``Table`` of validated table ``data`` (parsed YAML, or a recovered graph's), read from ``path``."""
     return Table(
         path=path,
         architecture=data["architecture"],

@@ -105,9 +105,7 @@ def recover_table(meta_path, **options):
 
 def table_from_data(meta_path, data):
     """A ``converter.mapping.Table`` of recovered ``data``, its path the ``.meta`` file it came from."""
-    return mapping.Table(path=pathlib.Path(meta_path), architecture=data["architecture"], scope=data["scope"],
-                         detect=tuple(data["detect"]), facts=data["facts"], targets=data["targets"],
-                         kinds=data["kinds"], layers=data["layers"], graph=data["graph"])
+    return mapping.table_from_data(pathlib.Path(meta_path), data)
 
 
 def _fail(meta_path, problems):
