@@ -18,7 +18,7 @@ import time
 from converter import mapping as tables
 from converter._atomic import atomic_output
 from converter.checkpoint import open_checkpoint
-from converter.errors import CheckpointError, ConvertError, MappingError, OutputExistsError
+from converter.errors import CheckpointError, ConvertError, GraphError, MappingError, OutputExistsError
 
 # (target, output suffix) -> "module:function" of the writer
 WRITERS = {
@@ -135,9 +135,16 @@ def table_for(names, arch=None, mapping=None, *, scope=None, checkpoint="the che
     if not tables.networks(names):
         # no built-in table fits: the graph TF1's Saver wrote beside the checkpoint holds the network
         meta = recover.meta_beside(checkpoint)
-        if meta is not None:
-            return recover.recover_table(meta)
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        if meta is not None:
+            try:
+                return recover.recover_table(meta)
+            except GraphError as error:
+                raise GraphError(
+                    f"{checkpoint}: no mapping table ({', '.join(tables.builtin_tables())}) fits this checkpoint "
+                    f"(its {len(names)} variables are unmapped: {shown}), and from {meta.name} "
+                    f"{str(error).partition(': ')[2]}"
+                ) from None
         raise MappingError(
             f"{checkpoint}: no mapping table ({', '.join(tables.builtin_tables())}) fits this checkpoint "
             f"and no {recover.META_SUFFIX} graph lies beside it; its {len(names)} variables are unmapped: {shown}; "

@@ -320,14 +320,23 @@ def _meta_info(buf):
                 info["tags"].append(item)
             elif number == INFO_TF_VERSION:
                 info["tensorflow_version"] = item
-        elif number == INFO_STRIPPED_OPS:
-            wire.expect(number, kind, LENGTH_DELIMITED, "MetaInfoDef")
-            for op_number, op_kind, op in wire.fields(value):
-                if op_number == OP_LIST_OP:
-                    wire.expect(op_number, op_kind, LENGTH_DELIMITED, "OpList")
-                    info["stripped_ops"] += [wire.text(name, "OpDef.name") for n, k, name in wire.fields(op)
-                                             if n == OP_DEF_NAME and k == LENGTH_DELIMITED]
+        elif number == INFO_STRIPPED_OPS and kind == LENGTH_DELIMITED:
+            info["stripped_ops"] = _op_names(value)
     return info
+
+
+def _op_names(buf):
+    # field 2 of MetaInfoDef is the stripped OpList; the first MetaGraphDefs (2016) held any_info bytes
+    # there: information only, so what does not read as an OpList is left out rather than refused
+    names = []
+    try:
+        for number, kind, op in wire.fields(buf):
+            if number == OP_LIST_OP and kind == LENGTH_DELIMITED:
+                names += [wire.text(name, "OpDef.name") for n, k, name in wire.fields(op)
+                          if n == OP_DEF_NAME and k == LENGTH_DELIMITED]
+    except WireError:
+        return []
+    return names
 
 
 def _collection(buf):

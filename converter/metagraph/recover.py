@@ -112,10 +112,12 @@ def _fail(meta_path, problems):
     problems = list(dict.fromkeys(problems))
     hint = ""
     if any(problem.endswith(ops.UNKNOWN_OP) for problem in problems):
-        hint = f"\n(an op that is not supported may be input pipeline or preprocessing before the network: " \
+        hint = f"(an op that is not supported may be input pipeline or preprocessing before the network: " \
                f"{inference.INPUT_HINT})"
-    raise GraphError(f"{meta_path}: cannot recover the network ({len(problems)} problem"
-                     f"{'s' if len(problems) != 1 else ''}):\n  " + "\n  ".join(problems) + hint)
+    if len(problems) == 1:
+        raise GraphError(f"{meta_path}: cannot recover the network: {problems[0]}" + (f" {hint}" if hint else ""))
+    raise GraphError(f"{meta_path}: cannot recover the network ({len(problems)} problems):\n  "
+                     + "\n  ".join(problems) + (f"\n{hint}" if hint else ""))
 
 
 def _end_points(network, outputs, root):
