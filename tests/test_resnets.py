@@ -55,16 +55,21 @@ def test_committed_tables_are_the_generated_ones(tmp_path):
 
 def test_the_schema_additions_are_validated():
     raw = yaml.safe_load(mapping.load_table("resnet_v2_50").path.read_text())
-    broken = copy.deepcopy(raw)
-    broken["kinds"]["norm_relu"]["compute"]["batch_norm"] = True
-    del broken["facts"]["batch_norm_epsilon"]
-    broken["detect_absent"].append(broken["detect"][0])
-    broken["targets"]["keras"]["drift"] = ["not", "a", "sentence"]
-    joined = "\n".join(mapping.validate(broken))
-    assert "kinds.norm_relu: op batch_norm is the batch norm itself; drop `batch_norm: true`" in joined
-    assert "facts.batch_norm_epsilon must be a positive number: kinds conv_bn_relu, norm_relu" in joined
-    assert f"`detect_absent` repeats `detect` variables: {raw['detect'][0]}" in joined
-    assert "targets.keras.drift must be a sentence" in joined
+
+    def problems(change):
+        broken = copy.deepcopy(raw)
+        change(broken)
+        return "\n".join(mapping.validate(broken))
+
+    assert "kinds.norm_relu: op batch_norm is the batch norm itself; drop `batch_norm: true`" in problems(
+        lambda table: table["kinds"]["norm_relu"]["compute"].__setitem__("batch_norm", True))
+    assert "facts.batch_norm_epsilon must be a positive number" in problems(
+        lambda table: table["facts"].pop("batch_norm_epsilon"))
+    assert f"`detect_absent` repeats `detect` variables: {raw['detect'][0]}" in problems(
+        lambda table: table["detect_absent"].append(table["detect"][0]))
+    assert "targets.keras.drift must be a sentence" in problems(
+        lambda table: table["targets"]["keras"].__setitem__("drift", ["not", "a", "sentence"]))
+    assert problems(lambda table: None) == ""
 
 
 def test_a_batch_norm_layer_names_what_each_target_needs(zoo, tmp_path):
