@@ -6,16 +6,12 @@ repeated scalars packed or not. Every malformed input raises ``ProtoError`` (a `
 
 import dataclasses
 
-# wire types (protobuf encoding spec)
-VARINT = 0
-FIXED64 = 1
-LENGTH_DELIMITED = 2
-FIXED32 = 5
-FIXED_WIDTHS = {FIXED64: 8, FIXED32: 4}
+from converter._protobuf import (  # noqa: F401  (the readers of this package take them from here)
+    FIXED32, FIXED64, LENGTH_DELIMITED, MAX_VARINT_BYTES, VARINT, read_varint, to_int64,
+)
+from converter._protobuf import WireError as ProtoError
 
-MAX_VARINT_BYTES = 10
-INT64_SIGN = 1 << 63
-UINT64_RANGE = 1 << 64
+FIXED_WIDTHS = {FIXED64: 8, FIXED32: 4}
 
 # a dimension or extent length of -1 means "unknown" or "the whole dimension"
 FULL_EXTENT = -1
@@ -33,30 +29,6 @@ SAVED_META, SAVED_DATA = 1, 2
 META_TENSOR = 1
 SLICE_META_NAME, SLICE_META_SHAPE, SLICE_META_TYPE, SLICE_META_SLICE = 1, 2, 3, 4
 SAVED_SLICE_NAME, SAVED_SLICE_SLICE, SAVED_SLICE_DATA = 1, 2, 3
-
-
-class ProtoError(ValueError):
-    """A protobuf message is malformed."""
-
-
-def read_varint(buf, pos):
-    """Decode one varint at ``pos``; return ``(value, next position)``."""
-    result = 0
-    for shift in range(0, 7 * MAX_VARINT_BYTES, 7):
-        if pos >= len(buf):
-            raise ProtoError("truncated varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-    raise ProtoError("varint longer than 10 bytes")
-
-
-def to_int64(value):
-    """Reinterpret a decoded varint as the two's-complement int64 protobuf wrote."""
-    value %= UINT64_RANGE
-    return value - UINT64_RANGE if value >= INT64_SIGN else value
 
 
 def read_field(buf, pos):

@@ -7,53 +7,15 @@ length-delimited fields, with repeated scalars packed or not. Every malformed in
 
 import struct
 
-# wire types
-VARINT = 0
-FIXED64 = 1
-LENGTH_DELIMITED = 2
-FIXED32 = 5
-WIRE_NAMES = {VARINT: "varint", FIXED64: "fixed64", LENGTH_DELIMITED: "length-delimited", FIXED32: "fixed32"}
+from converter._protobuf import (  # noqa: F401  (the wire types are this module's vocabulary too)
+    FIXED32, FIXED64, LENGTH_DELIMITED, VARINT, WireError, read_varint, to_int64,
+)
 
-MAX_VARINT_BYTES = 10
-INT64_SIGN = 1 << 63
-UINT64_RANGE = 1 << 64
+WIRE_NAMES = {VARINT: "varint", FIXED64: "fixed64", LENGTH_DELIMITED: "length-delimited", FIXED32: "fixed32"}
 FIXED32_FLOAT = struct.Struct("<f")
 FIXED64_DOUBLE = struct.Struct("<d")
 # map<K, V> entries are messages with the key in field 1 and the value in field 2
 MAP_KEY, MAP_VALUE = 1, 2
-
-
-class WireError(ValueError):
-    """Bytes that are not a well-formed protobuf message."""
-
-
-def read_varint(buf, pos):
-    """Decode the varint at ``pos``; return ``(value, next position)``."""
-    byte = buf[pos] if pos < len(buf) else _truncated()
-    if byte < 0x80:  # most varints in a graph are one byte: tags, small ints, short lengths
-        return byte, pos + 1
-    result, shift = 0, 0
-    while True:
-        if pos >= len(buf):
-            _truncated()
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-        if shift >= 7 * MAX_VARINT_BYTES:
-            raise WireError("varint longer than 10 bytes")
-
-
-def _truncated():
-    raise WireError("truncated varint")
-
-
-def to_int64(value):
-    """A decoded varint as the two's-complement int64 it encodes."""
-    value %= UINT64_RANGE
-    return value - UINT64_RANGE if value >= INT64_SIGN else value
 
 
 def fields(buf):
