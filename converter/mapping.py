@@ -24,9 +24,13 @@ TARGETS = ("torch", "keras", "onnx")
 # targets whose rows name one layer per role (class): Keras keeps a conv and its batch norm apart
 ROLE_TARGETS = ("keras",)
 SEPARATORS = {"torch": ".", "keras": "/", "onnx": "/"}
-COMPUTE_OPS = ("conv", "linear")
+COMPUTE_OPS = ("conv", "linear", "depthwise", "separable")
+# the slim variables a depthwise op's kind must take (their names differ from conv's `weights`): a
+# depthwise convolution's kernel, and for a separable one also the 1x1 pointwise kernel applied after it
+DEPTHWISE_KERNEL, POINTWISE_KERNEL = "depthwise_weights", "pointwise_weights"
+OP_KERNELS = {"depthwise": (DEPTHWISE_KERNEL,), "separable": (DEPTHWISE_KERNEL, POINTWISE_KERNEL)}
 NODE_KINDS = ("layer", "max_pool", "avg_pool", "concat", "add", "nodes", "flatten", "pad")
-NODE_OPTIONS = ("name", "scoped", "input", "stride", "padding", "activation")
+NODE_OPTIONS = ("name", "scoped", "input", "stride", "padding", "activation", "reduced")
 # what may follow a node: a layer's from its kind's `compute.activation`, an `add`'s from its own option
 ACTIVATIONS = ("relu",)
 PADDINGS = ("SAME", "VALID")
@@ -283,6 +287,8 @@ def _validate_kind(name, kind):
     problems = []
     if not isinstance(kind.get("compute"), dict) or kind["compute"].get("op") not in COMPUTE_OPS:
         problems.append(f"{where}.compute.op must be one of {', '.join(COMPUTE_OPS)}")
+    else:
+        problems += _validate_kernels(where, kind)
     dims = {d for shape in kind["params"].values() for d in shape if isinstance(d, str)}
     for target in TARGETS:
         for key, spec in kind.get(target, {}).items():
@@ -301,6 +307,14 @@ def _validate_kind(name, kind):
                 if spec.get("dtype", "float32") not in FILL_DTYPES:
                     problems.append(f"{at}: fill dtype must be one of {', '.join(FILL_DTYPES)}")
     return problems
+
+
+def _validate_kernels(where, kind):
+    # a depthwise or separable op names its kernels in params; what it computes depends on which is which
+    op = kind["compute"]["op"]
+    missing = [param for param in OP_KERNELS.get(op, ()) if param not in kind["params"]]
+    return [f"{where}: a {op} op takes slim's {', '.join(missing)}: add {'them' if len(missing) > 1 else 'it'} "
+            f"to params"] if missing else []
 
 
 def _validate_row(layer, row, kinds, skips):
@@ -353,6 +367,9 @@ def _validate_nodes(nodes, scope, used, names, layers):
                             f"{', '.join(ACTIVATIONS)}, on an add")
         if "pad" in node and not _is_pads(node["pad"]):
             problems.append(f"graph: pad {node['pad']!r} must be [[top, bottom], [left, right]] of non-negative ints")
+        if "reduced" in node and (node["reduced"] is not True or not isinstance(node.get("max_pool",
+                                                                                       node.get("avg_pool")), list)):
+            problems.append(f"graph: reduced must be true, on a pool with a [kh, kw] window (got {node})")
         if "flatten" in node and node["flatten"] not in FLATTENS:
             problems.append(f"graph: flatten {node['flatten']!r} must be true (a 1x1 map) or spatial")
         if "scoped" in node and ("name" not in node or not isinstance(node["scoped"], bool)):
