@@ -484,13 +484,41 @@ def _pick(networks, scope):
 
 
 def networks(variables):
-    """Every network of every built-in table among a checkpoint's ``variables``, the tables' own scopes first."""
+    """Every network of every built-in table among a checkpoint's ``variables``, the tables' own scopes first.
+
+    Where several tables fit one root (VGG-19 holds every variable VGG-16's ``detect`` names), the network
+    there is the table's whose rows take the most of the root's variables (``most_complete``).
+    """
     found = []
     for architecture in builtin_tables():
         table = load_table(architecture)
         found += [(network.scope != table.scope, network.root, network)
                   for network in find_networks(variables, table)]
+    found = [item for item in found if item[2] in most_complete([item[2] for item in found], variables)]
     return [network for _, _, network in sorted(found, key=lambda item: item[:2])]
+
+
+def most_complete(found, variables):
+    """Of ``found`` networks, at each root those whose tables' rows take the most variables under it."""
+    names = set(variables)
+    taken = {}
+    for network in found:
+        rivals = [other for other in found if other.root == network.root]
+        taken[network] = _taken(names, load_table(network.architecture), network.root) if len(rivals) > 1 else 0
+    return [network for network in found
+            if taken[network] == max(taken[other] for other in found if other.root == network.root)]
+
+
+def _taken(names, table, root):
+    # how many of the variables under root the table's layer rows take (a name pattern matched as plan binds it)
+    relative = [name[len(root):] for name in names if name.startswith(root)]
+    count = 0
+    for layer, row in table.layers.items():
+        kind = table.kinds[row["kind"]]
+        scope, _ = _resolve(layer, kind, relative, [])
+        if scope is not None:
+            count += sum(f"{root}{scope}/{param}" in names for param in kind["params"])
+    return count
 
 
 def detect_architecture(variables):
@@ -521,6 +549,9 @@ def locate(variables, table=None, *, scope=None, path="the checkpoint"):
     if len(roots) > 1:
         listed = ", ".join(f"{network} ({network.architecture})" for network in found)
         raise MappingError(f"{path} holds {len(roots)} networks: {listed}; pick one with --scope NAME")
+    if len(found) > 1:
+        listed = ", ".join(network.architecture for network in found)
+        raise MappingError(f"{path}: the network under {found[0]} fits {listed} alike; pick one with --arch")
     return found[0]
 
 
