@@ -73,10 +73,11 @@ def full():
     return _make_cached("inception_v3_full", depth_multiplier=1.0, kinds=("v2",))
 
 
-# Architectures whose fixtures the test session generates: tf-slim's VGG-16, Inception V1 and
-# ResNet-v1-50 take no depth multiplier (and VGG's and V1's classifiers need the full input size), so
-# no small checkpoint of them exists (528, 26 and 98 MB). Full size, V2 only, golden outputs on the seeded batch.
-GENERATED = ("vgg_16", "inception_v1", "resnet_v1_50")
+# Architectures whose fixtures the test session generates: tf-slim's VGG-16/19, AlexNet v2, Inception V1
+# and ResNet-v1-50 take no depth multiplier (and the VGG, AlexNet and V1 classifiers need the full input
+# size), so no small checkpoint of them exists (528, 548, 192, 26 and 98 MB); Inception V2 (43 MB) is
+# written full size too. V2 only, golden outputs on the seeded batch.
+GENERATED = ("vgg_16", "vgg_19", "alexnet_v2", "inception_v1", "inception_v2", "resnet_v1_50")
 
 
 # Fine-tunes as legacy fleets hold them, written by the real tf-slim networks (generated and cached per
@@ -99,6 +100,9 @@ FINETUNES = {
     "inception_v1_ft": dict(architecture="inception_v1", num_classes=10, kinds=("v2",)),
     "resnet_v1_50_ft": dict(architecture="resnet_v1_50", num_classes=3, kinds=("v2",)),
     "vgg_16_ft": dict(architecture="vgg_16", num_classes=6, kinds=("v2",)),
+    # a separable first layer under another scope and an outer prefix
+    "inception_v2_ft": dict(architecture="inception_v2", num_classes=5, kinds=("v2",),
+                            network_options={"scope": "MyNet"}, prefix="tower_0"),
 }
 
 
