@@ -48,6 +48,15 @@ def small():
     return Fixture(SMALL)
 
 
+def link_checkpoints(tree, checkpoints):
+    """A fleet's folder tree, ``{folder: checkpoint prefix}``, of symbolic links to the checkpoints' files."""
+    for folder, checkpoint in checkpoints.items():
+        (tree / folder).mkdir(parents=True)
+        for path in checkpoint.parent.glob(checkpoint.name + ".*"):
+            (tree / folder / path.name).symlink_to(path)
+    return tree
+
+
 def _make_cached(name, **options):
     """Generate a fixture with fixtures/make_fixtures.py once per content of the generating code."""
     sys.path.insert(0, str(FIXTURES))

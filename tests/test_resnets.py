@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import link_checkpoints
 from converter import mapping, oracle
 from converter.checkpoint import open_checkpoint
 from converter.mappings import generate
@@ -263,12 +264,7 @@ def test_batch_verifies_a_tree_of_both_families(zoo, tmp_path):
     pytest.importorskip("tensorflow", reason="--verify runs TF-Slim's network")
     from converter import batch
 
-    tree = tmp_path / "tree"
-    for folder, architecture in (("v1", "resnet_v1_101"), ("nested/v2", "resnet_v2_50")):
-        checkpoint = zoo(architecture).v2
-        (tree / folder).mkdir(parents=True)
-        for path in checkpoint.parent.glob(checkpoint.name + ".*"):
-            (tree / folder / path.name).symlink_to(path)
+    tree = link_checkpoints(tmp_path / "tree", {"v1": zoo("resnet_v1_101").v2, "nested/v2": zoo("resnet_v2_50").v2})
     outdir = tmp_path / "out"
     result = subprocess.run([sys.executable, "-m", "converter", "batch", str(tree), "-o", str(outdir),
                              "--to", "torch,onnx", "--verify", "-j", "2"], capture_output=True, text=True,
