@@ -135,6 +135,7 @@ def write_external(onnx, model, tensors, dtypes, handle, data_handle, location):
         data_handle.write(b"\0" * padding)
         offset += padding
         data_handle.write(_bytes(array))
+        tensor.data_location = onnx.TensorProto.EXTERNAL
         del tensor.external_data[:]
         for name, value in (("location", location), ("offset", str(offset)), ("length", str(array.nbytes))):
             entry = tensor.external_data.add()
