@@ -10,6 +10,7 @@ import importlib
 import inspect
 import math
 import sys
+import time
 
 import numpy as np
 
@@ -189,6 +190,7 @@ def run_reference(
     depth_multiplier=None,
     device="cpu",
     scope=None,
+    phases=None,
 ):
     """Run TF-Slim's network with the weights of ``checkpoint`` on ``images`` (NHWC, float32).
 
@@ -203,11 +205,17 @@ def run_reference(
         depth_multiplier: inferred from the checkpoint's shapes when omitted.
         device: ``cpu``, or ``cuda`` to run on TensorFlow's first GPU where it sees one.
         scope: which network, where the checkpoint holds several (``mapping.locate``).
+        phases: a dict that gets the seconds of each step (``reference import``, ``reference build``: 0 where
+            the network was kept from an earlier checkpoint, ``reference restore``, ``reference run``).
 
     Returns:
         ``{end_point: np.ndarray}``, in TF's NHWC layout, every class of the checkpoint's classifier.
     """
+    phases = {} if phases is None else phases
+    mark = time.perf_counter()
     tf, _ = import_tensorflow()
+    phases["reference import"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     reader = tf.train.load_checkpoint(str(checkpoint))
     stored = {name: tuple(shape) for name, shape in reader.get_variable_to_shape_map().items()}
     _, _, table = _slim_net(architecture)
@@ -236,6 +244,8 @@ def run_reference(
         )
     network = _network(architecture, images.shape[1:], num_classes=num_classes, depth_multiplier=depth_multiplier,
                        device=tf_device(device), options=tuple(options.items()))
+    phases["reference build"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     names = {}
     for name, variable in network.variables.items():
         source = name + EMA_SUFFIX if ema and name + EMA_SUFFIX in checkpoint_shapes else name
@@ -249,8 +259,11 @@ def run_reference(
     # every variable of the network is restored: nothing of a checkpoint restored before survives
     with network.graph.as_default():
         network.saver(tf, names).restore(network.session, str(checkpoint))
+        phases["reference restore"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         outputs = network.session.run({name: network.points[slim_names[name]] for name in end_points},
                                       {network.inputs: images})
+        phases["reference run"] = time.perf_counter() - mark
     # end points tf-slim returns unsqueezed ([N, 1, 1, classes]), squeezed as the graph gives them
     squeeze = set(spec.get("squeeze", []))
     return {name: np.asarray(value)[:, 0, 0] if name in squeeze else np.asarray(value) for name, value in outputs.items()}

@@ -77,3 +77,12 @@ def test_batch_verify_does_not_depend_on_the_order_of_models(small, finetune, tm
         reports.append(_by_checkpoint(report, rows))
     assert reports[0] == reports[1]
     assert all(record["max_error"] is not None for record in reports[0].values())
+
+
+def test_report_states_the_seconds_of_each_phase(small, ports):
+    report = verify(small.train, [ports / "raw.pth"], device="cpu")
+    phases = report.to_dict()["phases"]
+    assert list(phases) == ["checkpoint", "reference import", "reference build", "reference restore",
+                            "reference run", report.backends[0].name]
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert sum(phases.values()) <= report.seconds + 0.01
