@@ -12,7 +12,7 @@ At most ``MAX_NETWORKS`` networks of each kind are kept; the least recently used
 
 import collections
 
-MAX_NETWORKS = 4
+MAX_NETWORKS = 3
 
 # threads each runtime may use in this process; None: the runtime's own default (every core)
 _threads = None

@@ -139,9 +139,16 @@ def variable_shapes(architecture, *, num_classes=1001, depth_multiplier=1.0, ima
     function (``create_aux_logits``).
     """
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
-    network = _network(architecture, (height, width, 3), num_classes=num_classes, depth_multiplier=depth_multiplier,
-                       options=tuple(options.items()))
-    return {name: tuple(v.shape.as_list()) for name, v in network.variables.items()}
+    key = (architecture, height, width, num_classes, depth_multiplier, tuple(sorted(options.items())))
+    if key not in _shapes:
+        network = _network(architecture, (height, width, 3), num_classes=num_classes,
+                           depth_multiplier=depth_multiplier, options=tuple(options.items()))
+        _shapes[key] = {name: tuple(v.shape.as_list()) for name, v in network.variables.items()}
+    return dict(_shapes[key])
+
+
+# variable shapes by network settings: kept after the network built to read them is dropped
+_shapes = {}
 
 
 def infer_depth_multiplier(architecture, checkpoint_shapes, *, num_classes=1001, image_size=299, **options):
