@@ -86,7 +86,7 @@ class _GraphBuilder:
         self.onnx = onnx
         self.plan = plan
         self.table = plan.table
-        self.tensors = tensors  # initializer name -> array in the model's dtype
+        self.tensors = tensors  # initializer name -> its shape and dtype in the model (_Declared)
         self.used = set()
         self.nodes = []
         self.names = set(reserved)  # value names no node output may take
@@ -364,7 +364,7 @@ def _declared(plan, dtype):
     return declared
 
 
-def _cast(tensors, declared, dtype):
+def _cast(tensors, dtype):
     # the plan's tensors as the model stores them, one at a time
     for key, array in tensors:
         floating = _floating(array.dtype)
@@ -380,7 +380,7 @@ def build_model(plan, read, *, dtype=None, opset=None, input_layout=NCHW, output
     model, dtypes = _declared_model(onnx, plan, dtype=dtype, opset=opset, input_layout=input_layout, outputs=outputs,
                                     **options)
     initializers = {tensor.name: tensor for tensor in model.graph.initializer}
-    for key, array in _cast(plan.tensors(read), dtypes, _model_dtype(dtype)):
+    for key, array in _cast(plan.tensors(read), _model_dtype(dtype)):
         tensor = initializers[key]
         if tuple(array.shape) != tuple(tensor.dims) or array.dtype != dtypes[key]:
             raise ConvertError(f"ONNX: tensor {key} read as {array.dtype} {list(array.shape)}, "
@@ -489,7 +489,7 @@ def save_onnx(plan, read, path, *, dtype=None, external_data=None, external_data
     """
     onnx = _import_onnx()
     model, dtypes = _declared_model(onnx, plan, dtype=dtype, **options)
-    tensors = _cast(plan.tensors(read), dtypes, _model_dtype(dtype))
+    tensors = _cast(plan.tensors(read), _model_dtype(dtype))
     path = pathlib.Path(path)
     if external_data is None:
         size = _onnx_stream.inline_size(onnx, model, dtypes)
