@@ -4,6 +4,7 @@ Only the encoding itself (protobuf's "Encoding" spec): wire types, varints and t
 reading. The checkpoint reader (``converter.checkpoint._proto``) and the MetaGraphDef reader
 (``converter.metagraph._wire``) build their messages on these; a malformed input raises
 ``WireError`` (a ``ValueError``), which each reader turns into a one-line error naming its file.
+The ONNX writer (``converter.writers._onnx_stream``) writes field keys and lengths with them.
 """
 
 # wire types
@@ -48,3 +49,23 @@ def to_int64(value):
     """A decoded varint as the two's-complement int64 it encodes."""
     value %= UINT64_RANGE
     return value - UINT64_RANGE if value >= INT64_SIGN else value
+
+
+def encode_varint(value):
+    """The varint bytes of a non-negative ``value``."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def tag(field, wire_type):
+    """The key bytes that start field number ``field`` of ``wire_type``."""
+    return encode_varint(field << 3 | wire_type)
+
+
+def length_prefix(field, size):
+    """The key and length of a length-delimited field whose payload is ``size`` bytes."""
+    return tag(field, LENGTH_DELIMITED) + encode_varint(size)

@@ -27,7 +27,7 @@ import signal
 import time
 import traceback
 
-from converter import __version__, _yaml, input_size
+from converter import __version__, _warm, _yaml, input_size
 from converter import mapping as tables
 from converter._atomic import atomic_output
 from converter.checkpoint import _paths, open_checkpoint
@@ -746,7 +746,7 @@ def _on_terminate(signum, frame):
     os._exit(EXIT_STOPPED)
 
 
-def _worker_init(parent):
+def _worker_init(parent, threads=None):
     # Ctrl-C reaches every process of the terminal; the batch alone decides, and stops its workers
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_terminate)
@@ -755,6 +755,9 @@ def _worker_init(parent):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:
         os._exit(EXIT_STOPPED)
+    # the worker keeps its runtimes, reference graphs and torch modules for every model it verifies;
+    # each runtime gets this worker's share of the cores
+    _warm.set_threads(threads)
 
 
 def _in_worker(job):
@@ -779,7 +782,8 @@ def _run_processes(jobs, workers, started, address=None):
         while queue or running:
             if pool is None:
                 pool = concurrent.futures.ProcessPoolExecutor(
-                    max_workers=workers, mp_context=context, initializer=_worker_init, initargs=(os.getpid(),))
+                    max_workers=workers, mp_context=context, initializer=_worker_init,
+                    initargs=(os.getpid(), max(1, _default_jobs() // workers)))
             broken = False
             while queue and len(running) < workers:
                 job = queue.pop()

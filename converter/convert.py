@@ -20,6 +20,8 @@ from converter._atomic import atomic_output
 from converter.checkpoint import open_checkpoint
 from converter.errors import CheckpointError, ConvertError, GraphError, MappingError, OutputExistsError
 
+# the file beside a model that holds its weights in ONNX's external-data layout (--external-data)
+EXTERNAL_DATA_SUFFIX = ".data"
 # (target, output suffix) -> "module:function" of the writer
 WRITERS = {
     ("torch", ".pth"): "converter.writers.torch:save_pth",
@@ -203,8 +205,14 @@ def convert(checkpoint, to="torch", output=None, *, arch=None, mapping=None, sco
             raise OutputExistsError(f"{target}: already exists; pass --force to overwrite it")
         if not dry_run:
             with atomic_output(target, force) as temp:
-                write(plan, ckpt.read, temp, dtype=dtype, **options)
-                size = temp.stat().st_size
+                if options.get("external_data"):  # ONNX weights in a file beside the model, named after it
+                    options["external_data"] = f"{target.name}{EXTERNAL_DATA_SUFFIX}"
+                    with atomic_output(target.parent / options["external_data"], force) as data:
+                        write(plan, ckpt.read, temp, dtype=dtype, external_data_path=data, **options)
+                        size = data.stat().st_size
+                else:
+                    write(plan, ckpt.read, temp, dtype=dtype, **options)
+                size += temp.stat().st_size
     return ConvertResult(
         checkpoint=pathlib.Path(ckpt.path),
         output=target,

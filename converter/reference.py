@@ -10,10 +10,11 @@ import importlib
 import inspect
 import math
 import sys
+import time
 
 import numpy as np
 
-from converter import mapping
+from converter import _warm, mapping
 from converter.errors import ConvertError
 
 PRELOAD_BEFORE_TENSORFLOW = ("torch", "triton")
@@ -88,16 +89,69 @@ def build_network(architecture, images, *, num_classes=1001, depth_multiplier=1.
         return network(images, num_classes=num_classes, is_training=is_training, **options)
 
 
-def variable_shapes(architecture, *, num_classes=1001, depth_multiplier=1.0, image_size=299):
-    """Names (without ``:0``) and shapes of the model variables TF-Slim creates for these settings."""
+class _Network:
+    """A TF-Slim network built once in its own graph and session; each checkpoint is restored into it."""
+
+    def __init__(self, tf, graph, session, inputs, points):
+        self.graph, self.session, self.inputs, self.points = graph, session, inputs, points
+        self.variables = {v.op.name: v for v in graph.get_collection(tf.compat.v1.GraphKeys.GLOBAL_VARIABLES)}
+        self.savers = {}  # (checkpoint name, variable name) pairs -> a Saver restoring exactly those
+
+    def saver(self, tf, names):
+        """A Saver restoring every variable of the network from the checkpoint names ``{ckpt name: variable name}``."""
+        key = tuple(sorted(names.items()))
+        if key not in self.savers:
+            with self.graph.as_default():
+                self.savers[key] = tf.compat.v1.train.Saver(
+                    var_list={source: self.variables[name] for source, name in names.items()})
+        return self.savers[key]
+
+    def close(self):
+        self.session.close()
+
+
+_networks = _warm.cache(close=_Network.close)
+
+
+def _network(architecture, shape, *, num_classes, depth_multiplier, device="/CPU:0", options=()):
+    """The network for these settings (``shape`` is the input's ``(H, W, C)``), built on first use."""
+    key = (architecture, tuple(shape), num_classes, depth_multiplier, device, tuple(sorted(options)))
+    return _networks.get(key, lambda: _build(architecture, shape, num_classes, depth_multiplier, device, options))
+
+
+def _build(architecture, shape, num_classes, depth_multiplier, device, options):
     tf, _ = import_tensorflow()
-    with tf.Graph().as_default():
-        images = tf.compat.v1.placeholder(tf.float32, [None, image_size, image_size, 3])
-        build_network(architecture, images, num_classes=num_classes, depth_multiplier=depth_multiplier)
-        return {v.op.name: tuple(v.shape.as_list()) for v in tf.compat.v1.global_variables()}
+    graph = tf.Graph()
+    with graph.as_default(), tf.device(device):
+        inputs = tf.compat.v1.placeholder(tf.float32, [None, *shape])
+        _, points = build_network(architecture, inputs, num_classes=num_classes, depth_multiplier=depth_multiplier,
+                                  **dict(options))
+    threads = _warm.threads() or 0  # 0: TensorFlow's default, every core
+    config = tf.compat.v1.ConfigProto(allow_soft_placement=True, intra_op_parallelism_threads=threads,
+                                      inter_op_parallelism_threads=threads)
+    return _Network(tf, graph, tf.compat.v1.Session(graph=graph, config=config), inputs, points)
 
 
-def infer_depth_multiplier(architecture, checkpoint_shapes, *, num_classes=1001, image_size=299):
+def variable_shapes(architecture, *, num_classes=1001, depth_multiplier=1.0, image_size=299, **options):
+    """Names (without ``:0``) and shapes of the model variables TF-Slim creates for these settings.
+
+    ``image_size`` is one side of a square input or ``(height, width)``; ``options`` go to the network
+    function (``create_aux_logits``).
+    """
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    key = (architecture, height, width, num_classes, depth_multiplier, tuple(sorted(options.items())))
+    if key not in _shapes:
+        network = _network(architecture, (height, width, 3), num_classes=num_classes,
+                           depth_multiplier=depth_multiplier, options=tuple(options.items()))
+        _shapes[key] = {name: tuple(v.shape.as_list()) for name, v in network.variables.items()}
+    return dict(_shapes[key])
+
+
+# variable shapes by network settings: kept after the network built to read them is dropped
+_shapes = {}
+
+
+def infer_depth_multiplier(architecture, checkpoint_shapes, *, num_classes=1001, image_size=299, **options):
     """Find the ``depth_multiplier`` a checkpoint was trained with, from its variable shapes.
 
     Every output channel count is ``max(int(base * multiplier), 16)``; each one above the minimum bounds the
@@ -107,7 +161,7 @@ def infer_depth_multiplier(architecture, checkpoint_shapes, *, num_classes=1001,
     """
     if not _takes_depth_multiplier(_slim_net(architecture)[0]):
         return 1.0
-    base_shapes = variable_shapes(architecture, num_classes=num_classes, image_size=image_size)
+    base_shapes = variable_shapes(architecture, num_classes=num_classes, image_size=image_size, **options)
     low, high = 0.0, math.inf
     for name, base_shape in base_shapes.items():
         shape = checkpoint_shapes.get(name)
@@ -120,8 +174,8 @@ def infer_depth_multiplier(architecture, checkpoint_shapes, *, num_classes=1001,
         low, high = max(low, channels / base), min(high, (channels + 1) / base)
     if not low < high:
         raise ConvertError(f"the checkpoint's channel counts fit no depth_multiplier of {architecture}")
-    if high == math.inf:
-        return 1.0
+    if high == math.inf or low <= 1.0 < high:
+        return 1.0  # the full-size network: the one built to read the base shapes
     return (low + high) / 2
 
 
@@ -143,6 +197,7 @@ def run_reference(
     depth_multiplier=None,
     device="cpu",
     scope=None,
+    phases=None,
 ):
     """Run TF-Slim's network with the weights of ``checkpoint`` on ``images`` (NHWC, float32).
 
@@ -157,11 +212,17 @@ def run_reference(
         depth_multiplier: inferred from the checkpoint's shapes when omitted.
         device: ``cpu``, or ``cuda`` to run on TensorFlow's first GPU where it sees one.
         scope: which network, where the checkpoint holds several (``mapping.locate``).
+        phases: a dict that gets the seconds of each step (``reference import``, ``reference build``: 0 where
+            the network was kept from an earlier checkpoint, ``reference restore``, ``reference run``).
 
     Returns:
         ``{end_point: np.ndarray}``, in TF's NHWC layout, every class of the checkpoint's classifier.
     """
+    phases = {} if phases is None else phases
+    mark = time.perf_counter()
     tf, _ = import_tensorflow()
+    phases["reference import"] = time.perf_counter() - mark
+    mark = time.perf_counter()
     reader = tf.train.load_checkpoint(str(checkpoint))
     stored = {name: tuple(shape) for name, shape in reader.get_variable_to_shape_map().items()}
     _, _, table = _slim_net(architecture)
@@ -184,30 +245,32 @@ def run_reference(
     end_points = [name for name in end_points if heads.get(name, True)]
     slim_names = {name: spec.get("end_points", {}).get(name, name) for name in end_points}
     if depth_multiplier is None:
+        # built at depth 1.0 with the checkpoint's own heads and size: the reference itself where it is full size
         depth_multiplier = infer_depth_multiplier(
-            architecture, checkpoint_shapes, num_classes=num_classes, image_size=images.shape[1]
+            architecture, checkpoint_shapes, num_classes=num_classes, image_size=tuple(images.shape[1:3]), **options
         )
-    with tf.Graph().as_default() as graph, tf.device(tf_device(device)):
-        inputs = tf.compat.v1.placeholder(tf.float32, [None, *images.shape[1:]])
-        _, points = build_network(
-            architecture, inputs, num_classes=num_classes, depth_multiplier=depth_multiplier, **options
-        )
-        variables = {}
-        for variable in tf.compat.v1.global_variables():
-            name = variable.op.name
-            source = name + EMA_SUFFIX if ema and name + EMA_SUFFIX in checkpoint_shapes else name
-            if checkpoint_shapes.get(source) != tuple(variable.shape.as_list()):
-                raise ConvertError(
-                    f"{checkpoint}: variable {root}{source[len(own):]} is missing or has shape "
-                    f"{checkpoint_shapes.get(source)}, TF-Slim expects {tuple(variable.shape.as_list())} "
-                    f"at input size {images.shape[1]}x{images.shape[2]}"
-                )
-            variables[root + source[len(own):]] = variable
-        saver = tf.compat.v1.train.Saver(var_list=variables)
-        config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
-        with tf.compat.v1.Session(graph=graph, config=config) as session:
-            saver.restore(session, str(checkpoint))
-            outputs = session.run({name: points[slim_names[name]] for name in end_points}, {inputs: images})
+    network = _network(architecture, images.shape[1:], num_classes=num_classes, depth_multiplier=depth_multiplier,
+                       device=tf_device(device), options=tuple(options.items()))
+    phases["reference build"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    names = {}
+    for name, variable in network.variables.items():
+        source = name + EMA_SUFFIX if ema and name + EMA_SUFFIX in checkpoint_shapes else name
+        if checkpoint_shapes.get(source) != tuple(variable.shape.as_list()):
+            raise ConvertError(
+                f"{checkpoint}: variable {root}{source[len(own):]} is missing or has shape "
+                f"{checkpoint_shapes.get(source)}, TF-Slim expects {tuple(variable.shape.as_list())} "
+                f"at input size {images.shape[1]}x{images.shape[2]}"
+            )
+        names[root + source[len(own):]] = name
+    # every variable of the network is restored: nothing of a checkpoint restored before survives
+    with network.graph.as_default():
+        network.saver(tf, names).restore(network.session, str(checkpoint))
+        phases["reference restore"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        outputs = network.session.run({name: network.points[slim_names[name]] for name in end_points},
+                                      {network.inputs: images})
+        phases["reference run"] = time.perf_counter() - mark
     # end points tf-slim returns unsqueezed ([N, 1, 1, classes]), squeezed as the graph gives them
     squeeze = set(spec.get("squeeze", []))
     return {name: np.asarray(value)[:, 0, 0] if name in squeeze else np.asarray(value) for name, value in outputs.items()}

@@ -98,6 +98,7 @@ class Report:
     checks: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     decisions: list = dataclasses.field(default_factory=list)  # what was read from the checkpoint
+    phases: dict = dataclasses.field(default_factory=dict)  # seconds spent per phase, in order
 
     @property
     def ok(self):
@@ -117,6 +118,7 @@ class Report:
             "atol": self.atol,
             "reference_device": self.reference_device,
             "seconds": round(self.seconds, 3),
+            "phases": {phase: round(seconds, 3) for phase, seconds in self.phases.items()},
             "decisions": list(self.decisions),
             "backends": [dataclasses.asdict(b) for b in self.backends],
             "checks": [dataclasses.asdict(c) for c in self.checks],
@@ -444,26 +446,34 @@ def verify(
         images, described = make_input(table, input_file=input_file, batch=batch, seed=seed,
                                        size=facts.input_size.hw)
         end_points = tuple(table.facts["end_points"])
+        phases = {"checkpoint": time.perf_counter() - started}
         if "meta_graph" in table.facts:  # a network recovered from its .meta: that graph is the reference
             from converter.metagraph import reference as graph_reference
 
             ref = graph_reference.run(ckpt.path, table, images, ema=ema, device=device)
+            phases["reference"] = time.perf_counter() - started - sum(phases.values())
         else:
             ref = reference.run_reference(
                 ckpt.path, images, architecture=table.architecture, end_points=end_points, ema=ema, device=device,
-                scope=scope,
+                scope=scope, phases=phases,
             )
         report = Report(str(ckpt.path), table.architecture, described, atol or oracle.ATOL, reference.tf_device(device))
+        report.phases = phases
         report.decisions = [f"{topic}: {sentence}" for topic, sentence in facts.decisions() if topic != "classes"]
         if "meta_graph" in table.facts:
             report.decisions.append(f"reference: {graph_reference.describe(table)}")
         context = _Context(ckpt, shapes, table, images, ref, device, atol, options, background)
         with tempfile.TemporaryDirectory(prefix="ckpt-convert-verify-") as scratch:
+            mark = time.perf_counter()
             jobs = [(pathlib.Path(p), {"model": torch_model}, False) for p in ported] or _convert_on_the_fly(
                 ckpt.path, table, scratch, report, dict(options, background=background), list(ref)
             )
+            if not ported:
+                phases["convert"] = time.perf_counter() - mark
             for path, runtime_options, advisory in jobs:
+                mark = time.perf_counter()
                 _check_file(report, context, path, runtime_options, advisory)
+                phases[report.backends[-1].name] = time.perf_counter() - mark
     report.seconds = time.perf_counter() - started
     return report
 

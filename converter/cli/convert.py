@@ -56,9 +56,11 @@ def _print_decisions(result):
 @click.option("--opset", type=int, help="onnx: the opset to write.")
 @click.option("--input-layout", type=click.Choice(["nchw", "nhwc"]), help="onnx: layout of the graph input.")
 @click.option("--outputs", help="onnx: comma-separated end points to expose as graph outputs.")
+@click.option("--external-data", is_flag=True,
+              help="onnx: weights in a file beside the model (OUTPUT.data), as models past 2 GB need.")
 @debug_option
 def command(checkpoint, source_format, target, output, dtype, dry_run, force, lenient, no_top, opset, input_layout,
-            outputs, debug, **shared):
+            outputs, external_data, debug, **shared):
     """Convert TF-Slim CHECKPOINT (a prefix, .index file, V1 file or directory) to a TARGET file.
 
     Everything is checked before anything is written; the output is written atomically and never
@@ -74,6 +76,8 @@ def command(checkpoint, source_format, target, output, dtype, dry_run, force, le
         options["input_layout"] = input_layout
     if outputs is not None:
         options["outputs"] = tuple(name.strip() for name in outputs.split(",") if name.strip())
+    if external_data:
+        options["external_data"] = True
     result = conversion.convert(
         checkpoint, target, output, **pop_plan_options(shared), dtype=dtype, force=force, strict=not lenient,
         dry_run=dry_run, **options,

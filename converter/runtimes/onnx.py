@@ -1,5 +1,6 @@
 """Run ported ONNX models in onnxruntime."""
 
+from converter import _warm
 from converter.errors import ConvertError
 from converter.runtimes import as_float32, to_nhwc
 from converter.transforms import NHWC_TO_NCHW
@@ -32,7 +33,10 @@ def run(path, plan, images, *, device="cpu", **_):
     providers = [CPU_PROVIDER]
     if device == "cuda" and CUDA_PROVIDER in onnxruntime.get_available_providers():
         providers.insert(0, CUDA_PROVIDER)
-    session = onnxruntime.InferenceSession(str(path), providers=providers)
+    options = onnxruntime.SessionOptions()
+    if _warm.threads():  # a share of the cores, where several models run at once
+        options.intra_op_num_threads = options.inter_op_num_threads = _warm.threads()
+    session = onnxruntime.InferenceSession(str(path), options, providers=providers)
     (model_input,) = session.get_inputs()
     # a model written with --input-layout nhwc takes TF-Slim's layout as it is
     nhwc = model_input.shape[-1] == images.shape[-1]

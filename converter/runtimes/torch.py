@@ -1,10 +1,11 @@
 """Run ported PyTorch files: the exact TF-semantics module, or torchvision's / timm's own model."""
 
+import json
 import pathlib
 import pickle
 import re
 
-from converter import mapping
+from converter import _warm, mapping
 from converter.errors import ConvertError
 from converter.runtimes import as_float32, end_point_modules, to_nhwc
 from converter.transforms import NHWC_TO_NCHW
@@ -63,11 +64,18 @@ def _num_classes(plan):
     return plan.background.port_classes
 
 
+_exact_modules = _warm.cache()
+
+
 def _model(torch, name, plan, state):
     if name == "exact":
         from converter.nets.torch import build
 
-        return build(plan, device="cpu")
+        # its structure follows from the table and the tensors' names and shapes; a strict load replaces
+        # every tensor, so one module serves every file of that structure
+        key = (plan.table.architecture, str(plan.table.path), json.dumps(plan.table.graph, sort_keys=True, default=str),
+               tuple((k, tuple(v.shape)) for k, v in state.items()))
+        return _exact_modules.get(key, lambda: build(plan, device="cpu"))
     spec = plan.table.targets.get("torch", {}).get(name)
     if spec is None:
         raise ConvertError(f"{plan.table.architecture} has no {name} model (the table's targets.torch.{name})")
@@ -88,6 +96,8 @@ def run(path, plan, images, *, device="cpu", model="exact"):
     if model not in MODELS:
         raise ConvertError(f"unknown torch model {model!r}; known: {', '.join(MODELS)}")
     torch = _torch()
+    if _warm.threads():
+        torch.set_num_threads(_warm.threads())
     state = _load_state(torch, path)
     network = _model(torch, model, plan, state)
     try:

@@ -10,6 +10,7 @@ TensorFlow does for the size it is given; average pooling excludes padding
 
 import dataclasses
 import math
+import pathlib
 
 import ml_dtypes
 import numpy as np
@@ -19,6 +20,7 @@ from converter import input_size, mapping
 from converter._tf_rules import SAME, VALID, output_size, same_padding
 from converter.errors import ConvertError
 from converter.transforms import NCHW_TO_NHWC, NHWC_TO_NCHW
+from converter.writers import _onnx_stream
 
 # Opset 17 (2022) is deployable on every maintained runtime (onnxruntime >= 1.12, TensorRT >= 8.6,
 # OpenVINO); later opsets change the ops written here only by adding types or attributes left unset.
@@ -84,7 +86,7 @@ class _GraphBuilder:
         self.onnx = onnx
         self.plan = plan
         self.table = plan.table
-        self.tensors = tensors  # initializer name -> array in the model's dtype
+        self.tensors = tensors  # initializer name -> its shape and dtype in the model (_Declared)
         self.used = set()
         self.nodes = []
         self.names = set(reserved)  # value names no node output may take
@@ -387,25 +389,71 @@ def _check_options(onnx, opset, input_layout, dtype, options):
     return opset, dtype
 
 
-def check(plan, path, *, dtype=None, opset=None, input_layout=NCHW, outputs=None, **options):
+def check(plan, path, *, dtype=None, opset=None, input_layout=NCHW, outputs=None, external_data=None,
+          external_data_path=None, **options):
     """The options this format takes (opset, layout, dtype), checked before writing and on a dry run."""
     _check_options(_import_onnx(), opset, input_layout, dtype, options)
+
+
+@dataclasses.dataclass
+class _Declared:
+    """An initializer before its data is read: what the graph is built and checked with."""
+
+    shape: tuple
+    dtype: np.dtype
+
+
+def _floating(dtype):
+    return np.issubdtype(dtype, np.floating) or dtype == BFLOAT16
+
+
+def _declared(plan, dtype):
+    # each entry's shape in the file and its dtype there: floating tensors (every checkpoint variable
+    # the plan reads, and floating fills) in the model's dtype
+    declared = {}
+    for entry in plan.entries:
+        kind = np.dtype(entry.dtype or "float32") if entry.source is None else np.dtype(np.float32)
+        declared[entry.key] = _Declared(tuple(entry.shape), np.dtype(dtype) if _floating(kind) else kind)
+    return declared
+
+
+def _cast(tensors, dtype):
+    # the plan's tensors as the model stores them, one at a time
+    for key, array in tensors:
+        floating = _floating(array.dtype)
+        yield key, np.ascontiguousarray(array, dtype=dtype if floating else array.dtype)
 
 
 def build_model(plan, read, *, dtype=None, opset=None, input_layout=NCHW, outputs=None, **options):
     """Build the ONNX ``ModelProto`` of ``plan`` (target ``onnx``) with tensors read by ``read``.
 
-    Args and errors as ``save_onnx``; returns the checked model without writing it.
+    Args and errors as ``save_onnx``; returns the checked model (every tensor in memory) without writing it.
     """
     onnx = _import_onnx()
+    model, dtypes = _declared_model(onnx, plan, dtype=dtype, opset=opset, input_layout=input_layout, outputs=outputs,
+                                    **options)
+    initializers = {tensor.name: tensor for tensor in model.graph.initializer}
+    for key, array in _cast(plan.tensors(read), _model_dtype(dtype)):
+        tensor = initializers[key]
+        if tuple(array.shape) != tuple(tensor.dims) or array.dtype != dtypes[key]:
+            raise ConvertError(f"ONNX: tensor {key} read as {array.dtype} {list(array.shape)}, "
+                               f"declared {dtypes[key]} {list(tensor.dims)}")
+        tensor.CopyFrom(onnx.numpy_helper.from_array(array, key))
+    return model
+
+
+def _model_dtype(dtype):
+    return "float32" if dtype is None else str(dtype)
+
+
+def _declared_model(onnx, plan, *, dtype=None, opset=None, input_layout=NCHW, outputs=None, **options):
+    """The checked model of ``plan`` with every initializer declared (name, shape, type) but no data yet,
+    and each initializer's numpy dtype."""
     opset, dtype = _check_options(onnx, opset, input_layout, dtype, options)
     if plan.target != "onnx":
         raise ConvertError(f"ONNX: the plan is for target {plan.target!r}; plan for 'onnx'")
     table = plan.table
-    tensors = {}
-    for key, array in plan.tensors(read):
-        floating = np.issubdtype(array.dtype, np.floating) or array.dtype == BFLOAT16
-        tensors[key] = np.ascontiguousarray(array, dtype=dtype if floating else array.dtype)
+    tensors = _declared(plan, dtype)
     spec = table.facts["input"]
     height, width, channels = *plan.input_size.hw, spec["channels"]
     # the graph is checked at the plan's input size; where every pad is either constant or computed by
@@ -447,7 +495,7 @@ def build_model(plan, read, *, dtype=None, opset=None, input_layout=NCHW, output
                 shape[axis] = f"{name}_{dim}"
         graph_outputs.append(onnx.helper.make_tensor_value_info(name, elem_type, shape))
 
-    initializers = [onnx.numpy_helper.from_array(array, key) for key, array in tensors.items()]
+    initializers = [_onnx_stream.declare(onnx, key, found.shape, found.dtype) for key, found in tensors.items()]
     graph = onnx.helper.make_graph(builder.nodes, table.architecture, [graph_input], graph_outputs, initializers)
     operator_set = onnx.helper.make_opsetid("", opset)
     model = onnx.helper.make_model(
@@ -467,13 +515,13 @@ def build_model(plan, read, *, dtype=None, opset=None, input_layout=NCHW, output
         "input_size_dynamic": str(dynamic).lower(),
     })
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(_onnx_stream.checkable(onnx, model), full_check=True)
     except onnx.checker.ValidationError as error:
         raise ConvertError(f"ONNX: the written model does not check: {str(error).splitlines()[0]}") from None
-    return model
+    return model, {key: found.dtype for key, found in tensors.items()}
 
 
-def save_onnx(plan, read, path, *, dtype=None, **options):
+def save_onnx(plan, read, path, *, dtype=None, external_data=None, external_data_path=None, **options):
     """Write the network of ``plan`` with its weights as an ONNX model at ``path``.
 
     Args:
@@ -484,8 +532,26 @@ def save_onnx(plan, read, path, *, dtype=None, **options):
         opset: ONNX opset, ``MIN_OPSET``..``MAX_OPSET``; default ``DEFAULT_OPSET``.
         input_layout: ``"nchw"`` (default) or ``"nhwc"`` (TF-style input; maps are output NHWC too).
         outputs: end points to output besides the default (``Logits``), e.g. ``["Mixed_7c"]``.
+        external_data: the name of a file beside ``path`` to hold the weights (ONNX's external-data
+            layout); by default they are inline, and a model past protobuf's 2 GB limit needs this.
+        external_data_path: where to write that file now, when not at its name beside ``path`` (a temporary
+            file the caller renames).
 
+    The weights are read, cast and written one tensor at a time (``converter.writers._onnx_stream``).
     Raises ConvertError for an unsupported option or a table/plan the graph cannot be built from.
     """
-    model = build_model(plan, read, dtype=dtype, **options)
-    _import_onnx().save_model(model, str(path))
+    onnx = _import_onnx()
+    model, dtypes = _declared_model(onnx, plan, dtype=dtype, **options)
+    tensors = _cast(plan.tensors(read), _model_dtype(dtype))
+    path = pathlib.Path(path)
+    if external_data is None:
+        size = _onnx_stream.inline_size(onnx, model, dtypes)
+        if size > _onnx_stream.MAX_INLINE_BYTES:
+            raise ConvertError(f"ONNX: the model takes {size / 1e9:.2f} GB, past protobuf's 2 GB limit on one "
+                               f"file; pass --external-data to write its weights to a file beside it")
+        with open(path, "wb") as handle:
+            _onnx_stream.write_inline(onnx, model, tensors, dtypes, handle)
+        return
+    data_path = pathlib.Path(external_data_path) if external_data_path else path.parent / external_data
+    with open(data_path, "wb") as data_handle, open(path, "wb") as handle:
+        _onnx_stream.write_external(onnx, model, tensors, dtypes, handle, data_handle, external_data)
