@@ -65,6 +65,25 @@ def cli():
     """
 
 
+def counted(count, noun):
+    """``1 variable``, ``2 variables``: a count and its noun in the right number."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def write_json(path, data):
+    """``data`` as JSON to ``path`` (atomically, replacing it), or to stdout where ``path`` is ``-``."""
+    import json
+
+    text = json.dumps(data, indent=2) + "\n"
+    if str(path) == "-":
+        click.echo(text, nl=False)
+        return
+    from converter._atomic import atomic_output
+
+    with atomic_output(path, force=True) as temp:
+        temp.write_text(text)
+
+
 debug_option = click.option(
     "--debug", is_flag=True, envvar="CKPT_CONVERT_DEBUG", help="Show tracebacks for expected errors."
 )
