@@ -16,6 +16,7 @@ import importlib
 import json
 import pathlib
 import tempfile
+import textwrap
 import time
 import warnings
 import xml.etree.ElementTree as ET
@@ -52,6 +53,8 @@ HEAD_END_POINT = "Logits"
 NUMERIC_KINDS = "fiu"
 # an input image larger than a 64-megapixel photo is refused before it is decoded
 MAX_IMAGE_PIXELS = 64_000_000
+# the width long messages are folded to in the table
+TABLE_WIDTH = 120
 # the part of a third-party error quoted in a one-line message
 ERROR_DETAIL_CHARS = 300
 
@@ -159,7 +162,9 @@ class Report:
             for c in outputs:
                 m = c.metrics
                 if "max_abs" not in m:
-                    lines.append(f"  {backend.name:<34} {c.name:<10} {c.message}")
+                    # a long reason (every key a state dict lacks) folded at the table's width
+                    lines.append(textwrap.fill(f"  {backend.name:<34} {c.name:<10} {c.message}", TABLE_WIDTH,
+                                               subsequent_indent=" " * 4, break_on_hyphens=False))
                     continue
                 top = [f"{m['top_k'].get(str(k), m['top_k'].get(k, float('nan'))):5.2f}" if m["top_k"] else "    -"
                        for k in oracle.TOP_K]

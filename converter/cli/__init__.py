@@ -22,6 +22,7 @@ COMMANDS = {
     "verify": "converter.cli.verify",
     "batch": "converter.cli.batch",
     "map": "converter.cli.map",
+    "list": "converter.cli.support",
 }
 
 DEFAULT_COMMAND = "convert"
@@ -62,6 +63,7 @@ def cli():
     ckpt-convert verify model.ckpt model.pth           prove a port equivalent (exit 0) or not
     ckpt-convert batch models/ -o ported/ --to onnx    port every checkpoint under a folder
     ckpt-convert map model.ckpt -o net.yaml            recover a network's table from its .meta graph
+    ckpt-convert list                                  architectures, targets and restrictions
     """
 
 
