@@ -43,6 +43,8 @@ CHECKPOINT_SUFFIX = ".ckpt"
 # TF-Slim's name for the classifier end point, which a headless (include_top=False) output leaves out
 HEAD_END_POINT = "Logits"
 TF2_FORMAT = "tf2"
+# ``ema="auto"``: the shadows where the checkpoint has them, the raw values otherwise
+EMA_AUTO = "auto"
 
 
 @dataclasses.dataclass
@@ -204,7 +206,8 @@ def convert(checkpoint, to=None, output=None, *, arch=None, mapping=None, scope=
         output: the file to write; default beside the checkpoint with the target's suffix.
         arch: a built-in architecture, instead of detecting it; ``mapping``: a user's table (YAML path);
             ``scope``: which network where the checkpoint holds several.
-        ema: use the ``/ExponentialMovingAverage`` shadows.
+        ema: use the ``/ExponentialMovingAverage`` shadows; ``"auto"``: where the checkpoint has them (the
+            result's notes say which).
         background: ``auto`` (drop TF-Slim's background class only at the table's released class count),
             ``keep`` or ``drop``.
         aux: the auxiliary head: None keeps it where the checkpoint has it, False leaves it out.
@@ -231,6 +234,13 @@ def convert(checkpoint, to=None, output=None, *, arch=None, mapping=None, scope=
                 f"load it with TensorFlow and save the model with its own exporter instead"
             )
         names = ckpt.names()
+        notes = []
+        if ema == EMA_AUTO:
+            ema = any(name.endswith(tables.EMA_SUFFIX) for name in names)
+            notes.append("EMA shadows used (--ema auto)" if ema else
+                         "no EMA shadows in the checkpoint: raw values used (--ema auto)")
+        elif ema not in (True, False):
+            raise ConvertError(f"ema is {ema!r}; use true, false or auto")
         table = table_for(names, arch, mapping, scope=scope, checkpoint=ckpt.path)
         tables.locate(names, table, scope=scope, path=ckpt.path)  # names the file where the network is missing
         infos = [ckpt.info(name) for name in names]
@@ -261,5 +271,5 @@ def convert(checkpoint, to=None, output=None, *, arch=None, mapping=None, scope=
         bytes=size,
         seconds=time.perf_counter() - start,
         dry_run=dry_run,
-        notes=third_party_notes(plan),
+        notes=notes + third_party_notes(plan),
     )
