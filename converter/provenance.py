@@ -206,7 +206,7 @@ def _read_h5(path):
         return {}
     with h5py.File(path, "r") as f:
         return {key: (value.decode() if isinstance(value, bytes) else str(value))
-                for key, value in f.attrs.items() if key in FIELDS or key in ("architecture", "scope")}
+                for key, value in f.attrs.items() if key in FIELDS}
 
 
 def _read_pth(path):
@@ -244,6 +244,11 @@ def options(record):
     if "include_top" in record:
         found["no_top"] = record["include_top"] == FALSE
     return found
+
+
+def shown(option, value):
+    """An option's value as a record (and a message) writes it: ``299x299``, ``true``, ``false``."""
+    return _shown(option, value)
 
 
 def _shown(option, value):

@@ -474,6 +474,10 @@ def verify(
         if "meta_graph" in table.facts:
             report.decisions.append(f"reference: {graph_reference.describe(table)}")
         report.decisions += _provenance_decisions(records, ckpt.path)
+        adopted = {key: value for key, value in resolved.items() if given.get(key) is None}
+        if adopted:
+            report.decisions.append("options from the ports' records: " + ", ".join(
+                f"{key} {provenance.shown(key, value)}" for key, value in adopted.items()))
         context = _Context(ckpt, shapes, table, images, ref, device, atol, options, background)
         with tempfile.TemporaryDirectory(prefix="ckpt-convert-verify-") as scratch:
             jobs = [(pathlib.Path(p), {"model": torch_model}, False) for p in ported] or _convert_on_the_fly(

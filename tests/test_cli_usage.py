@@ -137,3 +137,29 @@ def test_the_python_api_mirrors_the_commands(small, tmp_path):
     with np.load(tmp_path / "raw.npz") as data:
         assert len(data.files) == dumped["tensors"] > 0
     assert api.inspect(small.v2)["architecture"] == "inception_v3"
+
+
+def test_the_readme_python_api_block_runs_as_written(tmp_path, monkeypatch):
+    import pathlib
+    import re
+
+    pytest.importorskip("tensorflow", reason="the block runs verify")
+    pytest.importorskip("onnx", reason="the block's batch writes ONNX")
+    root = pathlib.Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("## Python API"):]
+    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "fixtures").symlink_to(root / "fixtures")
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(block, "README.md (Python API)", "exec"), scope)
+    assert scope["report"].ok and scope["summary"].ok and scope["result"].target == "torch"
+    assert scope["found"]["architecture"] == "inception_v3" and len(scope["matrix"]) >= 11
+
+
+def test_top5_is_reported_as_overlap():
+    from converter import oracle
+
+    reference = np.array([[9.0, 8, 7, 6, 5, 4, 3]])
+    output = np.array([[9.0, 8, 7, 6, 3, 4, 5]])  # the 5th class swapped with one outside the top 5
+    assert oracle.compare(reference, output).top_k == {1: 1.0, 5: 0.8}

@@ -1,5 +1,6 @@
 """``ckpt-convert batch SRC... -o OUTDIR``: every checkpoint under SRC to each target, in parallel, resumable."""
 
+import os
 import pathlib
 import sys
 
@@ -45,7 +46,10 @@ class _Progress:
         self.running = []
         self.bar = None
         self.quiet = quiet
+        # a copy of stderr taken now: the bar still reaches the terminal while TensorFlow's stderr is silenced
+        self.stream = sys.stderr
         if sys.stderr.isatty() and not quiet:
+            self.stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
             try:
                 from tqdm import tqdm
             except ImportError:
@@ -58,7 +62,7 @@ class _Progress:
         if event == "found":
             self.total = value
             if self.tqdm is not None:
-                self.bar = self.tqdm(total=value, unit="model", dynamic_ncols=True, file=sys.stderr)
+                self.bar = self.tqdm(total=value, unit="model", dynamic_ncols=True, file=self.stream)
         elif event == "started":
             self.running.append(value)
             self._show()
@@ -81,7 +85,7 @@ class _Progress:
 
     def _write(self, line):
         if self.bar is not None:
-            self.bar.write(line, file=sys.stderr)
+            self.bar.write(line, file=self.stream)
         else:
             click.echo(line)
 
