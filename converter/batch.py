@@ -124,7 +124,8 @@ class BatchReport:
 
     def summary(self):
         counts = ", ".join(f"{n} {status}" for status, n in sorted(self.counts().items()))
-        return f"{len(self.models)} models to {', '.join(self.targets)}: {counts or 'none'}; {self.seconds:.1f} s"
+        many = "s" if len(self.models) != 1 else ""
+        return f"{len(self.models)} model{many} to {', '.join(self.targets)}: {counts or 'none'}; {self.seconds:.1f} s"
 
     def to_dict(self):
         return {
@@ -741,7 +742,8 @@ def _verify(job, folder, state, targets, did):
         entry["verified"] = bool(checks) and not failures
         if report is not None and not entry["verified"]:
             first = failures[0] if failures else None
-            reason = (f"not equivalent: {first.message or first.name} ({len(failures)} failed checks)" if first
+            reason = (f"not equivalent: {first.message or first.name} ({len(failures)} failed "
+                      f"check{'s' if len(failures) != 1 else ''})" if first
                       else "verify ran no check on it")
         if not entry["verified"]:
             entry.update(status=FAILED, reason=reason)

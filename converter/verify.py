@@ -172,7 +172,8 @@ class Report:
                 lines.append(f"  {backend.name:<34} {c.name:<10} {m['max_abs']:9.2e} {m['bound']:9.2e} "
                              f"{m['max_rel']:9.2e} {m['cosine']:10.7f} {top[0]} {top[1]}  {status}")
         lines.append("")
-        lines.append("EQUIVALENT" if self.ok else f"NOT EQUIVALENT: {len([c for c in self.failures() if not self._advisory(c)])} failed checks")
+        failed = len([c for c in self.failures() if not self._advisory(c)])
+        lines.append("EQUIVALENT" if self.ok else f"NOT EQUIVALENT: {failed} failed check{'s' if failed != 1 else ''}")
         return "\n".join(lines)
 
     def _advisory(self, check):
@@ -599,9 +600,11 @@ def _check_file(report, context, path, runtime_options, advisory):
     report.checks += compare_weights(label, expected, found)
     atol = context.atol
     if atol is None:
-        atol = oracle.atol_for(value.dtype for value in found.values())
+        layers = oracle.depth(table.graph)
+        atol = oracle.atol_for((value.dtype for value in found.values()), layers)
         if atol != oracle.ATOL:
-            backend.note = f"reduced precision: bound {atol:g} x max(1, max|ref|)"
+            backend.note = (f"reduced precision: bound {atol:.3g} x max(1, max|ref|) "
+                            f"({oracle.REDUCED_PRECISION_FACTOR:g} x unit roundoff x sqrt({layers} layers))")
     try:
         outputs, backend.device = runtime.run(path, plan, context.images, device=context.device, **runtime_options)
     except ConvertError as error:  # ours: complete (every key a state dict lacks), on one line

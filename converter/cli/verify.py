@@ -28,7 +28,7 @@ RECORDED = {"arch": "arch", "mapping_path": "mapping", "ema": "ema", "no_aux": "
               help="Where every backend and the reference run; auto takes a GPU where one is present.")
 @click.option("--atol", type=float, default=None,
               help=f"Allowed max |delta| per end point, relative to max(1, max|reference|) [default: {oracle.ATOL:g}; "
-                   f"{oracle.REDUCED_PRECISION_ATOL:g} for float16/bfloat16 ports].")
+                   f"for float16/bfloat16 ports {oracle.REDUCED_PRECISION_FACTOR:g} x unit roundoff x sqrt(network depth)].")
 @click.option("--torch-model", type=click.Choice(["exact", "torchvision", "timm"]), default="exact",
               show_default=True, help="Run torch files in the exact TF-semantics module or a third-party model.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), is_flag=False, flag_value="-", metavar="FILE",
