@@ -5,10 +5,13 @@ import pathlib
 import click
 
 from converter import convert as conversion
+from converter import mapping as tables
 from converter.cli import counted, debug_option, write_json
 from converter.cli.options import model_options, pop_plan_options
 
 MB = 1e6
+# skipped-variable reasons that are not a noun for the variables themselves
+NOT_NOUNS = (tables.OUTSIDE, tables.UNMAPPED, "left out")
 
 
 def _print_plan(result):
@@ -29,12 +32,19 @@ def _print_plan(result):
     _print_decisions(result)
 
 
+def _skipped(count, reason):
+    # "392 optimizer slots", "1 optimizer slot"; a reason that is no noun counts variables: "2 variables left out"
+    if reason in NOT_NOUNS:
+        return f"{counted(count, 'variable')} {reason}"
+    return f"{count} {reason.removesuffix('s') if count == 1 else reason}"
+
+
 def _print_decisions(result):
     for topic, sentence in result.plan.decisions():
         click.echo(f"{topic}: {sentence}")
     counts = result.skipped_counts()
     if counts:
-        click.echo("skipped: " + ", ".join(f"{counted(count, 'variable')} {reason}" for reason, count in counts.items()))
+        click.echo("skipped: " + ", ".join(_skipped(count, reason) for reason, count in counts.items()))
     for note in result.notes:
         click.echo(f"note: {note}")
 
