@@ -15,6 +15,9 @@ from converter import mapping
 
 # a kind's kernel dimensions, by name in its params ([kh, kw, in, out])
 KERNEL_DIMS = ("kh", "kw")
+# ops that slide a window over the map: a depthwise kernel's kh x kw (a separable layer's pointwise
+# convolution after it is 1x1, stride 1, VALID, and keeps the size)
+CONVOLUTIONS = ("conv", *mapping.OP_KERNELS)
 DEFAULT_STRIDE = 1
 DEFAULT_PADDING = "SAME"
 # how far above the table's default size inference looks for sizes that fit
@@ -169,6 +172,8 @@ class _Walk:
             kernel = node.get("max_pool", node.get("avg_pool"))
             if kernel == "global":
                 return (1, 1)
+            if node.get("reduced") and not isinstance(value, _Flat):
+                kernel = [min(k, n) for k, n in zip(kernel, value)]  # TF-Slim shrinks the window to a smaller map
             return self._spatial(value, tuple(kernel), stride, padding, f"{scope}pool")
         if "pad" in node:
             (top, bottom), (left, right) = node["pad"]
@@ -192,7 +197,7 @@ class _Walk:
         op = self.table.kinds[self.table.layers[layer]["kind"]]["compute"]["op"]
         if op == mapping.BATCH_NORM_OP:
             return value  # a batch norm alone keeps the size of what it normalizes
-        if op == "conv":
+        if op in CONVOLUTIONS:
             if isinstance(value, _Flat):
                 raise SizeError(f"{layer} convolves a flattened input")
             return self._spatial(value, kernel or (1, 1), stride, padding, layer)
@@ -228,11 +233,13 @@ def runtime_pads(kernel, stride):
 
 
 def pads_depend_on_size(table, dims):
-    """Whether a graph needs a fixed input size: a 'SAME' window whose pads vary with the size and that
-    a runtime cannot pad as TensorFlow does (``runtime_pads``)."""
+    """Whether a graph needs a fixed input size: a ``reduced`` window (it shrinks with the map), or a 'SAME'
+    window whose pads vary with the size and that a runtime cannot pad as TensorFlow does (``runtime_pads``)."""
     found, bound = [], kernels(table, dims)
 
     def visit(node, scope):
+        if node.get("reduced"):
+            found.append(node)  # its window is the map's size where that is smaller: a model per input size
         stride = node.get("stride", DEFAULT_STRIDE)
         if node.get("padding", DEFAULT_PADDING) != "SAME":
             return

@@ -25,10 +25,14 @@ TARGETS = ("torch", "keras", "onnx")
 ROLE_TARGETS = ("keras",)
 SEPARATORS = {"torch": ".", "keras": "/", "onnx": "/"}
 # `batch_norm`: a layer that is a batch norm alone (ResNet-v2's preact and postnorm), its params the norm's own
-COMPUTE_OPS = ("conv", "linear", "batch_norm")
+COMPUTE_OPS = ("conv", "linear", "batch_norm", "depthwise", "separable")
 BATCH_NORM_OP = "batch_norm"
+# the slim variables a depthwise op's kind must take (their names differ from conv's `weights`): a
+# depthwise convolution's kernel, and for a separable one also the 1x1 pointwise kernel applied after it
+DEPTHWISE_KERNEL, POINTWISE_KERNEL = "depthwise_weights", "pointwise_weights"
+OP_KERNELS = {"depthwise": (DEPTHWISE_KERNEL,), "separable": (DEPTHWISE_KERNEL, POINTWISE_KERNEL)}
 NODE_KINDS = ("layer", "max_pool", "avg_pool", "concat", "add", "nodes", "flatten", "pad")
-NODE_OPTIONS = ("name", "scoped", "input", "stride", "padding", "activation")
+NODE_OPTIONS = ("name", "scoped", "input", "stride", "padding", "activation", "reduced")
 # what may follow a node: a layer's from its kind's `compute.activation`, an `add`'s from its own option
 ACTIVATIONS = ("relu",)
 PADDINGS = ("SAME", "VALID")
@@ -308,6 +312,8 @@ def _validate_kind(name, kind):
         problems.append(f"{where}.compute.op must be one of {', '.join(COMPUTE_OPS)}")
     elif kind["compute"]["op"] == BATCH_NORM_OP and kind["compute"].get("batch_norm"):
         problems.append(f"{where}: op batch_norm is the batch norm itself; drop `batch_norm: true`")
+    else:
+        problems += _validate_kernels(where, kind)
     dims = {d for shape in kind["params"].values() for d in shape if isinstance(d, str)}
     for target in TARGETS:
         for key, spec in kind.get(target, {}).items():
@@ -326,6 +332,14 @@ def _validate_kind(name, kind):
                 if spec.get("dtype", "float32") not in FILL_DTYPES:
                     problems.append(f"{at}: fill dtype must be one of {', '.join(FILL_DTYPES)}")
     return problems
+
+
+def _validate_kernels(where, kind):
+    # a depthwise or separable op names its kernels in params; what it computes depends on which is which
+    op = kind["compute"]["op"]
+    missing = [param for param in OP_KERNELS.get(op, ()) if param not in kind["params"]]
+    return [f"{where}: a {op} op takes slim's {', '.join(missing)}: add {'them' if len(missing) > 1 else 'it'} "
+            f"to params"] if missing else []
 
 
 def _validate_row(layer, row, kinds, skips):
@@ -378,6 +392,9 @@ def _validate_nodes(nodes, scope, used, names, layers):
                             f"{', '.join(ACTIVATIONS)}, on an add")
         if "pad" in node and not _is_pads(node["pad"]):
             problems.append(f"graph: pad {node['pad']!r} must be [[top, bottom], [left, right]] of non-negative ints")
+        if "reduced" in node and (node["reduced"] is not True or not isinstance(node.get("max_pool",
+                                                                                       node.get("avg_pool")), list)):
+            problems.append(f"graph: reduced must be true, on a pool with a [kh, kw] window (got {node})")
         if "flatten" in node and node["flatten"] not in FLATTENS:
             problems.append(f"graph: flatten {node['flatten']!r} must be true (a 1x1 map), spatial or hwc")
         if "scoped" in node and ("name" not in node or not isinstance(node["scoped"], bool)):
@@ -494,13 +511,41 @@ def _pick(networks, scope):
 
 
 def networks(variables):
-    """Every network of every built-in table among a checkpoint's ``variables``, the tables' own scopes first."""
+    """Every network of every built-in table among a checkpoint's ``variables``, the tables' own scopes first.
+
+    Where several tables fit one root (VGG-19 holds every variable VGG-16's ``detect`` names), the network
+    there is the table's whose rows take the most of the root's variables (``most_complete``).
+    """
     found = []
     for architecture in builtin_tables():
         table = load_table(architecture)
         found += [(network.scope != table.scope, network.root, network)
                   for network in find_networks(variables, table)]
+    found = [item for item in found if item[2] in most_complete([item[2] for item in found], variables)]
     return [network for _, _, network in sorted(found, key=lambda item: item[:2])]
+
+
+def most_complete(found, variables):
+    """Of ``found`` networks, at each root those whose tables' rows take the most variables under it."""
+    names = set(variables)
+    taken = {}
+    for network in found:
+        rivals = [other for other in found if other.root == network.root]
+        taken[network] = _taken(names, load_table(network.architecture), network.root) if len(rivals) > 1 else 0
+    return [network for network in found
+            if taken[network] == max(taken[other] for other in found if other.root == network.root)]
+
+
+def _taken(names, table, root):
+    # how many of the variables under root the table's layer rows take (a name pattern matched as plan binds it)
+    relative = [name[len(root):] for name in names if name.startswith(root)]
+    count = 0
+    for layer, row in table.layers.items():
+        kind = table.kinds[row["kind"]]
+        scope, _ = _resolve(layer, kind, relative, [])
+        if scope is not None:
+            count += sum(f"{root}{scope}/{param}" in names for param in kind["params"])
+    return count
 
 
 def detect_architecture(variables):
@@ -531,6 +576,9 @@ def locate(variables, table=None, *, scope=None, path="the checkpoint"):
     if len(roots) > 1:
         listed = ", ".join(f"{network} ({network.architecture})" for network in found)
         raise MappingError(f"{path} holds {len(roots)} networks: {listed}; pick one with --scope NAME")
+    if len(found) > 1:
+        listed = ", ".join(network.architecture for network in found)
+        raise MappingError(f"{path}: the network under {found[0]} fits {listed} alike; pick one with --arch")
     return found[0]
 
 

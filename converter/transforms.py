@@ -14,6 +14,8 @@ from converter.errors import MappingError
 
 # TF kernels are [kh, kw, in, out] (HWIO); torch and ONNX convolutions want [out, in, kh, kw] (OIHW).
 HWIO_TO_OIHW = (3, 2, 0, 1)
+# a depthwise kernel, its channel and multiplier axes merged: [kh, kw, in * multiplier] -> [in * multiplier, kh, kw]
+DEPTHWISE_HWO_TO_O1HW = (2, 0, 1)
 # activations: TF-Slim's NHWC, torch's and ONNX's NCHW
 NHWC_TO_NCHW = (0, 3, 1, 2)
 NCHW_TO_NHWC = (0, 2, 3, 1)
@@ -72,6 +74,21 @@ def _dense_hwc_shape(shape):
     return kh * kw * fan_in, fan_out
 
 
+def _depthwise_shape(shape):
+    if len(shape) != 4:
+        raise ValueError(f"expects a [kh, kw, in, multiplier] depthwise kernel, got {list(shape)}")
+    kh, kw, channels, multiplier = shape
+    return channels * multiplier, 1, kh, kw
+
+
+def _depthwise(a):
+    # TF's depthwise output channel c * multiplier + m is input channel c through filter m: the C-order
+    # merge of the last two axes; torch's and ONNX's grouped convolution (groups = in) take output
+    # channel o from input channel o // multiplier, the same order
+    kh, kw, channels, multiplier = a.shape
+    return a.reshape(kh, kw, channels * multiplier).transpose(DEPTHWISE_HWO_TO_O1HW)[:, None]
+
+
 def _linear_chw(a):
     # a VALID kh x kw convolution on a kh x kw map is a fully connected layer on the flattened map;
     # a channels-first flatten orders the map's values C, H, W, which OIHW flattened matches
@@ -96,6 +113,9 @@ TRANSFORMS = {
         Transform("conv1x1_to_dense", "[1, 1, in, out] -> [in, out]", _conv1x1, lambda a: a[0, 0]),
         # TF-Slim's fully_connected kernel: torch's Linear and ONNX's Gemm (transB) take [out, in]
         Transform("dense_to_linear", "[in, out] -> [out, in]", _dense_shape, lambda a: a.T),
+        # a depthwise kernel (slim's separable_conv2d and depthwise layers) as a grouped convolution, groups = in
+        Transform("depthwise_to_grouped_oihw", "[kh, kw, in, multiplier] -> [in * multiplier, 1, kh, kw] (groups = in)",
+                  _depthwise_shape, _depthwise),
         # a kh x kw convolution on a kh x kw map (VGG's fc6) after a channels-first flatten (torch, ONNX)
         Transform("conv_to_linear_chw", "[kh, kw, in, out] -> [out, in * kh * kw] (C, H, W order)",
                   _linear_chw_shape, _linear_chw),

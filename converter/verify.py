@@ -285,7 +285,8 @@ def compare_weights(backend, expected, found):
                 checks.append(Check(backend, "weights", key, False, f"dtype {got.dtype}, expected {want.dtype}"))
                 continue
             want = want.astype(got.dtype)  # a port written with --dtype holds the cast value
-        if np.array_equal(want, got, equal_nan=want.dtype.kind == "f"):
+        # equal_nan masks both arrays (25 times slower on VGG's fc6): only where plain equality fails
+        if np.array_equal(want, got) or np.array_equal(want, got, equal_nan=want.dtype.kind == "f"):
             checks.append(Check(backend, "weights", key, True))
         else:
             delta = float(np.max(np.abs(want.astype(np.float64) - got.astype(np.float64))))

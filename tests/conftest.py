@@ -74,14 +74,18 @@ def full():
     return _make_cached("inception_v3_full", depth_multiplier=1.0, kinds=("v2",))
 
 
-# Architectures whose fixtures the test session generates, and make_fixtures options: tf-slim's VGG-16,
-# Inception V1 and ResNets take no depth multiplier (and VGG's and V1's classifiers need the full input size),
-# so no small checkpoint of them exists (528, 26, 98 MB; ResNet-152 and ResNet-v2-200 about 240 and 260 MB).
-# Full size, V2 only, golden outputs on the seeded batch. ResNets take any input size: the others are
-# written and compared at 64x64 (keras.applications' ResNetV2 takes it too).
+# Architectures whose fixtures the test session generates, and make_fixtures options: tf-slim's VGG-16/19,
+# AlexNet v2, Inception V1/V2 and ResNets take no depth multiplier (and the VGG, AlexNet and V1 classifiers
+# need the full input size), so no small checkpoint of them exists (VGG-16 528 MB, VGG-19 548, AlexNet 192,
+# Inception V1 26, V2 43, ResNet-v1-50 98; ResNet-152 and ResNet-v2-200 about 240 and 260 MB). Full size,
+# V2 only, golden outputs on the seeded batch. ResNets take any input size: the others are written and
+# compared at 64x64 (keras.applications' ResNetV2 takes it too).
 GENERATED = {
     "vgg_16": {},
+    "vgg_19": {},
+    "alexnet_v2": {},
     "inception_v1": {},
+    "inception_v2": {},
     "resnet_v1_50": {},
     **{f"resnet_v{version}_{depth}": {"image_size": 64} for version in (1, 2) for depth in (50, 101, 152, 200)
        if (version, depth) != (1, 50)},
@@ -108,6 +112,9 @@ FINETUNES = {
     "inception_v1_ft": dict(architecture="inception_v1", num_classes=10, kinds=("v2",)),
     "resnet_v1_50_ft": dict(architecture="resnet_v1_50", num_classes=3, kinds=("v2",)),
     "vgg_16_ft": dict(architecture="vgg_16", num_classes=6, kinds=("v2",)),
+    # a separable first layer under another scope and an outer prefix
+    "inception_v2_ft": dict(architecture="inception_v2", num_classes=5, kinds=("v2",),
+                            network_options={"scope": "MyNet"}, prefix="tower_0"),
 }
 
 

@@ -299,7 +299,7 @@ def test_vgg_finetune_through_keras(finetune, tmp_path):
     _assert_equivalent({k: v for k, v in _expected(fixture, fixture.golden()).items() if k in outputs}, outputs)
 
 
-@pytest.mark.parametrize("name", ("inception_v1_ft", "resnet_v1_50_ft"))
+@pytest.mark.parametrize("name", ("inception_v1_ft", "inception_v2_ft", "resnet_v1_50_ft"))
 def test_zoo_finetunes_verify_with_no_flags(finetune, name):
     verify = pytest.importorskip("converter.verify").verify
     report = verify(finetune(name).v2)
@@ -308,7 +308,7 @@ def test_zoo_finetunes_verify_with_no_flags(finetune, name):
     assert f"port classes 0..{classes - 1} = TF-Slim classes 0..{classes - 1}" in report.table()
 
 
-FINETUNE_CLASSES = {"inception_v1_ft": 10, "resnet_v1_50_ft": 3}
+FINETUNE_CLASSES = {"inception_v1_ft": 10, "inception_v2_ft": 5, "resnet_v1_50_ft": 3}
 
 
 def test_verify_a_scoped_net_without_aux_head_with_no_flags(finetune):

@@ -74,6 +74,20 @@ class _Layer:
         return self.activation(x) if self.activation is not None else x
 
 
+class _Depthwise:
+    """A depthwise convolution with TensorFlow's padding, then ``tail``: a separable layer's pointwise
+    convolution, batch norm and activation."""
+
+    def __init__(self, conv, tail, stride, padding):
+        self.conv, self.tail = conv, tail
+        self.stride, self.padding = stride, padding
+
+    def __call__(self, x, points):
+        conv = self.conv
+        x = _pad(x, _pads(x, conv.kernel_size, self.stride, self.padding))
+        return self.tail(F.conv2d(x, conv.weight, conv.bias, self.stride, groups=conv.groups), points)
+
+
 class _MaxPool:
     def __init__(self, kernel, stride, padding):
         self.kernel, self.stride, self.padding = tuple(kernel), stride, padding
@@ -96,6 +110,16 @@ class _AvgPool:
         sums = F.avg_pool2d(_pad(x, pads), self.kernel, self.stride)
         inside = _pad(torch.ones_like(x[:1, :1]), pads)
         return sums / F.avg_pool2d(inside, self.kernel, self.stride)
+
+
+class _Reduced:
+    # TF-Slim's _reduced_kernel_size_for_small_input: a pool's window shrinks to a map smaller than it
+    def __init__(self, pool):
+        self.pool = pool
+
+    def __call__(self, x, points):
+        kernel = tuple(min(k, n) for k, n in zip(self.pool.kernel, x.shape[NCHW_SPATIAL[0]:]))
+        return type(self.pool)(kernel, self.pool.stride, self.pool.padding)(x, points)
 
 
 def _global_avg_pool(x, points):
@@ -195,6 +219,8 @@ class SlimNet(nn.Module):
         if kind["compute"]["op"] == mapping.BATCH_NORM_OP:
             return self._batch_norm_layer(layer, node, plan, entries)
         compute, spec, name = kind["compute"], kind.get("torch", {}), row["torch"]
+        if compute["op"] in mapping.OP_KERNELS:
+            return self._depthwise_layer(layer, node, plan, entries)
         # the op and its batch norm are the modules holding the tensors taken from slim's kernel and BatchNorm/*
         op_keys = [key for key, value in spec.items() if value.get("from") == KERNEL]
         norm_prefixes = {key.rpartition(".")[0] for key, value in spec.items()
@@ -245,6 +271,53 @@ class SlimNet(nn.Module):
                                                              eps=table.facts["batch_norm_epsilon"]))
         return _Layer(norm, None, ACTIVATIONS[activation], node.get("stride", DEFAULT_STRIDE),
                       node.get("padding", DEFAULT_PADDING))
+    def _depthwise_layer(self, layer, node, plan, entries):
+        # slim's depthwise convolution (groups = its input channels) and, for a separable layer, the 1x1
+        # pointwise convolution after it; the biases follow the last of them, as TensorFlow adds them
+        table, row = self.table, self.table.layers[layer]
+        kind = table.kinds[row["kind"]]
+        compute, spec, dims = kind["compute"], kind.get("torch", {}), plan.dims[layer]
+
+        def key_of(param):
+            keys = [key for key, value in spec.items() if value.get("from") == param]
+            if len(keys) != 1:
+                raise MappingError(f"{table.path}: kind {row['kind']} must take one torch tensor from `{param}`")
+            return mapping.bind_name(mapping.join_key("torch", row["torch"], keys[0]), dims)
+
+        kernels = [key_of(param) for param in mapping.OP_KERNELS[compute["op"]]]
+        bias = BIAS in kind["params"] and key_of(BIAS)
+        if bias and bias.rpartition(".")[0] != kernels[-1].rpartition(".")[0]:
+            raise MappingError(f"{table.path}: kind {row['kind']}: the biases follow the last convolution of a "
+                               f"{compute['op']} layer: take them into {kernels[-1].rpartition('.')[0]}.bias")
+        depthwise = entries[kernels[0]]
+        kh, kw, channels, multiplier = depthwise.source_shape
+        if depthwise.shape != (channels * multiplier, 1, kh, kw):
+            raise MappingError(f"{table.path}: kind {row['kind']}: {kernels[0]} has shape {list(depthwise.shape)}; "
+                               f"a depthwise convolution of {depthwise.source} needs [in * multiplier, 1, kh, kw] "
+                               f"(transform depthwise_to_grouped_oihw)")
+        outputs = channels * multiplier
+        convs = [self._module(kernels[0].rpartition(".")[0], functools.partial(
+            nn.Conv2d, channels, outputs, (kh, kw), groups=channels, bias=bool(bias) and len(kernels) == 1))]
+        if len(kernels) > 1:
+            pointwise = entries[kernels[1]]
+            if len(pointwise.shape) != 4 or pointwise.shape[1:] != (outputs, 1, 1):
+                raise MappingError(f"{table.path}: kind {row['kind']}: {kernels[1]} has shape "
+                                   f"{list(pointwise.shape)}; the pointwise convolution after {outputs} depthwise "
+                                   f"channels needs [out, {outputs}, 1, 1] (transform hwio_to_oihw)")
+            out_channels, in_channels = pointwise.shape[:2]
+            convs.append(self._module(kernels[1].rpartition(".")[0], functools.partial(
+                nn.Conv2d, in_channels, out_channels, 1, bias=bool(bias))))
+        norm = None
+        if compute.get("batch_norm"):
+            norm_key = key_of(BATCH_NORM_SCOPE + "moving_mean").rpartition(".")[0]
+            norm = self._module(norm_key, functools.partial(nn.BatchNorm2d, convs[-1].out_channels,
+                                                            eps=table.facts["batch_norm_epsilon"]))
+        activation = compute.get("activation")
+        if activation not in ACTIVATIONS:
+            raise MappingError(f"{table.path}: kind {row['kind']}: unknown activation {activation!r}")
+        # the pointwise convolution is 1x1, stride 1, VALID (tf.nn.separable_conv2d): no padding to add
+        tail = _Layer(convs[1] if len(convs) > 1 else nn.Identity(), norm, ACTIVATIONS[activation], 1, "VALID")
+        return _Depthwise(convs[0], tail, node.get("stride", DEFAULT_STRIDE), node.get("padding", DEFAULT_PADDING))
 
     def _compile(self, nodes, scope, plan, entries):
         steps = []
@@ -273,6 +346,8 @@ class SlimNet(nn.Module):
                 step = _Sequence(self._compile(node["nodes"], inner, plan, entries))
             else:
                 step = FLATTENS[node["flatten"]]
+            if node.get("reduced"):
+                step = _Reduced(step)
             if "name" in node:
                 self.end_points.append(node["name"])
             steps.append((node.get("name"), node.get("input"), step))

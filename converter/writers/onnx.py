@@ -145,7 +145,7 @@ class _GraphBuilder:
             return self._layer(scope + node["layer"], value, stride, padding)
         for key, op in POOLS.items():
             if key in node:
-                return self._pool(op, node[key], value, stride, padding, scope)
+                return self._pool(op, _window_of(node, key, value), value, stride, padding, scope)
         if "concat" in node:
             branches = [self._sequence(branch, value, inner) for branch in node["concat"]]
             spatial = {b.shape[2:] for b in branches}
@@ -234,6 +234,8 @@ class _GraphBuilder:
         params = {key: f"{prefix}{mapping.SEPARATORS['onnx']}{key}" for key in kind.get("onnx", {})}
         if kind["compute"]["op"] == mapping.BATCH_NORM_OP:
             return self._batch_norm_layer(layer, row, kind, params, value, scope)
+        if kind["compute"]["op"] in mapping.OP_KERNELS:
+            return self._depthwise_layer(layer, row, scope, params, value, stride, padding)
         unknown = sorted(set(params) - set(KNOWN_PARAMS))
         if unknown or WEIGHTS not in params:
             raise ConvertError(
@@ -283,6 +285,49 @@ class _GraphBuilder:
                         epsilon=float(self.table.facts["batch_norm_epsilon"]))
         return self._activate(value, kind["compute"].get("activation"), f"{scope}/")
 
+    def _depthwise_layer(self, layer, row, scope, params, value, stride, padding):
+        # slim's depthwise convolution as a grouped Conv (group = its input channels) and, for a separable
+        # layer, the 1x1 pointwise Conv after it (stride 1, VALID: tf.nn.separable_conv2d); the biases
+        # follow the last of them, then batch norm and the activation
+        kind = self.table.kinds[row["kind"]]
+        compute = kind["compute"]
+        kernels = mapping.OP_KERNELS[compute["op"]]
+        unknown = sorted(set(params) - {*kernels, BIASES, *BATCH_NORM})
+        if unknown or not all(key in params for key in kernels):
+            raise ConvertError(f"ONNX: kind {row['kind']} has onnx tensors {sorted(params)}; a {compute['op']} "
+                               f"layer takes {', '.join(kernels)}, and {BIASES} or {', '.join(BATCH_NORM)}")
+        channels = value.shape[CHANNEL_AXIS]
+        weights, shape = self._initializer(layer, params[kernels[0]])
+        if len(value.shape) != 4 or len(shape) != 4 or shape[1] != 1 or shape[0] % channels:
+            raise ConvertError(f"ONNX: {weights} has shape {list(shape)}; a depthwise convolution on {channels} "
+                               f"channels needs [{channels} * multiplier, 1, kh, kw] "
+                               f"(transform depthwise_to_grouped_oihw)")
+        last = len(kernels) == 1
+        inputs = [value.name, weights] + ([self._vector(layer, params[BIASES], shape[0])]
+                                          if last and BIASES in params else [])
+        kernel, size = shape[2:], value.shape[2:]
+        out = (None, shape[0], *self._spatial(kernel, size, stride, padding, layer))
+        name = f"{scope}/depthwise" if last else f"{scope}/separable_conv2d/depthwise"
+        value = self.op("Conv", inputs, name, out, group=channels, **self._window(kernel, size, stride, padding))
+        if not last:
+            weights, shape = self._initializer(layer, params[kernels[1]])
+            if len(shape) != 4 or shape[1] != value.shape[CHANNEL_AXIS] or shape[2:] != (1, 1):
+                raise ConvertError(f"ONNX: {weights} has shape {list(shape)}; the pointwise convolution on "
+                                   f"{value.shape[CHANNEL_AXIS]} channels needs [out, {value.shape[CHANNEL_AXIS]}, "
+                                   f"1, 1] (OIHW: transform hwio_to_oihw)")
+            inputs = [value.name, weights] + ([self._vector(layer, params[BIASES], shape[0])]
+                                              if BIASES in params else [])
+            value = self.op("Conv", inputs, f"{scope}/separable_conv2d", (None, shape[0], *value.shape[2:]),
+                            **self._window((1, 1), value.shape[2:], 1, VALID))
+        if compute.get("batch_norm"):
+            if not all(key in params for key in BATCH_NORM):
+                raise ConvertError(f"ONNX: kind {row['kind']} has batch norm but not every one of "
+                                   f"{', '.join(BATCH_NORM)}")
+            norm = [self._vector(layer, params[key], value.shape[CHANNEL_AXIS]) for key in BATCH_NORM]
+            value = self.op("BatchNormalization", [value.name, *norm], f"{scope}/BatchNorm", value.shape,
+                            epsilon=float(self.table.facts["batch_norm_epsilon"]))
+        return self._activate(value, compute.get("activation"), f"{scope}/")
+
 
 def _feature_map(value, where):
     """The NCHW shape of ``value``; a flat [N, features] value (after a flatten) has no map to pool or pad."""
@@ -290,6 +335,14 @@ def _feature_map(value, where):
         raise ConvertError(f"ONNX: {where} needs a feature map, but its input has shape {list(value.shape[1:])}; "
                            "check the graph's order")
     return value.shape
+
+
+def _window_of(node, key, value):
+    # a pool's window; with `reduced` (TF-Slim's _reduced_kernel_size_for_small_input) no larger than the map
+    kernel = node[key]
+    if node.get("reduced"):
+        return [min(k, n) for k, n in zip(kernel, value.shape[2:])]
+    return kernel
 
 
 def _named(nodes):
