@@ -1,5 +1,6 @@
 """The reduced-precision bound (oracle.atol_for: 2 x unit roundoff x sqrt(network depth)) passes honest float16
-and bfloat16 ports of every built-in architecture at full size, and fails a wrong mapping at that bound."""
+and bfloat16 ports of every built-in architecture at full size, and fails a wrong mapping (two same-shape
+kernels swapped, or a kernel reshaped instead of transposed) at that bound."""
 
 import numpy as np
 import pytest
@@ -41,17 +42,21 @@ def _drifts(fixture, outputs, atol):
     return results
 
 
-def _swapped(state):
-    # the first two kernels of one shape, exchanged: a mapping that confuses two same-shape rows
-    seen = {}
-    for key, value in state.items():
-        if value.ndim == 4 and key.endswith("weight"):
-            if value.shape in seen:
-                first = seen[value.shape]
-                state[first], state[key] = state[key].clone(), state[first].clone()
-                return first, key
-            seen[value.shape] = key
-    raise AssertionError("no two kernels share a shape")
+def _wrong(state):
+    # the first two kernels of one shape exchanged (a mapping that confuses two same-shape rows); where no
+    # two share a shape (AlexNet), the last kernel reshaped from HWIO instead of transposed (a missing transpose)
+    seen, kernels = {}, [key for key, value in state.items() if value.ndim == 4 and key.endswith("weight")]
+    for key in kernels:
+        shape = tuple(state[key].shape)
+        if shape in seen:
+            first = seen[shape]
+            state[first], state[key] = state[key].clone(), state[first].clone()
+            return f"{first} <-> {key}"
+        seen[shape] = key
+    key = kernels[-1]
+    out, inp, kh, kw = state[key].shape
+    state[key] = state[key].permute(2, 3, 1, 0).contiguous().reshape(out, inp, kh, kw)
+    return f"{key} not transposed"
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -70,10 +75,10 @@ def test_honest_reduced_precision_ports_pass_and_a_wrong_mapping_fails(fixture_o
         # the bound is 2x the measured model of the drift: an honest port lands well inside it
         assert worst < atol / 1.5, (dtype, worst, atol)
         state = net.state_dict()
-        swapped = _swapped(state)
+        how = _wrong(state)
         net.load_state_dict(state)
         wrong = _drifts(fixture, _end_points(net, fixture), atol)
-        assert not all(result.ok for result in wrong.values()), (dtype, swapped)
+        assert not all(result.ok for result in wrong.values()), (dtype, how)
 
 
 def test_the_bound_follows_precision_and_depth():
