@@ -85,9 +85,11 @@ def checkpoint_hash(checkpoint):
 
 def table_name(table):
     """How a record names a table: a built-in's architecture, else the file's path."""
-    path = pathlib.Path(table.path)
-    builtin = path.parent.resolve() == tables._builtin_dir().resolve() if path.exists() else False
-    return table.architecture if builtin else str(path.resolve())
+    path = pathlib.Path(table.path).resolve()
+    if table.architecture in tables.builtin_tables() and \
+            pathlib.Path(tables.load_table(table.architecture).path).resolve() == path:
+        return table.architecture
+    return str(path)
 
 
 def end_points(plan):
@@ -322,16 +324,11 @@ def plan_of(record, table):
                            "ckpt-convert --to torch, or by an older version: convert it again")
     shapes = {name: tuple(shape) for name, shape in json.loads(record["source_shapes"]).items()}
     found = options(record)
-    return tables.plan(shapes, table, "torch", background=found.get("background", tables.BACKGROUND_AUTO),
-                       aux=found.get("aux"), drop=(tables_head(),) if found.get("no_top") else (),
-                       input_size=found.get("input_size"))
-
-
-def tables_head():
-    """TF-Slim's classifier end point, which a headless port leaves out."""
     from converter.convert import HEAD_END_POINT
 
-    return HEAD_END_POINT
+    background = record.get("background_option", tables.BACKGROUND_AUTO)
+    return tables.plan(shapes, table, "torch", background=background, aux=found.get("aux"),
+                       drop=(HEAD_END_POINT,) if found.get("no_top") else (), input_size=found.get("input_size"))
 
 
 def table_of(record, mapping=None):

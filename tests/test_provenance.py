@@ -124,3 +124,20 @@ def test_verify_needs_no_flags_for_a_port_made_with_them(small, tmp_path):
     assert run.stderr == "", run.stderr
     wrong = _cli("verify", small.train, port, "--json", "-", "--input-size", "224")
     assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "--input-size 224x224 given" in wrong.stderr
+
+
+@pytest.mark.parametrize("options", [{"background": "keep"}, {"aux": False, "include_top": False}, {"ema": True}])
+def test_load_rebuilds_ports_made_with_options(small, tmp_path, options):
+    torch = pytest.importorskip("torch", reason="runs the torch module")
+    from converter.api import load
+
+    path = convert(small.train, output=tmp_path / "model.pth", **options).output
+    net = load(path, end_points=True)
+    with torch.no_grad():
+        points = net(torch.from_numpy(small.input.transpose(0, 3, 1, 2).copy()))
+    golden = small.golden(ema=options.get("ema", False))
+    if options.get("include_top") is False:
+        assert "Logits" not in points and "AuxLogits" not in points
+    else:
+        assert points["Logits"].shape[-1] == (1001 if options.get("background") == "keep" else 1000)
+    assert oracle.compare(golden["Mixed_7c"], points["Mixed_7c"].numpy().transpose(0, 2, 3, 1)).ok
