@@ -31,7 +31,8 @@ from converter import __version__, _warm, _yaml, input_size
 from converter import mapping as tables
 from converter._atomic import atomic_output
 from converter.checkpoint import _paths, open_checkpoint
-from converter.convert import DEFAULT_SUFFIXES, TF2_FORMAT, convert, default_output, table_for
+from converter.convert import (DEFAULT_SUFFIXES, DTYPES, EMA_AUTO, TARGET_OPTIONS, TF2_FORMAT, convert, default_output,
+                               table_for)
 from converter.errors import CheckpointError, ConvertError
 from converter.metagraph import recover
 
@@ -49,11 +50,13 @@ DIGEST_SIZE = 16
 # per-model options and their defaults (the keyword arguments of ``convert``)
 DEFAULT_OPTIONS = {"arch": None, "mapping": None, "scope": None, "ema": False, "background": tables.BACKGROUND_AUTO,
                    "aux": None, "input_size": None, "strict": True}
+# the options that go to a target's writer (``convert.TARGET_OPTIONS``), not to every target
+WRITER_OPTIONS = ("include_top", "opset", "input_layout", "outputs")
 # options ``verify`` takes besides the port files (``strict`` is the converter's business)
 VERIFY_OPTIONS = ("arch", "mapping", "scope", "ema", "background", "aux", "input_size")
 MANIFEST_FORMATS = {".yaml": "yaml", ".yml": "yaml", ".csv": "csv"}
 MANIFEST_FIELDS = ("path", "id", "architecture", "mapping", "scope", "ema", "background", "aux", "input_size",
-                   "lenient", "targets")
+                   "lenient", "targets", "include_top", "dtype", "opset")
 BOOLEANS = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}
 # statuses of a target and of a model
 OK, UP_TO_DATE, FAILED, PARTIAL, PENDING = "ok", "up to date", "failed", "partial", "pending"
@@ -121,7 +124,8 @@ class BatchReport:
 
     def summary(self):
         counts = ", ".join(f"{n} {status}" for status, n in sorted(self.counts().items()))
-        return f"{len(self.models)} models to {', '.join(self.targets)}: {counts or 'none'}; {self.seconds:.1f} s"
+        many = "s" if len(self.models) != 1 else ""
+        return f"{len(self.models)} model{many} to {', '.join(self.targets)}: {counts or 'none'}; {self.seconds:.1f} s"
 
     def to_dict(self):
         return {
@@ -342,7 +346,19 @@ def read_manifest(path, *, targets=("torch",), options=None):
         checkpoint = path.parent / str(row["path"])
         options = dict(defaults)
         if row.get("ema") not in (None, ""):
-            options["ema"] = _boolean(row["ema"], f"{where}: ema")
+            options["ema"] = EMA_AUTO if str(row["ema"]).strip().lower() == EMA_AUTO else \
+                _boolean(row["ema"], f"{where}: ema")
+        if row.get("include_top") not in (None, ""):
+            options["include_top"] = None if _boolean(row["include_top"], f"{where}: include_top") else False
+        if row.get("dtype") not in (None, ""):
+            if str(row["dtype"]) not in DTYPES:
+                raise ConvertError(f"{where}: dtype is {row['dtype']!r}; use {', '.join(DTYPES)}")
+            options["dtype"] = str(row["dtype"])
+        if row.get("opset") not in (None, ""):
+            try:
+                options["opset"] = int(row["opset"])
+            except ValueError:
+                raise ConvertError(f"{where}: opset is {row['opset']!r}; use a number") from None
         if row.get("lenient") not in (None, ""):
             options["strict"] = not _boolean(row["lenient"], f"{where}: lenient")
         if row.get("aux") not in (None, ""):
@@ -680,7 +696,10 @@ def _convert_target(job, folder, state, target, name, key, previous):
     state["targets"][target] = {"status": PENDING, "key": key, "output": name}
     _write_json(folder / STATE_FILENAME, state)
     try:
-        result = convert(model.checkpoint, target, output, **model.options, force=True)
+        # a writer option of another target (an ONNX opset beside a torch output) is not this output's
+        options = {key: value for key, value in model.options.items()
+                   if key not in WRITER_OPTIONS or key in TARGET_OPTIONS[target]}
+        result = convert(model.checkpoint, target, output, **options, force=True)
         stat = output.stat()
         entry = {"status": OK, "key": key, "output": name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
                  "verified": None, "max_error": None, "decisions": result.plan.to_dict(),
@@ -705,8 +724,9 @@ def _verify(job, folder, state, targets, did):
     model, options = job.model, job.model.options
     paths = {t: folder / state["targets"][t]["output"] for t in targets}
     try:
-        report = verify(model.checkpoint, list(paths.values()), **{k: options[k] for k in VERIFY_OPTIONS},
-                        device=job.device)
+        # --ema auto: the ports record what was used
+        given = {k: options[k] for k in VERIFY_OPTIONS if not (k == "ema" and options[k] == EMA_AUTO)}
+        report = verify(model.checkpoint, list(paths.values()), **given, device=job.device)
     except ConvertError as error:
         report, reason = None, f"verification failed: {_one_line(error)}"
     except Exception as error:  # a bug must not stop the batch: the targets fail with the reason
@@ -722,7 +742,8 @@ def _verify(job, folder, state, targets, did):
         entry["verified"] = bool(checks) and not failures
         if report is not None and not entry["verified"]:
             first = failures[0] if failures else None
-            reason = (f"not equivalent: {first.message or first.name} ({len(failures)} failed checks)" if first
+            reason = (f"not equivalent: {first.message or first.name} ({len(failures)} failed "
+                      f"check{'s' if len(failures) != 1 else ''})" if first
                       else "verify ran no check on it")
         if not entry["verified"]:
             entry.update(status=FAILED, reason=reason)
@@ -872,10 +893,18 @@ def _exclusive(outdir):
     with handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # a lock file removed by the batch that held it (below) no longer guards OUTDIR
+            if os.fstat(handle.fileno()).st_ino != os.stat(outdir / LOCK_FILENAME, follow_symlinks=False).st_ino:
+                raise BlockingIOError
+        except (BlockingIOError, FileNotFoundError):
             raise ConvertError(f"{outdir}: another batch is writing to it; wait for it to finish or pass another -o") \
                 from None
-        yield
+        try:
+            yield
+        finally:
+            # removed while still held: a batch that opened it meanwhile sees another inode and stops
+            with contextlib.suppress(OSError):
+                os.unlink(outdir / LOCK_FILENAME)
 
 
 def run_batch(sources, outdir, *, targets=("torch",), options=None, verify=False, jobs=None, all_steps=False,

@@ -16,6 +16,7 @@ import time
 
 # imported as ``tables``: ``convert``'s argument ``mapping`` (a user's table) would shadow the module
 from converter import mapping as tables
+from converter import provenance
 from converter._atomic import atomic_output
 from converter.checkpoint import open_checkpoint
 from converter.errors import CheckpointError, ConvertError, GraphError, MappingError, OutputExistsError
@@ -31,6 +32,11 @@ WRITERS = {
     ("onnx", ".onnx"): "converter.writers.onnx:save_onnx",
 }
 DEFAULT_SUFFIXES = {"torch": ".pth", "keras": ".h5", "onnx": ".onnx"}
+# the writer options each target takes, and the flag that sets each: any other is refused the same way
+TARGET_OPTIONS = {"torch": ("include_top",), "keras": ("include_top",),
+                  "onnx": ("include_top", "opset", "input_layout", "outputs", "external_data")}
+OPTION_FLAGS = {"include_top": "--no-top", "opset": "--opset", "input_layout": "--input-layout", "outputs": "--outputs",
+                "external_data": "--external-data"}
 # the pip extra that brings each target's optional dependencies
 EXTRAS = {"torch": "torch", "keras": "keras", "onnx": "onnx"}
 DTYPES = ("float16", "bfloat16")
@@ -40,6 +46,8 @@ CHECKPOINT_SUFFIX = ".ckpt"
 # TF-Slim's name for the classifier end point, which a headless (include_top=False) output leaves out
 HEAD_END_POINT = "Logits"
 TF2_FORMAT = "tf2"
+# ``ema="auto"``: the shadows where the checkpoint has them, the raw values otherwise
+EMA_AUTO = "auto"
 
 
 @dataclasses.dataclass
@@ -65,6 +73,23 @@ class ConvertResult:
     def skipped_counts(self):
         """Reason -> how many variables were left out for it."""
         return {reason: len(names) for reason, names in self.skipped.items()}
+
+    def to_dict(self):
+        """The result as data (``convert --json``): what was written, decided, skipped and recorded."""
+        return {
+            "checkpoint": str(self.checkpoint),
+            "output": str(self.output),
+            "target": self.target,
+            "architecture": self.architecture,
+            "tensors": self.tensors,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "dry_run": self.dry_run,
+            "decisions": self.plan.to_dict(),
+            "skipped": {reason: sorted(names) for reason, names in self.skipped.items()},
+            "notes": list(self.notes),
+            "provenance": {key: value for key, value in self.plan.record.items() if key != "source_shapes"},
+        }
 
 
 def third_party_notes(plan):
@@ -107,6 +132,24 @@ def writer_for(target, output):
             f"install it with: pip install 'ckpt-convert[{EXTRAS[target]}]'"
         ) from None
     return getattr(module, function)
+
+
+def target_of(output):
+    """The target whose writer takes ``output``'s suffix (the longest that matches), or None."""
+    name = pathlib.Path(output).name
+    matching = [(suffix, target) for (target, suffix) in WRITERS if name.endswith(suffix)]
+    return max(matching, key=lambda pair: len(pair[0]))[1] if matching else None
+
+
+def check_target_options(target, options):
+    """Refuse writer options (given, not None) that ``target`` does not take, naming their flags."""
+    refused = [OPTION_FLAGS.get(key, key) for key, value in options.items()
+               if value is not None and key not in TARGET_OPTIONS.get(target, ())]
+    if refused:
+        takers = sorted({t for key in options for t, taken in TARGET_OPTIONS.items()
+                         if key in taken and OPTION_FLAGS.get(key, key) in refused})
+        raise ConvertError(f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to the {target} "
+                           f"target (only {', '.join(takers) or 'none'}); drop {'it' if len(refused) == 1 else 'them'}")
 
 
 def default_output(checkpoint_path, target):
@@ -155,17 +198,19 @@ def table_for(names, arch=None, mapping=None, *, scope=None, checkpoint="the che
     return tables.load_table(tables.locate(names, scope=scope, path=checkpoint).architecture)
 
 
-def convert(checkpoint, to="torch", output=None, *, arch=None, mapping=None, scope=None, ema=False,
+def convert(checkpoint, to=None, output=None, *, arch=None, mapping=None, scope=None, ema=False,
             background=tables.BACKGROUND_AUTO, aux=None, input_size=None, dtype=None, force=False, strict=True,
             dry_run=False, **options):
     """Convert a TF-Slim checkpoint to a ``to`` file (``torch``, ``keras`` or ``onnx``), checking everything first.
 
     Args:
         checkpoint: a checkpoint prefix, ``.index`` file, V1 file or directory.
+        to: ``torch``, ``keras`` or ``onnx``; by default the target whose suffix ``output`` has, else ``torch``.
         output: the file to write; default beside the checkpoint with the target's suffix.
         arch: a built-in architecture, instead of detecting it; ``mapping``: a user's table (YAML path);
             ``scope``: which network where the checkpoint holds several.
-        ema: use the ``/ExponentialMovingAverage`` shadows.
+        ema: use the ``/ExponentialMovingAverage`` shadows; ``"auto"``: where the checkpoint has them (the
+            result's notes say which).
         background: ``auto`` (drop TF-Slim's background class only at the table's released class count),
             ``keep`` or ``drop``.
         aux: the auxiliary head: None keeps it where the checkpoint has it, False leaves it out.
@@ -179,6 +224,9 @@ def convert(checkpoint, to="torch", output=None, *, arch=None, mapping=None, sco
         a ``ConvertResult``; raises a ``ConvertError`` subclass, having written nothing, on any problem.
     """
     start = time.perf_counter()
+    if to is None:
+        to = (target_of(output) if output is not None else None) or "torch"
+    check_target_options(to, options)
     if dtype is not None and dtype not in DTYPES:
         raise ConvertError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     drop = (HEAD_END_POINT,) if options.get("include_top") is False else ()
@@ -189,6 +237,13 @@ def convert(checkpoint, to="torch", output=None, *, arch=None, mapping=None, sco
                 f"load it with TensorFlow and save the model with its own exporter instead"
             )
         names = ckpt.names()
+        notes = []
+        if ema == EMA_AUTO:
+            ema = any(name.endswith(tables.EMA_SUFFIX) for name in names)
+            notes.append("EMA shadows used (--ema auto)" if ema else
+                         "no EMA shadows in the checkpoint: raw values used (--ema auto)")
+        elif ema not in (True, False):
+            raise ConvertError(f"ema is {ema!r}; use true, false or auto")
         table = table_for(names, arch, mapping, scope=scope, checkpoint=ckpt.path)
         tables.locate(names, table, scope=scope, path=ckpt.path)  # names the file where the network is missing
         infos = [ckpt.info(name) for name in names]
@@ -204,6 +259,8 @@ def convert(checkpoint, to="torch", output=None, *, arch=None, mapping=None, sco
         if dry_run and target.exists() and not force:
             raise OutputExistsError(f"{target}: already exists; pass --force to overwrite it")
         if not dry_run:
+            plan.record = provenance.make(plan, checkpoint=ckpt.path, ema=ema, background=background, aux=aux,
+                                          dtype=dtype, strict=strict, options=options)
             with atomic_output(target, force) as temp:
                 if options.get("external_data"):  # ONNX weights in a file beside the model, named after it
                     options["external_data"] = f"{target.name}{EXTERNAL_DATA_SUFFIX}"
@@ -223,5 +280,5 @@ def convert(checkpoint, to="torch", output=None, *, arch=None, mapping=None, sco
         bytes=size,
         seconds=time.perf_counter() - start,
         dry_run=dry_run,
-        notes=third_party_notes(plan),
+        notes=notes + third_party_notes(plan),
     )

@@ -692,6 +692,7 @@ class Plan:
     background: Background
     heads: dict  # optional group -> HEAD_KEPT, HEAD_ABSENT or HEAD_LEFT_OUT
     input_size: "input_size.InputSize"
+    record: dict = dataclasses.field(default_factory=dict)  # the rest of the port's provenance (converter.provenance)
 
     @property
     def root(self):
@@ -737,6 +738,7 @@ class Plan:
             "classes": str(self.background.port_classes),
             "heads": ",".join(f"{group}={status}" for group, status in self.heads.items()),
             "input_size": str(self.input_size),
+            **self.record,
         }
 
     def to_dict(self):

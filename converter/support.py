@@ -25,6 +25,11 @@ def _models(table, target):
 
 
 def _restrictions(table):
+    return "; ".join(restrictions(table)) or NONE
+
+
+def restrictions(table):
+    """What a table's ports cannot do or do differently, one sentence each."""
     notes = []
     for target, spec in table.targets.items():
         for group in spec.get("optional", []):
@@ -40,7 +45,7 @@ def _restrictions(table):
         notes.append("`--no-top` not supported")
     if table.facts.get("preprocessing"):
         notes.append(f"input: {table.facts['preprocessing']}")
-    return "; ".join(notes) or NONE
+    return notes
 
 
 def row(table):
@@ -68,3 +73,34 @@ def render(names=None):
     for name in names or mapping.builtin_tables():
         lines.append("| " + " | ".join(_cell(c) for c in row(mapping.load_table(name))) + " |")
     return "\n".join(lines)
+
+
+def entry(table):
+    """The support of one ``mapping.Table`` as data (``ckpt-convert list --json``)."""
+    spec = table.facts["input"]
+    targets = {}
+    for target, found in table.targets.items():
+        targets[target] = {"suffixes": [suffix for (t, suffix) in _writers() if t == target],
+                           "models": list(found.get("models", [])), "drift": found.get("drift")}
+    return {
+        "architecture": table.architecture,
+        "input": {"height": spec["height"], "width": spec["width"], "channels": spec["channels"],
+                  "range": list(spec["range"])},
+        "classes": table.num_classes,
+        "background_class": table.background_class,
+        "end_points": list(table.facts["end_points"]),
+        "headless": bool(mapping.group_layers(table.graph, (HEAD,))),
+        "targets": targets,
+        "restrictions": restrictions(table),
+    }
+
+
+def _writers():
+    from converter.convert import WRITERS
+
+    return WRITERS
+
+
+def entries(names=None):
+    """``entry`` of every built-in table (or of ``names``)."""
+    return [entry(mapping.load_table(name)) for name in names or mapping.builtin_tables()]

@@ -15,15 +15,14 @@ import dataclasses
 import importlib
 import json
 import pathlib
-import struct
 import tempfile
+import textwrap
 import time
 import warnings
 import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from converter import input_size as input_size_module
 from converter import mapping as mapping_module
 from converter import oracle
 from converter.checkpoint import open_checkpoint
@@ -50,12 +49,12 @@ ON_THE_FLY = (
 DEVICES = ("auto", "cpu", "cuda")
 # the classifier end point, which a headless port leaves out
 HEAD_END_POINT = "Logits"
-# the most of a .safetensors header read for its metadata
-MAX_HEADER = 1 << 26
 # numbers an input batch may hold: floats, signed and unsigned integers
 NUMERIC_KINDS = "fiu"
 # an input image larger than a 64-megapixel photo is refused before it is decoded
 MAX_IMAGE_PIXELS = 64_000_000
+# the width long messages are folded to in the table
+TABLE_WIDTH = 120
 # the part of a third-party error quoted in a one-line message
 ERROR_DETAIL_CHARS = 300
 
@@ -165,7 +164,9 @@ class Report:
             for c in outputs:
                 m = c.metrics
                 if "max_abs" not in m:
-                    lines.append(f"  {backend.name:<34} {c.name:<10} {c.message}")
+                    # a long reason (every key a state dict lacks) folded at the table's width
+                    lines.append(textwrap.fill(f"  {backend.name:<34} {c.name:<10} {c.message}", TABLE_WIDTH,
+                                               subsequent_indent=" " * 4, break_on_hyphens=False))
                     continue
                 top = [f"{m['top_k'].get(str(k), m['top_k'].get(k, float('nan'))):5.2f}" if m["top_k"] else "    -"
                        for k in oracle.TOP_K]
@@ -173,7 +174,8 @@ class Report:
                 lines.append(f"  {backend.name:<34} {c.name:<10} {m['max_abs']:9.2e} {m['bound']:9.2e} "
                              f"{m['max_rel']:9.2e} {m['cosine']:10.7f} {top[0]} {top[1]}  {status}")
         lines.append("")
-        lines.append("EQUIVALENT" if self.ok else f"NOT EQUIVALENT: {len([c for c in self.failures() if not self._advisory(c)])} failed checks")
+        failed = len([c for c in self.failures() if not self._advisory(c)])
+        lines.append("EQUIVALENT" if self.ok else f"NOT EQUIVALENT: {failed} failed check{'s' if failed != 1 else ''}")
         return "\n".join(lines)
 
     def _advisory(self, check):
@@ -394,17 +396,18 @@ def verify(
     arch=None,
     mapping=None,
     scope=None,
-    ema=False,
+    ema=None,
     background=mapping_module.BACKGROUND_AUTO,
     aux=None,
     input_size=None,
-    no_top=False,
+    no_top=None,
     input_file=None,
     batch=2,
     seed=0,
     device="auto",
     atol=None,
     torch_model="exact",
+    progress=None,
 ):
     """Check each ported file (or, with none, a fresh port to every target) against the checkpoint.
 
@@ -417,19 +420,34 @@ def verify(
         ported: files to check: ``.pth``, ``.safetensors``, ``.h5``, ``.weights.h5``, ``.onnx``.
         arch, mapping, scope, ema, background, aux, input_size, no_top: as for ``convert``; ``background``
             here says what the ports must have done (``auto`` accepts what the class counts show).
+            Those left None are taken from what the ports record (``converter.provenance``); those given
+            must agree with it (ConvertError naming the option and the files otherwise).
         input_file: an ``.npy`` batch (NHWC) or an image; seeded random input otherwise.
         device: ``auto``, ``cpu`` or ``cuda`` for every backend and the reference.
         atol: the oracle's relative bound; by default ``oracle.ATOL``, or the reduced-precision bound
             for a file holding float16 or bfloat16 tensors.
         torch_model: run torch files in ``exact`` (TF semantics), ``torchvision`` or ``timm`` models.
+        progress: ``progress(phase)`` is called as each phase starts (the reference, each backend).
 
     Returns:
-        a ``Report``; ``report.ok`` is the verdict.
+        a ``Report``; ``report.ok`` is the verdict. Arguments that cannot work (a missing file, an
+        unknown suffix, an absent runtime) raise ``preflight.UsageError`` before TensorFlow is imported.
     """
+    from converter import preflight, provenance
+
+    started = time.perf_counter()
+    progress = progress or (lambda phase: None)
+    preflight.check_verify(ported, input_file=input_file, torch_model=torch_model)
+    given = {"arch": arch, "mapping": mapping, "ema": ema, "aux": aux, "input_size": input_size, "no_top": no_top}
+    records = {pathlib.Path(path).name: provenance.read(path) for path in ported}
+    resolved = provenance.agree(records, {key: value for key, value in given.items() if value is not None})
+    arch, mapping = resolved.get("arch"), resolved.get("mapping")
+    ema, aux, input_size = bool(resolved.get("ema")), resolved.get("aux"), resolved.get("input_size")
+    no_top = bool(resolved.get("no_top"))
+
     from converter import reference
     from converter.convert import table_for
 
-    started = time.perf_counter()
     device = resolve_device(device)
     with open_checkpoint(checkpoint) as ckpt:
         names = ckpt.names()
@@ -437,7 +455,6 @@ def verify(
         if ckpt.format == "tf2":
             raise ConvertError(f"{ckpt.path}: a TF2 object-based checkpoint, not a TF-Slim one; nothing to verify")
         table = table_for(names, arch, mapping, scope=scope, checkpoint=ckpt.path)
-        input_size = input_size or _recorded_input_size(ported)
         options = dict(ema=ema, aux=aux, scope=scope, input_size=input_size, strict=False,
                        drop=(HEAD_END_POINT,) if no_top else ())
         # the checkpoint's own facts (its network, heads and input size), the same for every target
@@ -447,6 +464,7 @@ def verify(
                                        size=facts.input_size.hw)
         end_points = tuple(table.facts["end_points"])
         phases = {"checkpoint": time.perf_counter() - started}
+        progress(f"reference: TF-Slim {table.architecture} in TensorFlow on {device}")
         if "meta_graph" in table.facts:  # a network recovered from its .meta: that graph is the reference
             from converter.metagraph import reference as graph_reference
 
@@ -462,6 +480,11 @@ def verify(
         report.decisions = [f"{topic}: {sentence}" for topic, sentence in facts.decisions() if topic != "classes"]
         if "meta_graph" in table.facts:
             report.decisions.append(f"reference: {graph_reference.describe(table)}")
+        report.decisions += _provenance_decisions(records, ckpt.path)
+        adopted = {key: value for key, value in resolved.items() if given.get(key) is None}
+        if adopted:
+            report.decisions.append("options from the ports' records: " + ", ".join(
+                f"{key} {provenance.shown(key, value)}" for key, value in adopted.items()))
         context = _Context(ckpt, shapes, table, images, ref, device, atol, options, background)
         with tempfile.TemporaryDirectory(prefix="ckpt-convert-verify-") as scratch:
             mark = time.perf_counter()
@@ -471,6 +494,7 @@ def verify(
             if not ported:
                 phases["convert"] = time.perf_counter() - mark
             for path, runtime_options, advisory in jobs:
+                progress(f"checking {path.name} ({target_of(path)[0]}, {runtime_options.get('model') or 'runtime'})")
                 mark = time.perf_counter()
                 _check_file(report, context, path, runtime_options, advisory)
                 phases[report.backends[-1].name] = time.perf_counter() - mark
@@ -478,43 +502,21 @@ def verify(
     return report
 
 
-def _recorded_input_size(ported):
-    # the input size the ports were made for, where they record it (ONNX properties, .safetensors metadata)
-    recorded = {}
-    for path in map(pathlib.Path, ported):
-        props = _properties(path)
-        if props.get("input_size"):
-            try:
-                recorded[path.name] = input_size_module.parse(props["input_size"])
-            except ValueError:
-                continue  # not ours to judge here: the port's own checks fail where it is damaged
-    if len(set(recorded.values())) > 1:
-        listed = ", ".join(f"{name} {h}x{w}" for name, (h, w) in recorded.items())
-        raise ConvertError(f"the ports were made for different input sizes ({listed}); verify them separately "
-                           f"or pass --input-size")
-    return next(iter(recorded.values()), None)
+def _provenance_decisions(records, checkpoint):
+    # what the ports say of their source: a port of another checkpoint fails its weights anyway; this says why
+    from converter import provenance
 
-
-def _properties(path):
-    # what a port records about itself; {} for a file that records nothing or cannot be read
-    if path.name.endswith(".safetensors"):
-        try:
-            with open(path, "rb") as f:
-                (size,) = struct.unpack("<Q", f.read(8))
-                metadata = json.loads(f.read(min(size, MAX_HEADER))).get("__metadata__")
-        except (OSError, ValueError, struct.error, AttributeError):
-            return {}
-        return metadata if isinstance(metadata, dict) else {}
-    if path.name.endswith(".onnx"):
-        try:
-            import onnx
-            from google.protobuf.message import DecodeError
-
-            model = onnx.load(str(path), load_external_data=False)
-        except (ImportError, OSError, DecodeError, ValueError):
-            return {}
-        return {prop.key: prop.value for prop in model.metadata_props}
-    return {}
+    lines, digest = [], None
+    for name, record in records.items():
+        if not record.get("checkpoint_blake2b"):
+            lines.append(f"source: {name} records no provenance; checked with the options given")
+            continue
+        if digest is None:
+            digest = provenance.checkpoint_hash(checkpoint)
+        same = record["checkpoint_blake2b"] == digest
+        lines.append(f"source: {name} was made from {record.get('checkpoint')} by ckpt-convert "
+                     f"{record.get('ckpt_convert_version')} ({'the same bytes as this checkpoint' if same else 'another checkpoint: its bytes differ'})")
+    return lines
 
 
 @dataclasses.dataclass
@@ -533,6 +535,7 @@ class _Context:
 
 
 def _convert_on_the_fly(checkpoint, table, scratch, report, options, end_points):
+    from converter import preflight
     from converter.convert import convert, third_party_notes
 
     jobs, written = [], {}
@@ -542,6 +545,12 @@ def _convert_on_the_fly(checkpoint, table, scratch, report, options, end_points)
         model = runtime_options.get("model")
         if target not in table.targets or (model not in (None, "exact") and model not in table.targets[target]):
             continue  # a target or third-party model the table does not port to
+        unavailable = preflight.skipped_runtime(target, model if model != "exact" else None)
+        if unavailable:
+            label = model if model not in (None, "exact") else target
+            report.backends.append(Backend(f"{label} (skipped)", name, target, advisory=True,
+                                           note=f"not run: {unavailable}"))
+            continue
         if name not in written:
             # an ONNX model outputs logits only unless asked for the other end points (those the checkpoint has)
             extra = {"outputs": end_points} if target == "onnx" else {}
@@ -602,11 +611,16 @@ def _check_file(report, context, path, runtime_options, advisory):
     report.checks += compare_weights(label, expected, found)
     atol = context.atol
     if atol is None:
-        atol = oracle.atol_for(value.dtype for value in found.values())
+        layers = oracle.depth(table.graph)
+        atol = oracle.atol_for((value.dtype for value in found.values()), layers)
         if atol != oracle.ATOL:
-            backend.note = f"reduced precision: bound {atol:g} x max(1, max|ref|)"
+            backend.note = (f"reduced precision: bound {atol:.3g} x max(1, max|ref|) "
+                            f"({oracle.REDUCED_PRECISION_FACTOR:g} x unit roundoff x sqrt({layers} layers))")
     try:
         outputs, backend.device = runtime.run(path, plan, context.images, device=context.device, **runtime_options)
+    except ConvertError as error:  # ours: complete (every key a state dict lacks), on one line
+        report.checks.append(Check(label, "output", "run", False, " ".join(str(error).split())))
+        return
     except Exception as error:  # a runtime refusing a damaged or crafted model (an unknown op, a lost initializer)
         report.checks.append(Check(label, "output", "run", False, f"{path}: cannot run ({_one_line(error)})"))
         return

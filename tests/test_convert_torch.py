@@ -325,7 +325,7 @@ def test_problems_are_found_before_writing(small, tmp_path):
         convert(small.v2, "torch", tmp_path / "out.pth", ema=True)
     with pytest.raises(ConvertError, match="dtype"):
         convert(small.v2, "torch", tmp_path / "out.pth", dtype="int8")
-    with pytest.raises(ConvertError, match="opset do not apply to the torch target"):
+    with pytest.raises(ConvertError, match="--opset does not apply to the torch target"):
         convert(small.v2, "torch", tmp_path / "out.pth", opset=17)
     assert list(tmp_path.iterdir()) == []
 

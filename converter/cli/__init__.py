@@ -22,6 +22,7 @@ COMMANDS = {
     "verify": "converter.cli.verify",
     "batch": "converter.cli.batch",
     "map": "converter.cli.map",
+    "list": "converter.cli.support",
 }
 
 DEFAULT_COMMAND = "convert"
@@ -62,7 +63,27 @@ def cli():
     ckpt-convert verify model.ckpt model.pth           prove a port equivalent (exit 0) or not
     ckpt-convert batch models/ -o ported/ --to onnx    port every checkpoint under a folder
     ckpt-convert map model.ckpt -o net.yaml            recover a network's table from its .meta graph
+    ckpt-convert list                                  architectures, targets and restrictions
     """
+
+
+def counted(count, noun):
+    """``1 variable``, ``2 variables``: a count and its noun in the right number."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def write_json(path, data):
+    """``data`` as JSON to ``path`` (atomically, replacing it), or to stdout where ``path`` is ``-``."""
+    import json
+
+    text = json.dumps(data, indent=2) + "\n"
+    if str(path) == "-":
+        click.echo(text, nl=False)
+        return
+    from converter._atomic import atomic_output
+
+    with atomic_output(path, force=True) as temp:
+        temp.write_text(text)
 
 
 debug_option = click.option(

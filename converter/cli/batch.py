@@ -1,24 +1,55 @@
 """``ckpt-convert batch SRC... -o OUTDIR``: every checkpoint under SRC to each target, in parallel, resumable."""
 
+import os
 import pathlib
 import sys
 
 import click
 
 from converter import batch
-from converter.cli import debug_option
-from converter.cli.options import model_options, pop_plan_options
+from converter.cli import counted, debug_option
+from converter.cli.options import batch_model_options, pop_plan_options
+from converter.cli.quiet import quiet_tensorflow, silenced_stderr, verbosity_options
+from converter.convert import DTYPES, TARGET_OPTIONS
+
+
+def _dry_run(sources, targets, options, all_steps):
+    # what each model would become, checked as convert --dry-run checks it; nothing is written
+    from converter.convert import convert
+    from converter.errors import ConvertError
+
+    models = batch.discover(sources, targets=batch._parse_targets(targets), options=options, all_steps=all_steps)
+    click.echo(f"{counted(len(models), 'model')} found; nothing written (--dry-run)")
+    for model in models:
+        for target in model.targets:
+            if model.error:
+                click.echo(f"  {model.id}: {model.error}")
+                break
+            kept = {key: value for key, value in model.options.items()
+                    if key not in batch.WRITER_OPTIONS or key in TARGET_OPTIONS[target]}
+            try:
+                result = convert(model.checkpoint, target, f"{model.id}/{batch._output_name(model.id, target)}",
+                                 **kept, dry_run=True, force=True)
+                notes = "".join(f"; {note}" for note in result.notes)
+                click.echo(f"  {model.id} -> {result.output} ({result.architecture}, "
+                           f"{counted(result.tensors, 'tensor')}{notes})")
+            except ConvertError as error:
+                click.echo(f"  {model.id} -> {target}: fails: {' '.join(str(error).split())}")
 
 
 class _Progress:
-    """A bar on a terminal (tqdm), else one line per finished model."""
+    """A bar on a terminal (tqdm), else one line per finished model; nothing but the summary with --quiet."""
 
-    def __init__(self):
+    def __init__(self, quiet=False):
         self.total = 0
         self.done = 0
         self.running = []
         self.bar = None
-        if sys.stderr.isatty():
+        self.quiet = quiet
+        # a copy of stderr taken now: the bar still reaches the terminal while TensorFlow's stderr is silenced
+        self.stream = sys.stderr
+        if sys.stderr.isatty() and not quiet:
+            self.stream = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)
             try:
                 from tqdm import tqdm
             except ImportError:
@@ -31,7 +62,7 @@ class _Progress:
         if event == "found":
             self.total = value
             if self.tqdm is not None:
-                self.bar = self.tqdm(total=value, unit="model", dynamic_ncols=True, file=sys.stderr)
+                self.bar = self.tqdm(total=value, unit="model", dynamic_ncols=True, file=self.stream)
         elif event == "started":
             self.running.append(value)
             self._show()
@@ -39,7 +70,8 @@ class _Progress:
             self.done += 1
             if value["id"] in self.running:
                 self.running.remove(value["id"])
-            self._write(self._line(value))
+            if not self.quiet:
+                self._write(self._line(value))
             if self.bar is not None:
                 self.bar.update(1)
             self._show()
@@ -53,7 +85,7 @@ class _Progress:
 
     def _write(self, line):
         if self.bar is not None:
-            self.bar.write(line, file=sys.stderr)
+            self.bar.write(line, file=self.stream)
         else:
             click.echo(line)
 
@@ -79,14 +111,19 @@ class _Progress:
 @click.option("--executor", type=click.Choice(batch.EXECUTORS), default="process", show_default=True,
               help="process: worker processes here; ray: tasks on a Ray cluster.")
 @click.option("--address", help="ray: the cluster to join (auto, or ray://head:10001). Default: a local instance.")
-@model_options
+@batch_model_options
 @click.option("--lenient", is_flag=True, help="Skip (and list) variables no mapping row takes instead of failing.")
+@click.option("--no-top", is_flag=True, help="Leave out the classifier of every model (as convert --no-top).")
+@click.option("--dtype", type=click.Choice(DTYPES), help="Cast floating tensors on write (as convert --dtype).")
+@click.option("--opset", type=int, help="onnx: the opset to write (as convert --opset).")
+@click.option("--dry-run", is_flag=True, help="Find the models and check each one's plan; write nothing.")
 @click.option("--force", is_flag=True, help="Replace output files that this batch did not write.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
               help="Where --verify runs the reference and the outputs.")
+@verbosity_options
 @debug_option
-def command(sources, outdir, targets, verify, jobs, all_steps, executor, address, lenient, force, device, debug,
-            **shared):
+def command(sources, outdir, targets, verify, jobs, all_steps, executor, address, lenient, no_top, dtype, opset,
+            dry_run, force, device, verbose, quiet, debug, **shared):
     """Convert every checkpoint under SOURCES to each target, in parallel; write OUTDIR/report.{json,md}.
 
     SOURCES are directories (searched recursively for V1 and V2 checkpoints; of a training run, the
@@ -98,11 +135,23 @@ def command(sources, outdir, targets, verify, jobs, all_steps, executor, address
     options = dict(pop_plan_options(shared), strict=not lenient)
     if options["mapping"]:
         options["mapping"] = str(pathlib.Path(options["mapping"]).resolve())
-    progress = _Progress()
+    # per-model writer options, only where given (an output's key hashes its options)
+    for key, value in (("include_top", False if no_top else None), ("dtype", dtype), ("opset", opset)):
+        if value is not None:
+            options[key] = value
+    if opset is not None and "onnx" not in batch._parse_targets(targets):
+        raise click.UsageError(f"--opset applies to the onnx target only, and --to is {targets}; drop it")
+    if dry_run:
+        _dry_run(sources, targets, options, all_steps)
+        return
+    quiet_tensorflow(verbose)
+    progress = _Progress(quiet)
     try:
-        report = batch.run_batch(sources, outdir, targets=targets, options=options, verify=verify, jobs=jobs,
-                                 all_steps=all_steps, executor=executor, address=address, force=force,
-                                 device=device, progress=progress)
+        # the workers inherit the silenced stderr: TensorFlow's logging stays out of the report (unless -v)
+        with silenced_stderr(verbose or not verify):
+            report = batch.run_batch(sources, outdir, targets=targets, options=options, verify=verify, jobs=jobs,
+                                     all_steps=all_steps, executor=executor, address=address, force=force,
+                                     device=device, progress=progress)
     finally:
         progress.close()
     click.echo(f"{report.summary()}; report: {report.outdir / batch.REPORT_MARKDOWN}")

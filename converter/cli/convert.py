@@ -5,16 +5,19 @@ import pathlib
 import click
 
 from converter import convert as conversion
-from converter.cli import debug_option
+from converter import mapping as tables
+from converter.cli import counted, debug_option, write_json
 from converter.cli.options import model_options, pop_plan_options
 
 MB = 1e6
+# skipped-variable reasons that are not a noun for the variables themselves
+NOT_NOUNS = (tables.OUTSIDE, tables.UNMAPPED, "left out")
 
 
 def _print_plan(result):
     plan = result.plan
     click.echo(f"plan: {result.checkpoint} ({result.architecture}) -> {result.output} ({result.target}), "
-               f"{result.tensors} tensors; nothing written (--dry-run)")
+               f"{counted(result.tensors, 'tensor')}; nothing written (--dry-run)")
     width = max((len(entry.source or "") for entry in plan.entries), default=0)
     for entry in plan.entries:
         shape = "x".join(map(str, entry.shape)) or "scalar"
@@ -29,12 +32,19 @@ def _print_plan(result):
     _print_decisions(result)
 
 
+def _skipped(count, reason):
+    # "392 optimizer slots", "1 optimizer slot"; a reason that is no noun counts variables: "2 variables left out"
+    if reason in NOT_NOUNS:
+        return f"{counted(count, 'variable')} {reason}"
+    return f"{count} {reason.removesuffix('s') if count == 1 else reason}"
+
+
 def _print_decisions(result):
     for topic, sentence in result.plan.decisions():
         click.echo(f"{topic}: {sentence}")
     counts = result.skipped_counts()
     if counts:
-        click.echo("skipped: " + ", ".join(f"{count} {reason}" for reason, count in counts.items()))
+        click.echo("skipped: " + ", ".join(_skipped(count, reason) for reason, count in counts.items()))
     for note in result.notes:
         click.echo(f"note: {note}")
 
@@ -43,8 +53,8 @@ def _print_decisions(result):
 @click.argument("checkpoint", type=click.Path(path_type=pathlib.Path))
 @click.option("--from", "source_format", type=click.Choice(conversion.SOURCE_FORMATS), default="slim",
               show_default=True, help="Source checkpoint convention.")
-@click.option("--to", "target", type=click.Choice(sorted(conversion.DEFAULT_SUFFIXES)), default="torch",
-              show_default=True, help="Target framework.")
+@click.option("--to", "target", type=click.Choice(sorted(conversion.DEFAULT_SUFFIXES)),
+              help="Target framework. Default: the one the -o suffix names, else torch.")
 @click.option("-o", "--output", type=click.Path(path_type=pathlib.Path),
               help="Output file (.pth or .safetensors; .h5 or .weights.h5; .onnx). Default: beside the checkpoint.")
 @model_options
@@ -58,9 +68,11 @@ def _print_decisions(result):
 @click.option("--outputs", help="onnx: comma-separated end points to expose as graph outputs.")
 @click.option("--external-data", is_flag=True,
               help="onnx: weights in a file beside the model (OUTPUT.data), as models past 2 GB need.")
+@click.option("--json", "json_path", is_flag=False, flag_value="-", metavar="FILE",
+              help="Write the result (or the plan, with --dry-run) as JSON to FILE; '-' or no FILE: stdout.")
 @debug_option
 def command(checkpoint, source_format, target, output, dtype, dry_run, force, lenient, no_top, opset, input_layout,
-            outputs, external_data, debug, **shared):
+            outputs, external_data, json_path, debug, **shared):
     """Convert TF-Slim CHECKPOINT (a prefix, .index file, V1 file or directory) to a TARGET file.
 
     Everything is checked before anything is written; the output is written atomically and never
@@ -82,9 +94,13 @@ def command(checkpoint, source_format, target, output, dtype, dry_run, force, le
         checkpoint, target, output, **pop_plan_options(shared), dtype=dtype, force=force, strict=not lenient,
         dry_run=dry_run, **options,
     )
+    if json_path is not None:
+        write_json(json_path, result.to_dict())
+        if json_path == "-":
+            return
     if dry_run:
         _print_plan(result)
         return
-    click.echo(f"wrote {result.output}: {result.tensors} tensors, {result.bytes / MB:.1f} MB, "
+    click.echo(f"wrote {result.output}: {counted(result.tensors, 'tensor')}, {result.bytes / MB:.1f} MB, "
                f"{result.seconds:.2f} s ({result.architecture} -> {result.target}{', ' + dtype if dtype else ''})")
     _print_decisions(result)

@@ -8,7 +8,7 @@ import numpy as np
 
 from converter._atomic import atomic_output
 from converter.checkpoint import open_checkpoint
-from converter.cli import debug_option
+from converter.cli import counted, debug_option
 from converter.errors import ConvertError
 from converter.writers.safetensors import DTYPES as SAFETENSORS_DTYPES
 from converter.writers.safetensors import save_safetensors
@@ -85,7 +85,7 @@ def command(path, output, force, unmapped, arch, mapping_path, scope, debug):
     if skipped:  # said once the output is written: a failed run prints its error alone
         kinds = sorted({"string" if info.dtype == object else str(info.dtype) for info in skipped})
         shown = ", ".join(info.name for info in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        click.echo(f"note: skipped {len(skipped)} {'/'.join(kinds)} tensor(s) that {label} cannot hold: {shown}",
+        click.echo(f"note: skipped {counted(len(skipped), '/'.join(kinds) + ' tensor')} that {label} cannot hold: {shown}",
                    err=True)
     total = sum(info.nbytes for info in kept)
-    click.echo(f"wrote {len(kept)} tensors ({total / 1e6:.1f} MB) from {ckpt.path} to {output}", err=True)
+    click.echo(f"wrote {counted(len(kept), 'tensor')} ({total / 1e6:.1f} MB) from {ckpt.path} to {output}", err=True)

@@ -31,10 +31,26 @@ SHARED = (
 )
 
 
+# batch's --ema: alone, the shadows for every model; ``--ema auto``, for the models whose checkpoint has them
+EMA_AUTO_OPTION = click.option(
+    "--ema", is_flag=False, flag_value="true", type=click.Choice(["true", "auto"]), metavar="[auto]",
+    help="Use the /ExponentialMovingAverage shadows; --ema auto: where a checkpoint has them (said per model).")
+
+# where --ema sits in SHARED
+EMA_INDEX = 3
+
+
 def model_options(command):
     """Add the shared options to a click command."""
     for option in reversed(SHARED):
         command = option(command)
+    return command
+
+
+def batch_model_options(command):
+    """The shared options with ``--ema [auto]`` for a fleet, where some checkpoints have shadows and some not."""
+    for option in reversed(SHARED):
+        command = (EMA_AUTO_OPTION if option is SHARED[EMA_INDEX] else option)(command)
     return command
 
 
@@ -51,6 +67,7 @@ def plan_options(arch=None, mapping_path=None, scope=None, ema=False, keep_backg
             size = input_size.parse(input_size_text)
         except ValueError as error:
             raise click.BadParameter(str(error), param_hint="--input-size") from None
+    ema = {"true": True, "auto": "auto"}.get(ema, bool(ema))
     return {"arch": arch, "mapping": str(mapping_path) if mapping_path else None, "scope": scope, "ema": ema,
             "background": background, "aux": False if no_aux else None, "input_size": size}
 

@@ -6,8 +6,13 @@ import click
 
 from converter import oracle
 from converter._atomic import atomic_output
-from converter.cli import debug_option
+from converter.cli import debug_option, write_json
 from converter.cli.options import model_options, pop_plan_options
+from converter.cli.quiet import progress_printer, quiet_tensorflow, silenced_stderr, verbosity_options
+
+# the options a port records (converter.provenance): passed to verify only when given on the command line
+RECORDED = {"arch": "arch", "mapping_path": "mapping", "ema": "ema", "no_aux": "aux", "input_size": "input_size",
+            "no_top": "no_top"}
 
 
 @click.command("verify")
@@ -23,13 +28,15 @@ from converter.cli.options import model_options, pop_plan_options
               help="Where every backend and the reference run; auto takes a GPU where one is present.")
 @click.option("--atol", type=float, default=None,
               help=f"Allowed max |delta| per end point, relative to max(1, max|reference|) [default: {oracle.ATOL:g}; "
-                   f"{oracle.REDUCED_PRECISION_ATOL:g} for float16/bfloat16 ports].")
+                   f"for float16/bfloat16 ports {oracle.REDUCED_PRECISION_FACTOR:g} x unit roundoff x sqrt(network depth)].")
 @click.option("--torch-model", type=click.Choice(["exact", "torchvision", "timm"]), default="exact",
               show_default=True, help="Run torch files in the exact TF-semantics module or a third-party model.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full report as JSON.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), is_flag=False, flag_value="-", metavar="FILE",
+              help="Write the full report as JSON to FILE; '-' or no FILE: stdout (instead of the table).")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), help="Write a JUnit XML report.")
+@verbosity_options
 @debug_option
-def command(checkpoint, ported, json_path, junit_path, debug, **options):
+def command(checkpoint, ported, json_path, junit_path, verbose, quiet, debug, **options):
     """Check PORTED files (.pth, .safetensors, .h5, .weights.h5, .onnx) against CHECKPOINT.
 
     Runs TF-Slim's own network in TensorFlow (the `tf` extra) as the reference. With no PORTED file,
@@ -37,15 +44,38 @@ def command(checkpoint, ported, json_path, junit_path, debug, **options):
     checkpoint's after the mapping's transform, bit for bit; every end point must agree within the
     bound. Each port's classes are matched to TF-Slim's by a correspondence derived from the two
     class counts and printed; a port that lacks or shifts a class fails. Exit status 0 means
-    equivalent, 1 means a check failed.
+    equivalent, 1 means a check failed, 2 a usage error (found before TensorFlow loads).
+
+    Each port records how it was made (architecture, EMA, heads, top, input size): those options
+    need no flag, and a flag given must agree with the files.
     """
+    from converter import preflight
+
+    context = click.get_current_context()
+    given = {name for name in RECORDED
+             if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+    plan_options = pop_plan_options(options)
+    for name, key in RECORDED.items():
+        if name not in given and key in plan_options:
+            plan_options[key] = None
+    no_top = options["no_top"] if "no_top" in given else None
+    preflight.check_verify(ported, input_file=options["input_file"], torch_model=options["torch_model"],
+                           reports=(json_path, junit_path))
+    quiet_tensorflow(verbose)
     from converter.verify import verify
 
-    plan_options = pop_plan_options(options)
-    report = verify(checkpoint, ported, **plan_options, **options)
-    click.echo(report.table())
+    options.pop("no_top")
+    progress = progress_printer(quiet)
+    with silenced_stderr(verbose):
+        report = verify(checkpoint, ported, **plan_options, no_top=no_top, **options, progress=progress)
+    if json_path == "-":
+        write_json("-", report.to_dict())
+    elif quiet:
+        click.echo(report.table().splitlines()[-1])
+    else:
+        click.echo(report.table())
     for path, render in ((json_path, lambda: json.dumps(report.to_dict(), indent=2)), (junit_path, report.to_junit)):
-        if path:
+        if path and path != "-":
             # a report is this command's own output: replaced on every run, never half-written
             with atomic_output(path, force=True) as temp:
                 temp.write_text(render() + "\n")

@@ -197,6 +197,7 @@ class SlimNet(nn.Module):
         super().__init__()
         self.table = plan.table
         self.end_points = []
+        self.output = None  # an end point's name: forward returns that tensor alone (``load`` sets the logits)
         entries = {entry.key: entry for entry in plan.entries}
         self._steps = self._compile(plan.table.graph, "", plan, entries)
 
@@ -353,12 +354,12 @@ class SlimNet(nn.Module):
         return steps
 
     def forward(self, images):
-        """Every named end point for ``images`` (NCHW, in the table's input range)."""
+        """Every named end point for ``images`` (NCHW, in the table's input range); ``self.output`` alone if set."""
         points = {}
         # TF computes convolutions in full float32; cuDNN's TF32 would drift by about 1e-3
         with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
             _run(self._steps, images, points)
-        return points
+        return points if self.output is None else points[self.output]
 
 
 def _planned(node, scope, plan):
@@ -380,3 +381,44 @@ def build(plan, state_dict=None, device=None):
 def plan_state_dict(plan, read):
     """The plan's tensors as a torch state dict, reading checkpoint variables with ``read``."""
     return {key: torch.from_numpy(value.copy()) for key, value in plan.tensors(read)}
+
+
+def load(path, *, end_points=False, device="cpu", mapping=None):
+    """The exact TF-semantics module of a ``.pth`` or ``.safetensors`` port, rebuilt from the file alone.
+
+    The file's provenance record (``converter.provenance``) names the mapping table and the shapes
+    of the checkpoint variables it was made from; no checkpoint is read.
+
+    Args:
+        path: a torch port written by ``ckpt-convert``.
+        end_points: False: ``forward`` returns the logits (or, for a headless port, its last end point);
+            True: every end point, ``{name: tensor}`` (maps NCHW).
+        device: where the module lives (default ``cpu``).
+        mapping: the user's mapping table, where the file was made with one that has since moved.
+
+    Returns:
+        a ``SlimNet`` in eval mode, its weights loaded with ``strict=True``. Raises ``ConvertError`` for a
+        file without a torch provenance record or whose table has changed since.
+    """
+    from converter import provenance
+    from converter.errors import ConvertError
+    from converter.runtimes.torch import _load_state
+
+    state = _load_state(torch, path)
+    record = provenance.read(path)
+    if not record:
+        raise ConvertError(f"{path}: records no provenance (written by another tool or an older ckpt-convert); "
+                           f"convert the checkpoint again, or build(plan, state_dict) from the checkpoint's plan")
+    try:
+        plan = provenance.plan_of(record, provenance.table_of(record, mapping))
+    except ConvertError as error:
+        raise ConvertError(f"{path}: {error}") from None
+    net = SlimNet(plan)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise ConvertError(f"{path}: does not load into the module its record describes ({' '.join(str(error).split())})") \
+            from None
+    if not end_points:
+        net.output = net.end_points[-1] if "Logits" not in net.end_points else "Logits"
+    return net.eval().to(device)

@@ -103,7 +103,9 @@ def run(path, plan, images, *, device="cpu", model="exact"):
     try:
         network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
     except RuntimeError as error:
-        raise ConvertError(f"{path}: does not load into {describe(path, model)} ({str(error).splitlines()[0]})") from None
+        # every key torch names (missing, unexpected, misshapen), folded onto one line
+        raise ConvertError(f"{path}: does not load into {describe(path, model)} ({' '.join(str(error).split())})") \
+            from None
     network = network.to(device).eval()
     batch = torch.from_numpy(as_float32(images).transpose(NHWC_TO_NCHW).copy()).to(device)
     if model == "exact":

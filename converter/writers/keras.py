@@ -109,6 +109,7 @@ def save_h5(plan, read, path, *, dtype=None, **options):
         _set_strings(f, "layer_names", [name for name, _, _ in layers])
         f.attrs["backend"] = BACKEND.encode()
         f.attrs["keras_version"] = KERAS_VERSION.encode()
+        _set_provenance(f, plan)
         for name, _, entries in layers:
             group = f.create_group(name)
             weight_names = [entry.key + WEIGHT_SUFFIX for entry in entries]
@@ -131,6 +132,7 @@ def save_weights_h5(plan, read, path, *, dtype=None, **options):
     h5py = _h5py()
     counts = {}
     with _hdf5_file(h5py, path) as f:
+        _set_provenance(f, plan)
         f.create_group("vars")
         root = f.create_group("layers")
         for name, role, entries in layers:
@@ -145,6 +147,13 @@ def save_weights_h5(plan, read, path, *, dtype=None, **options):
                     dataset.attrs["dtype"] = "bfloat16"
                 else:
                     group.create_dataset(str(i), data=value)
+
+
+def _set_provenance(f, plan):
+    # how the port was made (converter.provenance), as root attributes Keras does not read
+    if plan.record:
+        for key, value in plan.provenance().items():
+            f.attrs[key] = value.encode()
 
 
 def ordered_layers(plan):

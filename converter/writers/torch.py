@@ -51,6 +51,8 @@ STORAGE_TYPES = {
     np.dtype(np.uint8): "ByteStorage",
     np.dtype(np.bool_): "BoolStorage",
 }
+# the entry of the state dict's ``_metadata`` holding the port's provenance (converter.provenance)
+PROVENANCE_KEY = "ckpt_convert"
 # writer options the torch target understands; ``include_top=False`` is applied by the plan (no ``fc``)
 OPTIONS = ("include_top",)
 # --dtype names -> numpy dtypes that floating tensors are cast to
@@ -128,13 +130,28 @@ class _Pickle:
         self.empty_ordered_dict()  # backward hooks
         self.out += b"tR"  # TUPLE, REDUCE
 
-    def state_dict(self, tensors):
+    def strings(self, mapping):
+        self.out += b"}("  # EMPTY_DICT, MARK
+        for key, value in mapping.items():
+            self.string(key)
+            if isinstance(value, dict):
+                self.strings(value)
+            else:
+                self.string(value)
+        self.out += b"u"  # SETITEMS
+
+    def state_dict(self, tensors, metadata=None):
         self.empty_ordered_dict()
         self.out += b"("  # MARK
         for name, (key, storage_type, shape, stride, numel) in tensors.items():
             self.string(name)
             self.tensor(key, storage_type, shape, stride, numel)
-        self.out += b"u."  # SETITEMS, STOP
+        self.out += b"u"  # SETITEMS
+        if metadata:
+            # the OrderedDict's attribute ``_metadata``, set as pickle sets an instance's __dict__
+            self.strings({"_metadata": metadata})
+            self.out += b"b"  # BUILD
+        self.out += b"."  # STOP
         return bytes(self.out)
 
 
@@ -192,7 +209,8 @@ def save_pth(plan, read, path, *, dtype=None, **options):
             records[name] = (key, storage, data.shape, _contiguous_strides(data.shape), data.size)
             written[name] = (value.dtype.newbyteorder("="), data.shape)
         # the pickle goes last: it needs every tensor's dtype, known only once read
-        _write_member(archive, f"{ARCHIVE}/data.pkl", _Pickle().state_dict(records))
+        metadata = {PROVENANCE_KEY: plan.provenance()} if plan.record else None
+        _write_member(archive, f"{ARCHIVE}/data.pkl", _Pickle().state_dict(records, metadata))
         _write_member(archive, f"{ARCHIVE}/.format_version", FORMAT_VERSION)
         _write_member(archive, f"{ARCHIVE}/.storage_alignment", str(STORAGE_ALIGNMENT))
         _write_member(archive, f"{ARCHIVE}/byteorder", BYTEORDER)
