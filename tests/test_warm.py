@@ -3,13 +3,14 @@
 import numpy as np
 import pytest
 
-pytest.importorskip("torch", reason="the torch ports are checked with torch")
+torch = pytest.importorskip("torch", reason="the torch ports are checked with torch")
 pytest.importorskip("tensorflow", reason="verify runs the TF-Slim reference in TensorFlow")
 pytest.importorskip("onnxruntime", reason="the ONNX ports are run in onnxruntime")
 
-from converter import _warm, reference  # noqa: E402
+from converter import _warm, provenance, reference  # noqa: E402
 from converter.batch import run_batch  # noqa: E402
 from converter.convert import convert  # noqa: E402
+from converter.errors import ConvertError  # noqa: E402
 from converter.runtimes import torch as torch_runtime  # noqa: E402
 from converter.verify import verify  # noqa: E402
 
@@ -20,6 +21,10 @@ def ports(small, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ports")
     convert(small.train, to="torch", output=folder / "raw.pth")
     convert(small.train, to="torch", output=folder / "ema.pth", ema=True)
+    # the raw port without its record, so that verify takes --ema from the caller and not from the file
+    state = torch.load(folder / "raw.pth", weights_only=True)
+    del state._metadata[provenance.PTH_KEY]
+    torch.save(state, folder / "unrecorded.pth")
     return folder
 
 
@@ -34,7 +39,9 @@ def test_each_checkpoint_replaces_every_weight_of_the_kept_networks(small, ports
     # the same graph and module, now with the moving averages: a stale weight would fail these
     ema = verify(small.train, [ports / "ema.pth"], ema=True, device="cpu")
     assert ema.ok, ema.table()
-    mixed = verify(small.train, [ports / "raw.pth"], ema=True, device="cpu")
+    with pytest.raises(ConvertError, match="made with no --ema"):
+        verify(small.train, [ports / "raw.pth"], ema=True, device="cpu")
+    mixed = verify(small.train, [ports / "unrecorded.pth"], ema=True, device="cpu")
     assert not any(_outputs(mixed).values()), mixed.table()
     again = verify(small.train, [ports / "raw.pth"], device="cpu")
     assert again.ok, again.table()
