@@ -7,7 +7,7 @@ import click
 
 from converter import batch
 from converter.cli import debug_option
-from converter.cli.options import model_options, pop_plan_options
+from converter.cli.options import LOCATION, model_options, pop_plan_options
 
 
 class _Progress:
@@ -67,8 +67,8 @@ class _Progress:
 
 
 @click.command("batch")
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=pathlib.Path))
-@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False, path_type=pathlib.Path),
+@click.argument("sources", nargs=-1, required=True, type=LOCATION)
+@click.option("-o", "--output", "outdir", required=True, type=LOCATION,
               help="Output directory: OUTDIR/<model id>/<name>.<suffix>, report.json and report.md.")
 @click.option("--to", "targets", default="torch", show_default=True,
               help="Comma-separated targets: torch, keras, onnx.")

@@ -1,12 +1,12 @@
 """``ckpt-convert --from slim --to torch|keras|onnx CHECKPOINT``: one checkpoint to one target file."""
 
-import pathlib
+import json
 
 import click
 
 from converter import convert as conversion
 from converter.cli import debug_option
-from converter.cli.options import model_options, pop_plan_options
+from converter.cli.options import LOCATION, model_options, pop_plan_options
 
 MB = 1e6
 
@@ -39,13 +39,21 @@ def _print_decisions(result):
         click.echo(f"note: {note}")
 
 
+def _summary(result):
+    return {"checkpoint": str(result.checkpoint), "output": str(result.output), "target": result.target,
+            "architecture": result.architecture, "dry_run": result.dry_run, "tensors": result.tensors,
+            "bytes_written": result.bytes, "bytes_read": result.bytes_read, "bytes_stored": result.bytes_stored,
+            "seconds": round(result.seconds, 3), "decisions": dict(result.plan.decisions()),
+            "skipped": result.skipped_counts(), "notes": result.notes}
+
+
 @click.command("convert")
-@click.argument("checkpoint", type=click.Path(path_type=pathlib.Path))
+@click.argument("checkpoint", type=LOCATION)
 @click.option("--from", "source_format", type=click.Choice(conversion.SOURCE_FORMATS), default="slim",
               show_default=True, help="Source checkpoint convention.")
 @click.option("--to", "target", type=click.Choice(sorted(conversion.DEFAULT_SUFFIXES)), default="torch",
               show_default=True, help="Target framework.")
-@click.option("-o", "--output", type=click.Path(path_type=pathlib.Path),
+@click.option("-o", "--output", type=LOCATION,
               help="Output file (.pth or .safetensors; .h5 or .weights.h5; .onnx). Default: beside the checkpoint.")
 @model_options
 @click.option("--dtype", type=click.Choice(conversion.DTYPES), help="Cast floating tensors on write.")
@@ -56,9 +64,12 @@ def _print_decisions(result):
 @click.option("--opset", type=int, help="onnx: the opset to write.")
 @click.option("--input-layout", type=click.Choice(["nchw", "nhwc"]), help="onnx: layout of the graph input.")
 @click.option("--outputs", help="onnx: comma-separated end points to expose as graph outputs.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print what was done as one JSON object (output, bytes written, bytes read from and stored in "
+                   "the checkpoint, decisions) instead of the summary.")
 @debug_option
 def command(checkpoint, source_format, target, output, dtype, dry_run, force, lenient, no_top, opset, input_layout,
-            outputs, debug, **shared):
+            outputs, as_json, debug, **shared):
     """Convert TF-Slim CHECKPOINT (a prefix, .index file, V1 file or directory) to a TARGET file.
 
     Everything is checked before anything is written; the output is written atomically and never
@@ -78,6 +89,9 @@ def command(checkpoint, source_format, target, output, dtype, dry_run, force, le
         checkpoint, target, output, **pop_plan_options(shared), dtype=dtype, force=force, strict=not lenient,
         dry_run=dry_run, **options,
     )
+    if as_json:
+        click.echo(json.dumps(_summary(result), indent=2))
+        return
     if dry_run:
         _print_plan(result)
         return
