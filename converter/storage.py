@@ -462,3 +462,72 @@ def coalesce(ranges, gap):
         else:
             merged.append([start, end])
     return [tuple(r) for r in merged]
+
+
+def walk(root, excluded=()):
+    """``(folder, sorted object names)`` of every folder under URL ``root``, from one listing.
+
+    Folders at or under a path in ``excluded`` are left out.
+    """
+    root = path(root)
+    folders = {}
+    for remote, _ in root.walk_files():
+        folders.setdefault(remote.parent, []).append(remote.name)
+    skip = [path(other) for other in excluded if is_url(other)]
+    for folder in sorted(folders):
+        if not any(folder.is_relative_to(other) for other in skip):
+            yield folder, sorted(folders[folder])
+
+
+def checkpoint_objects(checkpoint):
+    """The objects a remote checkpoint is made of: ``.index`` and data shards, or its V1 file(s), and the
+    ``.meta`` graph beside it where there is one."""
+    from converter.checkpoint import _paths
+
+    kind, resolved = _paths.resolve(checkpoint)
+    resolved = path(resolved)
+    if kind == "v2":
+        files = [path(f"{resolved}.index"), *resolved.parent.glob(resolved.name + ".data-*")]
+    else:
+        files = [resolved] if resolved.is_file() else resolved.parent.glob(resolved.name)
+    meta = path(f"{resolved}.meta")
+    return resolved, files + ([meta] if meta.is_file() else [])
+
+
+@contextlib.contextmanager
+def local_copies(checkpoint, files=()):
+    """Local paths for ``checkpoint`` and ``files``, downloading those in a store to a temporary folder.
+
+    For what must read every byte with a library that reads local files only (the TensorFlow
+    reference of ``verify``). Yields ``(checkpoint, files)``; local paths come back unchanged.
+    """
+    import tempfile
+
+    if not is_url(checkpoint) and not any(is_url(f) for f in files):
+        yield checkpoint, list(files)
+        return
+    with tempfile.TemporaryDirectory(prefix="ckpt-convert-stage-") as scratch:
+        local_checkpoint = checkpoint
+        if is_url(checkpoint):
+            resolved, objects = checkpoint_objects(checkpoint)
+            folder = pathlib.Path(scratch, "checkpoint")
+            folder.mkdir()
+            for remote in objects:
+                _download(remote, folder / remote.name)
+            local_checkpoint = folder / resolved.name
+        local_files = []
+        for number, remote in enumerate(files):
+            if not is_url(remote):
+                local_files.append(remote)
+                continue
+            remote = path(remote)
+            local = pathlib.Path(scratch, f"port-{number}", remote.name)
+            local.parent.mkdir()
+            _download(remote, local)
+            local_files.append(local)
+        yield local_checkpoint, local_files
+
+
+def _download(remote, local):
+    with remote._errors():
+        remote.fs.get_file(remote._fs_path, os.fspath(local))

@@ -4,7 +4,7 @@ import json
 
 import click
 
-from converter import oracle
+from converter import oracle, storage
 from converter._atomic import atomic_output
 from converter.cli import debug_option
 from converter.cli.options import model_options, pop_plan_options
@@ -42,7 +42,9 @@ def command(checkpoint, ported, json_path, junit_path, debug, **options):
     from converter.verify import verify
 
     plan_options = pop_plan_options(options)
-    report = verify(checkpoint, ported, **plan_options, **options)
+    # TensorFlow's reader takes local files only: checkpoints and ports in a bucket are copied down first
+    with storage.local_copies(checkpoint, ported) as (checkpoint, ported):
+        report = verify(checkpoint, ported, **plan_options, **options)
     click.echo(report.table())
     for path, render in ((json_path, lambda: json.dumps(report.to_dict(), indent=2)), (junit_path, report.to_junit)):
         if path:
