@@ -19,6 +19,7 @@ import dataclasses
 import fnmatch
 import importlib
 import io
+import logging
 import os
 import pathlib
 import posixpath
@@ -47,6 +48,7 @@ COALESCE_GAP = 64 << 10
 MAX_REQUEST = 8 << 20
 # requests in flight at once
 CONCURRENCY = 8
+DEBUG_VARIABLE = "CKPT_CONVERT_DEBUG"
 
 
 def is_url(value):
@@ -92,7 +94,12 @@ def filesystem(scheme):
             fsspec = importlib.import_module("fsspec")
         except ImportError:
             raise ConvertError(f"{scheme}:// paths need {package}; install it with: {CLOUD_EXTRA}") from None
-        _filesystems[protocol] = fsspec.filesystem(protocol)
+        if not os.environ.get(DEBUG_VARIABLE):
+            # the clients log each retry with a traceback; the error that ends the run says it in one line
+            for name in (package, "fsspec"):
+                logging.getLogger(name).setLevel(logging.CRITICAL)
+        # no listing cache: other processes (a batch's workers, another run) write the same buckets
+        _filesystems[protocol] = fsspec.filesystem(protocol, use_listings_cache=False)
     return _filesystems[protocol]
 
 
