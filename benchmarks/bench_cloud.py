@@ -12,6 +12,7 @@ full-size one of bench_convert.py is ``.cache/bench/inception_v3_full/model.ckpt
 
 import argparse
 import json
+import logging
 import os
 import pathlib
 import socket
@@ -49,6 +50,8 @@ def main():
 
     import s3fs
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the server's line per request
 
     files = sorted(args.checkpoint.parent.glob(args.checkpoint.name + ".*"))
     files = [f for f in files if f.name.endswith(".index") or ".data-" in f.name]

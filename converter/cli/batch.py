@@ -90,7 +90,8 @@ def command(sources, outdir, targets, verify, jobs, all_steps, executor, address
     """Convert every checkpoint under SOURCES to each target, in parallel; write OUTDIR/report.{json,md}.
 
     SOURCES are directories (searched recursively for V1 and V2 checkpoints; of a training run, the
-    latest step) or .yaml/.csv manifests listing checkpoints with per-model options. A rerun skips
+    latest step) or .yaml/.csv manifests listing checkpoints with per-model options. SOURCES and
+    OUTDIR may be s3:// or gs:// prefixes (the cloud extra); state and reports then live in the bucket. A rerun skips
     outputs that are up to date and redoes what changed or failed. Exit status 1 when any model failed.
     Each model is decided by its own checkpoint (scope, background class, heads, input size); the
     options below apply to every model that a manifest does not set otherwise.

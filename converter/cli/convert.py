@@ -72,6 +72,9 @@ def command(checkpoint, source_format, target, output, dtype, dry_run, force, le
             outputs, as_json, debug, **shared):
     """Convert TF-Slim CHECKPOINT (a prefix, .index file, V1 file or directory) to a TARGET file.
 
+    CHECKPOINT and the output may be s3:// or gs:// URLs (the cloud extra): only the index and the
+    byte ranges of the tensors the port takes are fetched, and the output is uploaded atomically.
+
     Everything is checked before anything is written; the output is written atomically and never
     overwritten without --force. What was decided from the checkpoint (its network's scope, the
     background class, optional heads, the input size, variables outside the network) is printed.
