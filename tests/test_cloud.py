@@ -347,3 +347,15 @@ def test_batch_manifest_in_a_bucket(s3):
     keys = s3.keys(bucket)
     assert "out/first/first.pth" in keys and "out/second/second.onnx" in keys
     assert "out/first/state.json" in keys and "out/report.json" in keys
+
+
+def test_batch_in_a_gcs_bucket_resumes(gcs):
+    source, out = gcs.bucket(), gcs.bucket()
+    models = _fleet(gcs, source, 2)
+    outdir = gcs.url(f"{out}/ported")
+    gcs.cli("batch", models, "-o", outdir, "-j", "1", check=0)
+    first = json.loads(gcs.fs.cat_file(f"{out}/ported/report.json"))
+    assert {record["status"] for record in first["models"]} == {"ok"}
+    gcs.cli("batch", models, "-o", outdir, "-j", "1", check=0)
+    second = json.loads(gcs.fs.cat_file(f"{out}/ported/report.json"))
+    assert {record["status"] for record in second["models"]} == {"up to date"}
