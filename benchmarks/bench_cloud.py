@@ -90,7 +90,7 @@ def main():
     print(f"| batch from and to local disk | {local_s:.1f} s |")
     print(f"| batch from and to the local S3 server | {remote_s:.1f} s ({remote_s / local_s:.2f}x local) |")
     print(f"| rerun on the bucket (all up to date) | {resume_s:.1f} s |")
-    print(f"| `inspect`: bytes read / stored | {inspected['bytes_read'] / stored:.3f} |")
+    print(f"| `inspect`: bytes read / stored | {inspected['bytes_read'] / stored:.2g} |")
     print(f"| full torch port: bytes read / stored | {full['bytes_read'] / stored:.3f} |")
     print(f"| `--no-top --no-aux` port: bytes read / stored | {headless['bytes_read'] / stored:.3f} |")
 
