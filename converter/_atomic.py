@@ -1,10 +1,17 @@
-"""Atomic output: write to a temporary file beside the target, then rename it into place."""
+"""Atomic output: write to a temporary file beside the target, then rename it into place.
+
+An ``s3://`` or ``gs://`` target is written to a local temporary file, then put in one upload,
+which the store makes atomic (S3: a single PUT, or a multipart upload that exists only once
+completed and is aborted on failure; Google Cloud Storage: a simple or resumable upload that exists
+only once finalised): no object ever appears under the final name with part of its bytes.
+"""
 
 import contextlib
 import os
 import pathlib
 import tempfile
 
+from converter import storage
 from converter.errors import ConvertError, OutputExistsError
 
 # a new output gets the permissions an ordinary open() would give it, not mkstemp's 0600
@@ -38,7 +45,12 @@ def atomic_output(path, force=False):
     """Yield a temporary path beside ``path``; on success it replaces ``path``, on failure it is removed.
 
     Raises OutputExistsError if ``path`` exists and ``force`` is false, before anything is written.
+    ``path`` may be an ``s3://`` or ``gs://`` URL (see the module's docstring).
     """
+    if storage.is_url(path):
+        with _atomic_upload(storage.path(path), force) as temp:
+            yield temp
+        return
     path = pathlib.Path(path)
     _check_target(path, force)
     # the same directory, so the final rename stays on one file system and is atomic
@@ -59,3 +71,24 @@ def atomic_output(path, force=False):
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def _check_remote_target(path, force):
+    if not path.key or path.is_dir():
+        raise ConvertError(f"{path}: is a folder (a key prefix); name an output object")
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path}: already exists; pass --force to overwrite it")
+    path.mkdir()  # the bucket must exist
+
+
+@contextlib.contextmanager
+def _atomic_upload(path, force):
+    _check_remote_target(path, force)
+    stem = os.fsdecode(os.fsencode(path.name)[:_TEMP_STEM_BYTES])
+    with tempfile.TemporaryDirectory(prefix="ckpt-convert-upload-") as scratch:
+        temp = pathlib.Path(scratch, f".{stem}.partial")
+        yield temp
+        try:
+            path.upload(temp)
+        except OSError as error:
+            raise ConvertError(f"{path}: cannot upload ({error.strerror or error}); nothing was written") from None

@@ -10,6 +10,7 @@ that are not strings: what is left loads and validates in time and memory bounde
 
 import yaml
 
+from converter import storage
 from converter.errors import ConvertError
 
 # libyaml's safe loader where PyYAML has it (ten times faster than the pure-Python one); both are safe_load
@@ -28,8 +29,11 @@ class _Refused(Exception):
 def read_text(path, what, error=ConvertError):
     """The UTF-8 text of file ``path`` (a ``what``, for messages), at most MAX_BYTES; ``error`` otherwise."""
     try:
-        with open(path, "rb") as file:
-            raw = file.read(MAX_BYTES + 1)
+        if storage.is_url(path):
+            raw = path.read_range(0, MAX_BYTES + 1)
+        else:
+            with open(path, "rb") as file:
+                raw = file.read(MAX_BYTES + 1)
     except OSError as problem:
         raise error(f"{path}: cannot read {what} ({problem.strerror or problem})") from None
     if len(raw) > MAX_BYTES:

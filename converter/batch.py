@@ -27,7 +27,7 @@ import signal
 import time
 import traceback
 
-from converter import __version__, _warm, _yaml, input_size
+from converter import __version__, _warm, _yaml, input_size, storage
 from converter import mapping as tables
 from converter._atomic import atomic_output
 from converter.checkpoint import _paths, open_checkpoint
@@ -187,8 +187,8 @@ def discover(sources, *, targets=("torch",), options=None, all_steps=False, excl
     """
     options = {**DEFAULT_OPTIONS, **(options or {})}
     targets = _parse_targets(targets)
-    sources = [pathlib.Path(source) for source in sources]
-    excluded = {pathlib.Path(path).resolve() for path in exclude}
+    sources = [storage.path(source) for source in sources]
+    excluded = {storage.path(path).resolve() for path in exclude}
     labels = _labels(sources) if len(sources) > 1 else [None]
     models = []
     for source, label in zip(sources, labels):
@@ -206,7 +206,7 @@ def discover(sources, *, targets=("torch",), options=None, all_steps=False, excl
                     "pass directories of checkpoints or .yaml/.csv manifests"
                 ) from None
             # named after the checkpoint, not the file given (model.ckpt.index, a data shard...)
-            found = [Model(_safe_id(pathlib.Path(path).name), os.path.abspath(path), targets, dict(options))]
+            found = [Model(_safe_id(storage.path(path).name), storage.absolute(path), targets, dict(options))]
         models += [dataclasses.replace(m, id=f"{label}/{m.id}") if label else m for m in found]
     _check_unique(models)
     return sorted(models, key=lambda m: m.id)
@@ -267,15 +267,24 @@ def _check_unique(models):
 
 def _search(root, all_steps, excluded):
     """(id, checkpoint, error) for every checkpoint under ``root``."""
+    for directory, files in _directories(root, excluded):
+        found, broken = _checkpoints_in(directory, files)
+        chosen = found if all_steps else _latest_steps(directory, found)
+        for path in chosen:
+            yield path.relative_to(root).as_posix(), storage.absolute(path), ""
+        for path, error in broken:
+            yield path.relative_to(root).as_posix(), storage.absolute(path), error
+
+
+def _directories(root, excluded):
+    """(directory, sorted file names) of every directory under ``root`` (a bucket prefix: one listing)."""
+    if storage.is_url(root):
+        yield from storage.walk(root, excluded)
+        return
     for directory, subdirs, files in os.walk(root):
         directory = pathlib.Path(directory)
         subdirs[:] = sorted(d for d in subdirs if (directory / d).resolve() not in excluded)
-        found, broken = _checkpoints_in(directory, sorted(files))
-        chosen = found if all_steps else _latest_steps(directory, found)
-        for path in chosen:
-            yield path.relative_to(root).as_posix(), os.path.abspath(path), ""
-        for path, error in broken:
-            yield path.relative_to(root).as_posix(), os.path.abspath(path), error
+        yield directory, sorted(files)
 
 
 def _checkpoints_in(directory, files):
@@ -288,7 +297,7 @@ def _checkpoints_in(directory, files):
             if _DATA_PART.search(name):
                 broken.append((directory / name, str(error)))
             continue
-        found.add(pathlib.Path(resolved))
+        found.add(storage.path(resolved))
     return sorted(found), broken
 
 
@@ -302,7 +311,7 @@ def _latest_steps(directory, found):
     latest = None
     if (directory / _paths.STATE_FILENAME).is_file():
         with contextlib.suppress(CheckpointError):
-            latest = pathlib.Path(_paths.resolve(directory)[1]).resolve()
+            latest = storage.path(_paths.resolve(directory)[1]).resolve()
     chosen = []
     for steps in runs.values():
         named = [path for _, path in steps if path.resolve() == latest]
@@ -333,7 +342,7 @@ def read_manifest(path, *, targets=("torch",), options=None):
     ``224x192``), ``lenient`` and ``targets`` (``torch;onnx`` in CSV).
     Returns a list of ``Model``; ConvertError naming the manifest and row for a malformed one.
     """
-    path = pathlib.Path(path)
+    path = storage.path(path)
     defaults = {**DEFAULT_OPTIONS, **(options or {})}
     models = []
     for where, row in _manifest_rows(path):
@@ -343,7 +352,7 @@ def read_manifest(path, *, targets=("torch",), options=None):
         if not row.get("path"):
             raise ConvertError(f"{where}: no path; every row names a checkpoint")
         _check_row_values(where, row)
-        checkpoint = path.parent / str(row["path"])
+        checkpoint = storage.path(row["path"]) if storage.is_url(str(row["path"])) else path.parent / str(row["path"])
         options = dict(defaults)
         if row.get("ema") not in (None, ""):
             options["ema"] = EMA_AUTO if str(row["ema"]).strip().lower() == EMA_AUTO else \
@@ -386,9 +395,9 @@ def read_manifest(path, *, targets=("torch",), options=None):
         model_id = str(row.get("id") or _manifest_id(checkpoint, path.parent))
         try:
             _, resolved = _paths.resolve(checkpoint)
-            models.append(Model(_safe_id(model_id), os.path.abspath(resolved), row_targets, options))
+            models.append(Model(_safe_id(model_id), storage.absolute(resolved), row_targets, options))
         except CheckpointError as error:
-            models.append(Model(_safe_id(model_id), os.path.abspath(checkpoint), row_targets, options, str(error)))
+            models.append(Model(_safe_id(model_id), storage.absolute(checkpoint), row_targets, options, str(error)))
     return models
 
 
@@ -438,6 +447,8 @@ def _boolean(value, where):
 
 
 def _manifest_id(checkpoint, folder):
+    if storage.is_url(checkpoint):
+        return checkpoint.relative_to(folder).as_posix() if checkpoint.is_relative_to(folder) else checkpoint.key
     checkpoint = pathlib.Path(os.path.abspath(checkpoint))
     with contextlib.suppress(ValueError):
         return checkpoint.relative_to(os.path.abspath(folder)).as_posix()
@@ -450,16 +461,19 @@ def _manifest_id(checkpoint, folder):
 def checkpoint_files(checkpoint):
     """The files holding a checkpoint's bytes: V2 index and data shards, or the V1 file (or its shards)."""
     kind, path = _paths.resolve(checkpoint)
-    path = pathlib.Path(path)
+    path = storage.path(path)
     if kind == "v2":
-        return [pathlib.Path(f"{path}.index"), *sorted(path.parent.glob(glob.escape(path.name) + ".data-*"))]
+        return [storage.path(f"{path}.index"), *sorted(path.parent.glob(glob.escape(path.name) + ".data-*"))]
     return sorted(path.parent.glob(path.name)) if glob.has_magic(path.name) else [path]
 
 
 def _file_digest(path):
-    """blake2b of a file's bytes, read in chunks."""
+    """blake2b of a file's bytes, read in chunks; for an object, the digest its store keeps of its bytes."""
+    stored = path.content_digest() if storage.is_url(path) else None
+    if stored is not None:
+        return stored
     digest = hashlib.blake2b(digest_size=DIGEST_SIZE)
-    with open(path, "rb") as handle:
+    with (path.open("rb") if storage.is_url(path) else open(path, "rb")) as handle:
         while chunk := handle.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -474,12 +488,12 @@ def content_hash(files, cache):
     whole = hashlib.blake2b(digest_size=DIGEST_SIZE)
     entries = {}
     for path in files:
-        stat = pathlib.Path(path).stat()
+        stat = storage.path(path).stat()
         entry = cache.get(str(path))
         if not entry or (entry["size"], entry["mtime_ns"]) != (stat.st_size, stat.st_mtime_ns):
             entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "digest": _file_digest(path)}
         entries[str(path)] = entry
-        whole.update(f"{pathlib.Path(path).name}\0{entry['digest']}\0".encode())
+        whole.update(f"{storage.path(path).name}\0{entry['digest']}\0".encode())
     return whole.hexdigest(), entries
 
 
@@ -588,7 +602,8 @@ def _report_entry(model_id, entry, status, seconds=0.0):
     output = f"{model_id}/{entry['output']}" if entry.get("output") and entry.get("status") == OK else None
     return {"status": status, "output": output, "max_error": entry.get("max_error"),
             "seconds": round(seconds, 3), "reason": entry.get("reason", ""),
-            "decisions": entry.get("decisions"), "skipped": entry.get("skipped", {}), "notes": entry.get("notes", [])}
+            "decisions": entry.get("decisions"), "skipped": entry.get("skipped", {}), "notes": entry.get("notes", []),
+            "bytes_read": entry.get("bytes_read") if status != UP_TO_DATE else 0}
 
 
 def _current_record(job):
@@ -598,7 +613,7 @@ def _current_record(job):
     table's digest, the options and the version must give the recorded keys.
     """
     model = job.model
-    folder = pathlib.Path(job.outdir, model.id)
+    folder = storage.path(job.outdir) / model.id
     state = _read_state(folder)
     if model.error or state.get("version") != __version__:
         return None
@@ -630,7 +645,7 @@ def _process_model(job):
     model = job.model
     if model.error:
         return _failed_record(model, model.error)
-    folder = pathlib.Path(job.outdir, model.id)
+    folder = storage.path(job.outdir) / model.id
     try:
         _make_folder(folder, job.outdir)
         state = _read_state(folder)
@@ -668,6 +683,8 @@ def _process_model(job):
 
 def _make_folder(folder, outdir):
     """Create a model's folder, refusing one that a link in OUTDIR places outside it, before creating anything."""
+    if storage.is_url(folder):
+        return  # a bucket has neither folders to create nor links
     existing = folder
     while not os.path.lexists(existing):
         existing = existing.parent
@@ -702,7 +719,7 @@ def _convert_target(job, folder, state, target, name, key, previous):
         result = convert(model.checkpoint, target, output, **options, force=True)
         stat = output.stat()
         entry = {"status": OK, "key": key, "output": name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                 "verified": None, "max_error": None, "decisions": result.plan.to_dict(),
+                 "bytes_read": result.bytes_read, "verified": None, "max_error": None, "decisions": result.plan.to_dict(),
                  "skipped": result.skipped_counts(), "notes": result.notes}
     except ConvertError as error:
         entry = {"status": FAILED, "key": key, "output": name, "reason": _one_line(error)}
@@ -726,13 +743,16 @@ def _verify(job, folder, state, targets, did):
     try:
         # --ema auto: the ports record what was used
         given = {k: options[k] for k in VERIFY_OPTIONS if not (k == "ema" and options[k] == EMA_AUTO)}
-        report = verify(model.checkpoint, list(paths.values()), **given, device=job.device)
+        with storage.local_copies(model.checkpoint, list(paths.values())) as (checkpoint, ported):
+            report = verify(checkpoint, ported, **given, device=job.device)
+            labels = {backend.path: backend.name for backend in report.backends}
+            labels = {str(remote): labels.get(str(local)) for remote, local in zip(paths.values(), ported)}
     except ConvertError as error:
         report, reason = None, f"verification failed: {_one_line(error)}"
     except Exception as error:  # a bug must not stop the batch: the targets fail with the reason
         report, reason = None, f"verification failed: unexpected {type(error).__name__}: {_one_line(error)}"
     share = (time.perf_counter() - started) / len(targets)
-    labels = {backend.path: backend.name for backend in (report.backends if report else [])}
+    labels = labels if report else {}
     for target, path in paths.items():
         entry = state["targets"][target]
         checks = [c for c in (report.checks if report else []) if c.backend == labels.get(str(path))]
@@ -884,6 +904,10 @@ def _default_jobs():
 
 @contextlib.contextmanager
 def _exclusive(outdir):
+    if storage.is_url(outdir):
+        # a bucket has no locks: one batch at a time writes to an output prefix
+        yield
+        return
     # never through a link: opening one to write would create or truncate a file elsewhere
     try:
         handle = open(os.open(outdir / LOCK_FILENAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666), "r+")
@@ -935,7 +959,7 @@ def run_batch(sources, outdir, *, targets=("torch",), options=None, verify=False
     notify = progress or (lambda event, value: None)
     targets = _parse_targets(targets)
     # absolute, so that workers (and Ray nodes) find the same files
-    outdir = pathlib.Path(os.path.abspath(outdir))
+    outdir = storage.path(storage.absolute(outdir))
     if outdir.exists() and not outdir.is_dir():
         raise ConvertError(f"{outdir}: not a directory; pass an output directory with -o")
     # sources first: a batch refused for its sources leaves no OUTDIR behind

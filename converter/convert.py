@@ -16,7 +16,7 @@ import time
 
 # imported as ``tables``: ``convert``'s argument ``mapping`` (a user's table) would shadow the module
 from converter import mapping as tables
-from converter import provenance
+from converter import provenance, storage
 from converter._atomic import atomic_output
 from converter.checkpoint import open_checkpoint
 from converter.errors import CheckpointError, ConvertError, GraphError, MappingError, OutputExistsError
@@ -63,6 +63,8 @@ class ConvertResult:
     bytes: int  # size of the written file; 0 for a dry run
     seconds: float
     dry_run: bool
+    bytes_read: int = 0  # read from the checkpoint's files: its index and the tensors the plan takes
+    bytes_stored: int = 0  # held by the checkpoint's files
     notes: list = dataclasses.field(default_factory=list)  # what the output does not load into, and why
 
     @property
@@ -83,6 +85,8 @@ class ConvertResult:
             "architecture": self.architecture,
             "tensors": self.tensors,
             "bytes": self.bytes,
+            "bytes_read": self.bytes_read,
+            "bytes_stored": self.bytes_stored,
             "seconds": round(self.seconds, 3),
             "dry_run": self.dry_run,
             "decisions": self.plan.to_dict(),
@@ -118,7 +122,7 @@ def writer_for(target, output):
     if not suffixes:
         known = sorted({t for t, _ in WRITERS})
         raise ConvertError(f"unknown target {target!r}; choose one of {', '.join(known)}")
-    name = pathlib.Path(output).name
+    name = storage.path(output).name
     matching = [suffix for suffix in suffixes if name.endswith(suffix)]
     if not matching:
         raise ConvertError(f"{output}: the {target} target writes {', '.join(suffixes)} files; rename the output")
@@ -154,7 +158,7 @@ def check_target_options(target, options):
 
 def default_output(checkpoint_path, target):
     """Where the output goes when none is given: beside the checkpoint, ``model.ckpt`` -> ``model.pth``."""
-    path = pathlib.Path(checkpoint_path)
+    path = storage.path(checkpoint_path)
     suffix = DEFAULT_SUFFIXES[target]
     if path.name.endswith(CHECKPOINT_SUFFIX):
         return path.with_name(path.name[: -len(CHECKPOINT_SUFFIX)] + suffix)
@@ -250,7 +254,7 @@ def convert(checkpoint, to=None, output=None, *, arch=None, mapping=None, scope=
         shapes = {info.name: info.shape for info in infos}
         plan = tables.plan(shapes, table, to, ema=ema, background=background, aux=aux, drop=drop, strict=strict,
                            scope=scope, input_size=input_size, dtypes={info.name: info.dtype for info in infos})
-        target = pathlib.Path(output) if output is not None else default_output(ckpt.path, to)
+        target = storage.path(output) if output is not None else default_output(ckpt.path, to)
         write = writer_for(to, target)
         check = getattr(importlib.import_module(write.__module__), "check", None)
         if check is not None:
@@ -262,6 +266,7 @@ def convert(checkpoint, to=None, output=None, *, arch=None, mapping=None, scope=
             plan.record = provenance.make(plan, checkpoint=ckpt.path, ema=ema, background=background, aux=aux,
                                           dtype=dtype, strict=strict, options=options)
             with atomic_output(target, force) as temp:
+                ckpt.prefetch([entry.source for entry in plan.entries if entry.source is not None])
                 if options.get("external_data"):  # ONNX weights in a file beside the model, named after it
                     options["external_data"] = f"{target.name}{EXTERNAL_DATA_SUFFIX}"
                     with atomic_output(target.parent / options["external_data"], force) as data:
@@ -271,7 +276,7 @@ def convert(checkpoint, to=None, output=None, *, arch=None, mapping=None, scope=
                     write(plan, ckpt.read, temp, dtype=dtype, **options)
                 size += temp.stat().st_size
     return ConvertResult(
-        checkpoint=pathlib.Path(ckpt.path),
+        checkpoint=storage.path(ckpt.path),
         output=target,
         target=to,
         architecture=table.architecture,
@@ -281,4 +286,6 @@ def convert(checkpoint, to=None, output=None, *, arch=None, mapping=None, scope=
         seconds=time.perf_counter() - start,
         dry_run=dry_run,
         notes=notes + third_party_notes(plan),
+        bytes_read=ckpt.bytes_read,
+        bytes_stored=ckpt.bytes_stored,
     )

@@ -9,6 +9,7 @@ Runtimes that only the ports converted on the fly would use are skipped with a r
 import importlib.util
 import pathlib
 
+from converter import storage
 from converter.errors import ConvertError
 
 # ported file suffix -> (modules its runtime imports, the pip extra that installs them)
@@ -51,7 +52,7 @@ def missing(modules):
 
 def suffix_of(path):
     """The known port suffix ``path`` ends with (the longest), or None."""
-    name = pathlib.Path(path).name
+    name = str(path).rpartition("/")[2]  # a local path or a bucket's URL
     matching = [suffix for suffix in RUNTIMES if name.endswith(suffix)]
     return max(matching, key=len) if matching else None
 
@@ -69,7 +70,7 @@ def check_verify(ported=(), *, input_file=None, torch_model="exact", reports=())
     if absent:
         raise UsageError(f"verify runs TF-Slim in TensorFlow, and {', '.join(absent)} is not installed; "
                          f"install it with: pip install 'ckpt-convert[{REFERENCE[1]}]'")
-    for path in map(pathlib.Path, ported):
+    for path in map(storage.path, ported):  # a port in a bucket is checked there
         suffix = suffix_of(path)
         if suffix is None:
             raise UsageError(f"{path}: cannot verify this kind of file; known suffixes: {', '.join(RUNTIMES)}")

@@ -16,7 +16,7 @@ EMA = "ExponentialMovingAverage"
 SLOTS = ("RMSProp", "RMSProp_1", "Adam", "Adam_1", "Momentum")
 TOTAL_KEYS = {"all", "model", "ema", "slot", "other"}
 REPORT_KEYS = {"schema", "path", "format", "kind", "architecture", "networks", "decisions", "totals", "groups", "variables",
-               "graph"}
+               "graph", "bytes_read"}
 VARIABLE_KEYS = {
     "name", "role", "shape", "dtype", "parameters", "bytes", "prefix", "model_scope", "block", "branch", "layer",
     "parameter", "suffixes", "ema", "slot", "kernel_hint", "object_path", "problem",

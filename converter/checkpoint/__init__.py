@@ -5,6 +5,8 @@
             array = ckpt.read(name)     # read-only, a view into the file where possible
 
 Listing reads only the index; reading a tensor touches only its bytes and checks its CRC32C.
+A path may be an ``s3://`` or ``gs://`` URL (``converter.storage``): the index is fetched, then only
+the byte ranges of the tensors read (``prefetch`` fetches many at once).
 Every problem with the input raises ``CheckpointError`` naming the file.
 """
 
@@ -75,8 +77,7 @@ class Checkpoint:
         return list(self._names)
 
     def _check_name(self, name):
-        if self._closed:
-            raise CheckpointError(f"{self.path}: the checkpoint is closed; read inside its `with` block")
+        self._check_open()
         if name not in self._known:
             raise CheckpointError(f"{self.path}: no variable named '{name}'; list them with `ckpt-convert inspect`")
 
@@ -95,6 +96,34 @@ class Checkpoint:
         if array.flags.writeable:
             array.flags.writeable = False
         return array
+
+    def prefetch(self, names):
+        """Fetch the bytes of variables ``names`` ahead of reading them, where the checkpoint is remote.
+
+        Their byte ranges are coalesced and fetched several at a time; a local checkpoint needs nothing.
+        """
+        self._check_open()
+        prefetch = getattr(self._source, "prefetch", None)
+        if prefetch is not None:
+            unknown = [name for name in names if name not in self._known]
+            if unknown:
+                self._check_name(unknown[0])
+            with _Boundary(self.path):
+                prefetch(names)
+
+    @property
+    def bytes_read(self):
+        """Bytes read from the checkpoint's files so far: its index and the tensors' bytes."""
+        return self._source.bytes_read
+
+    @property
+    def bytes_stored(self):
+        """Bytes the checkpoint's files hold (the index alone for a checkpoint opened with ``index_only``)."""
+        return getattr(self._source, "bytes_stored", self._source.bytes_read)
+
+    def _check_open(self):
+        if self._closed:
+            raise CheckpointError(f"{self.path}: the checkpoint is closed; read inside its `with` block")
 
     def close(self):
         """Release the file maps (arrays already read stay valid)."""
@@ -140,9 +169,13 @@ def _check_names(names, path):
         raise CheckpointError(f"{path}: {shown}{more} (corrupt index)")
 
 
-def open_checkpoint(path):
-    """Open a checkpoint given a prefix, ``.index``/data file, V1 file or directory; returns a Checkpoint."""
+def open_checkpoint(path, index_only=False):
+    """Open a checkpoint given a prefix, ``.index``/data file, V1 file or directory (or an ``s3://``/``gs://`` URL).
+
+    ``index_only``: a V2 checkpoint is opened from its ``.index`` alone, without its data shards, for
+    listing and describing its variables (reading one raises CheckpointError). Returns a Checkpoint.
+    """
     with _Boundary(path):
         kind, resolved = _paths.resolve(path)
-        source = _bundle.Bundle(resolved) if kind == "v2" else _v1.V1Checkpoint(resolved)
+        source = _bundle.Bundle(resolved, index_only) if kind == "v2" else _v1.V1Checkpoint(resolved)
         return Checkpoint(source, resolved)

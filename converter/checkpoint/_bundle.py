@@ -5,14 +5,14 @@ BundleHeaderProto; every other entry names a tensor (or, under an ordered-code k
 partitioned tensor whose full entry lists its ``slices``). Data files hold raw little-endian bytes.
 """
 
+import contextlib
 import math
 import mmap
-import os
-import pathlib
 import struct
 
 import numpy as np
 
+from converter import storage
 from converter.checkpoint import _crc, _dtypes, _proto, _slices
 from converter.checkpoint._table import Table
 from converter.errors import CheckpointError, join_problems
@@ -32,23 +32,30 @@ SHOWN_PROBLEMS = 5
 
 def data_filename(prefix, shard, num_shards):
     """``<prefix>.data-00000-of-00001`` (naming.cc)."""
-    return pathlib.Path(f"{prefix}.data-{shard:05d}-of-{num_shards:05d}")
+    return storage.path(f"{prefix}.data-{shard:05d}-of-{num_shards:05d}")
 
 
 def index_filename(prefix):
-    return pathlib.Path(f"{prefix}{INDEX_SUFFIX}")
+    return storage.path(f"{prefix}{INDEX_SUFFIX}")
 
 
 class Bundle:
-    """An open V2 bundle: the index parsed, data shards memory-mapped on first use."""
+    """An open V2 bundle: the index parsed, data shards memory-mapped (remote ones read by ranges) on first use.
 
-    def __init__(self, prefix):
-        self.prefix = pathlib.Path(prefix)
+    ``index_only`` opens the index without its data shards (listing and describing work; reading
+    does not): what ``inspect`` needs, and all it fetches from a store.
+    """
+
+    def __init__(self, prefix, index_only=False):
+        self.prefix = storage.path(prefix)
         self.index_path = index_filename(self.prefix)
+        self.index_only = index_only
         try:
             buffer = self.index_path.read_bytes()
         except OSError as error:
-            raise CheckpointError(f"{self.index_path}: cannot read ({error.strerror})") from error
+            raise CheckpointError(f"{self.index_path}: cannot read ({error.strerror or error})") from error
+        self.bytes_read = len(buffer)
+        self.bytes_stored = len(buffer)
         table = Table(self.index_path, buffer)
         raw = dict(table.items())
         if HEADER_KEY not in raw:
@@ -63,9 +70,10 @@ class Bundle:
         self._entries = entries
         # full entries only: a partitioned tensor's slices hide behind its full entry
         self._full = {key.decode("utf-8", "surrogateescape"): key for key in entries if key not in slice_keys}
-        self._check_entries()
-        self._check_claims()
         self._maps = {}
+        self._check_entries()
+        if not index_only:
+            self._check_claims()
         self.format = "tf2" if OBJECT_GRAPH_KEY in self._full else "v2"
 
     def _error(self, problem, path=None):
@@ -88,7 +96,7 @@ class Bundle:
             raise self._error("written by a newer TensorFlow bundle format version than this reader supports")
 
     def _check_entries(self):
-        problems, missing = [], set()
+        problems, used = [], set()
         for name, key in self._full.items():
             entry = self._entries[key]
             if _dtypes.numpy_dtype(entry.dtype) is None:
@@ -96,8 +104,11 @@ class Bundle:
             for shard in self._shards_of(key):
                 if shard >= self.num_shards:
                     problems.append(f"'{name}' is in shard {shard} of {self.num_shards} (corrupt index)")
-                elif not data_filename(self.prefix, shard, self.num_shards).is_file():
-                    missing.add(shard)
+                else:
+                    used.add(shard)
+        # once per shard: for a remote checkpoint each look is a request
+        missing = set() if self.index_only else {
+            shard for shard in used if not data_filename(self.prefix, shard, self.num_shards).is_file()}
         if missing:
             names = ", ".join(data_filename(self.prefix, s, self.num_shards).name for s in sorted(missing))
             problems.append(f"missing data shard {names}; {COPY_ALL_SHARDS}")
@@ -129,7 +140,9 @@ class Bundle:
         self._raise(problems)
         for shard, ranges in sorted(claims.items()):
             path = data_filename(self.prefix, shard, self.num_shards)
-            self._raise(_overlaps(sorted(ranges), os.stat(path).st_size), path)
+            size = path.stat().st_size
+            self.bytes_stored += size
+            self._raise(_overlaps(sorted(ranges), size), path)
 
     def _shards_of(self, key):
         entry = self._entries[key]
@@ -171,9 +184,31 @@ class Bundle:
             parts.append((extents, self._read_entry(name, part_entry, dtype, shape)))
         return _slices.assemble(entry.shape, dtype, parts)
 
+    def _parts(self, name):
+        key = self._full[name]
+        entry = self._entries[key]
+        return [self._entries[_slices.slice_key(key, extents)] for extents in entry.slices] or [entry]
+
+    def prefetch(self, names):
+        """Fetch the bytes of ``names`` from remote data shards in few requests, several at once."""
+        ranges = {}
+        for name in names:
+            for part in self._parts(name):
+                ranges.setdefault(part.shard_id, []).append((part.offset, part.size))
+        for shard, wanted in sorted(ranges.items()):
+            _, buffer = self._map(shard)
+            if isinstance(buffer, storage.RangedFile):
+                with _counted(self, buffer):
+                    buffer.prefetch(wanted)
+
     def _map(self, shard):
+        if self.index_only:
+            raise self._error("opened from its index alone; open it with its data files to read tensors")
         if shard not in self._maps:
             path = data_filename(self.prefix, shard, self.num_shards)
+            if storage.is_url(path):
+                self._maps[shard] = (path, storage.RangedFile(path, path.stat().st_size))
+                return self._maps[shard]
             try:
                 with open(path, "rb") as file:
                     size = file.seek(0, 2)
@@ -194,7 +229,12 @@ class Bundle:
         path, buffer = self._map(entry.shard_id)
         if entry.offset + entry.size > len(buffer):
             raise self._error(f"'{name}' lies past the end of the data file (truncated?)", path)
-        view = memoryview(buffer)[entry.offset : entry.offset + entry.size]
+        if isinstance(buffer, storage.RangedFile):
+            with _counted(self, buffer):
+                view = buffer.read(entry.offset, entry.size)
+        else:
+            view = memoryview(buffer)[entry.offset : entry.offset + entry.size]
+            self.bytes_read += entry.size
         if dtype == object:
             return self._read_strings(name, path, view, count, entry, shape)
         actual = _crc.crc32c(view)
@@ -242,6 +282,16 @@ class Bundle:
                 except BufferError:
                     pass  # arrays handed out still view it; it closes when the last one goes
         self._maps.clear()
+
+
+@contextlib.contextmanager
+def _counted(bundle, ranged):
+    """Adds what RangedFile ``ranged`` fetches inside the block to the bundle's ``bytes_read``."""
+    before = ranged.bytes_read
+    try:
+        yield
+    finally:
+        bundle.bytes_read += ranged.bytes_read - before
 
 
 def _overlaps(ranges, size):

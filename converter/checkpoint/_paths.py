@@ -5,6 +5,7 @@ import os
 import pathlib
 import re
 
+from converter import storage
 from converter.checkpoint import _bundle
 from converter.checkpoint._table import has_table_magic
 from converter.errors import CheckpointError
@@ -26,7 +27,7 @@ _NOT_CHECKPOINTS = re.compile(r"(\.meta|\.data-\d{5}-of-\d{5}|\.tempstate\d+)$")
 
 def resolve(path):
     """``("v2", prefix)`` or ``("v1", file)`` for a user-supplied path; CheckpointError if there is none."""
-    path = pathlib.Path(path)
+    path = storage.path(path)
     try:
         return _from_directory(path) if path.is_dir() else _checkpoint(path)
     except OSError as error:  # a name too long, a part that is not a directory, no permission...
@@ -37,9 +38,9 @@ def _checkpoint(path):
     """What ``resolve`` finds for a path that is not a directory (a state file's target is never one)."""
     text = str(path)
     if text.endswith(_bundle.INDEX_SUFFIX):
-        return _prefix(pathlib.Path(text[: -len(_bundle.INDEX_SUFFIX)]), path)
+        return _prefix(storage.path(text[: -len(_bundle.INDEX_SUFFIX)]), path)
     if _DATA_SUFFIX.search(text) and not has_table_magic(path):
-        return _prefix(pathlib.Path(_DATA_SUFFIX.sub("", text)), path)
+        return _prefix(storage.path(_DATA_SUFFIX.sub("", text)), path)
     if _bundle.index_filename(path).is_file():
         return "v2", path
     if path.is_file():
@@ -79,7 +80,7 @@ def _from_directory(directory):
     if state.is_file():
         return _checkpoint(_from_state_file(state))
     found = sorted(
-        {pathlib.Path(str(p)[: -len(_bundle.INDEX_SUFFIX)]) for p in directory.glob("*" + _bundle.INDEX_SUFFIX)}
+        {storage.path(str(p)[: -len(_bundle.INDEX_SUFFIX)]) for p in directory.glob("*" + _bundle.INDEX_SUFFIX)}
         | {_v1_pattern(p) for p in directory.iterdir() if _is_v1_candidate(p)}
     )
     if not found:
@@ -93,17 +94,18 @@ def _from_directory(directory):
 
 
 def _from_state_file(state):
-    with open(state, "rb") as file:
-        text = file.read(STATE_FILE_LIMIT + 1)
+    if storage.is_url(state):
+        text = state.read_range(0, STATE_FILE_LIMIT + 1)
+    else:
+        with open(state, "rb") as file:
+            text = file.read(STATE_FILE_LIMIT + 1)
     if len(text) > STATE_FILE_LIMIT:
         raise CheckpointError(f"{state}: larger than a checkpoint state file ({STATE_FILE_LIMIT} bytes at most); "
                               "pass the checkpoint prefix instead")
     match = _STATE_PATH.search(text.decode("utf-8", "replace"))
     if match is None:
         raise CheckpointError(f"{state}: no model_checkpoint_path line; pass the checkpoint prefix instead")
-    target = pathlib.Path(_ESCAPES.sub(r"\1", match.group(1)))
-    if not target.is_absolute():
-        target = state.parent / target
+    target = _state_target(_ESCAPES.sub(r"\1", match.group(1)), state)
     inside = _inside(target, state.parent)
     if inside and _exists(target):
         return target
@@ -117,8 +119,21 @@ def _from_state_file(state):
     raise CheckpointError(f"{state}: names {target}, which does not exist; pass the checkpoint prefix instead")
 
 
+def _state_target(text, state):
+    """The checkpoint a state file's path names: relative to the state file's folder unless absolute."""
+    if storage.is_url(text):
+        return storage.path(text)
+    if storage.is_url(state):
+        # a path on the machine that trained the model names no object; its last part may lie beside
+        return state.parent / text if not pathlib.PurePath(text).is_absolute() else storage.path(text)
+    target = pathlib.Path(text)
+    return target if target.is_absolute() else state.parent / target
+
+
 def _inside(target, directory):
     """Whether checkpoint prefix ``target`` lies in ``directory`` (its files are ``directory``'s), links resolved."""
+    if storage.is_url(directory):
+        return storage.is_url(target) and target.parent.is_relative_to(directory)
     return pathlib.Path(os.path.realpath(target)).parent.is_relative_to(os.path.realpath(directory))
 
 

@@ -12,6 +12,7 @@ import struct
 
 import cramjam
 
+from converter import storage
 from converter.checkpoint import _crc
 from converter.checkpoint._proto import read_varint
 from converter.errors import CheckpointError
@@ -34,6 +35,8 @@ BLOCK_CACHE_SIZE = 16
 
 def has_table_magic(path):
     """Whether the file at ``path`` ends with the table magic number."""
+    if storage.is_url(path):
+        return _remote_table_magic(path)
     try:
         with open(path, "rb") as file:
             file.seek(0, 2)
@@ -41,6 +44,16 @@ def has_table_magic(path):
                 return False
             file.seek(-MAGIC_SIZE, 2)
             return int.from_bytes(file.read(MAGIC_SIZE), "little") == TABLE_MAGIC
+    except OSError:
+        return False
+
+
+def _remote_table_magic(path):
+    try:
+        size = path.stat().st_size
+        if size < FOOTER_SIZE:
+            return False
+        return int.from_bytes(path.read_range(size - MAGIC_SIZE, size), "little") == TABLE_MAGIC
     except OSError:
         return False
 

@@ -8,10 +8,10 @@ writes them, see ``saved_tensor_slice_util.h``) or in ``tensor_content``.
 import math
 import glob
 import mmap
-import pathlib
 
 import numpy as np
 
+from converter import storage
 from converter.checkpoint import _dtypes, _proto, _repeated, _slices
 from converter.checkpoint._table import Table
 from converter.errors import CheckpointError, join_problems
@@ -63,15 +63,19 @@ class V1Checkpoint:
     format = "v1"
 
     def __init__(self, path):
-        self.path = pathlib.Path(path)
-        pattern = glob.escape(str(self.path.parent)) + "/" + self.path.name
-        files = [self.path] if self.path.is_file() else sorted(glob.glob(pattern))
+        self.path = storage.path(path)
+        if storage.is_url(self.path):
+            files = [self.path] if self.path.is_file() else self.path.parent.glob(self.path.name)
+        else:
+            pattern = glob.escape(str(self.path.parent)) + "/" + self.path.name
+            files = [self.path] if self.path.is_file() else sorted(glob.glob(pattern))
         if not files:
             raise self._error("no such file")
+        self.bytes_read = 0
         self._buffers = []  # kept open for the tables' lifetime
         self._meta, self._slices, problems = {}, {}, []
         for file in files:
-            table = self._open(pathlib.Path(file))
+            table = self._open(storage.path(file))
             for item in self._read_meta(table):
                 name = item.name.decode("utf-8", "surrogateescape")
                 known = self._meta.setdefault(name, item)
@@ -98,6 +102,12 @@ class V1Checkpoint:
         return problems
 
     def _open(self, path):
+        if storage.is_url(path):
+            # a V1 file interleaves values with the table's keys: a conversion needs nearly all of it
+            buffer = path.read_bytes()
+            self.bytes_read += len(buffer)
+            self._buffers.append(buffer)
+            return Table(path, buffer)
         try:
             with open(path, "rb") as file:
                 size = file.seek(0, 2)

@@ -8,7 +8,7 @@ import click
 
 from converter import batch
 from converter.cli import counted, debug_option
-from converter.cli.options import batch_model_options, pop_plan_options
+from converter.cli.options import LOCATION, batch_model_options, pop_plan_options
 from converter.cli.quiet import quiet_tensorflow, silenced_stderr, verbosity_options
 from converter.convert import DTYPES, TARGET_OPTIONS
 
@@ -99,8 +99,8 @@ class _Progress:
 
 
 @click.command("batch")
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=pathlib.Path))
-@click.option("-o", "--output", "outdir", required=True, type=click.Path(file_okay=False, path_type=pathlib.Path),
+@click.argument("sources", nargs=-1, required=True, type=LOCATION)
+@click.option("-o", "--output", "outdir", required=True, type=LOCATION,
               help="Output directory: OUTDIR/<model id>/<name>.<suffix>, report.json and report.md.")
 @click.option("--to", "targets", default="torch", show_default=True,
               help="Comma-separated targets: torch, keras, onnx.")
@@ -127,7 +127,8 @@ def command(sources, outdir, targets, verify, jobs, all_steps, executor, address
     """Convert every checkpoint under SOURCES to each target, in parallel; write OUTDIR/report.{json,md}.
 
     SOURCES are directories (searched recursively for V1 and V2 checkpoints; of a training run, the
-    latest step) or .yaml/.csv manifests listing checkpoints with per-model options. A rerun skips
+    latest step) or .yaml/.csv manifests listing checkpoints with per-model options. SOURCES and
+    OUTDIR may be s3:// or gs:// prefixes (the cloud extra); state and reports then live in the bucket. A rerun skips
     outputs that are up to date and redoes what changed or failed. Exit status 1 when any model failed.
     Each model is decided by its own checkpoint (scope, background class, heads, input size); the
     options below apply to every model that a manifest does not set otherwise.

@@ -1,13 +1,11 @@
 """``ckpt-convert --from slim --to torch|keras|onnx CHECKPOINT``: one checkpoint to one target file."""
 
-import pathlib
-
 import click
 
 from converter import convert as conversion
 from converter import mapping as tables
 from converter.cli import counted, debug_option, write_json
-from converter.cli.options import model_options, pop_plan_options
+from converter.cli.options import LOCATION, model_options, pop_plan_options
 
 MB = 1e6
 # skipped-variable reasons that are not a noun for the variables themselves
@@ -50,12 +48,12 @@ def _print_decisions(result):
 
 
 @click.command("convert")
-@click.argument("checkpoint", type=click.Path(path_type=pathlib.Path))
+@click.argument("checkpoint", type=LOCATION)
 @click.option("--from", "source_format", type=click.Choice(conversion.SOURCE_FORMATS), default="slim",
               show_default=True, help="Source checkpoint convention.")
 @click.option("--to", "target", type=click.Choice(sorted(conversion.DEFAULT_SUFFIXES)),
               help="Target framework. Default: the one the -o suffix names, else torch.")
-@click.option("-o", "--output", type=click.Path(path_type=pathlib.Path),
+@click.option("-o", "--output", type=LOCATION,
               help="Output file (.pth or .safetensors; .h5 or .weights.h5; .onnx). Default: beside the checkpoint.")
 @model_options
 @click.option("--dtype", type=click.Choice(conversion.DTYPES), help="Cast floating tensors on write.")
@@ -74,6 +72,9 @@ def _print_decisions(result):
 def command(checkpoint, source_format, target, output, dtype, dry_run, force, lenient, no_top, opset, input_layout,
             outputs, external_data, json_path, debug, **shared):
     """Convert TF-Slim CHECKPOINT (a prefix, .index file, V1 file or directory) to a TARGET file.
+
+    CHECKPOINT and the output may be s3:// or gs:// URLs (the cloud extra): only the index and the
+    byte ranges of the tensors the port takes are fetched, and the output is uploaded atomically.
 
     Everything is checked before anything is written; the output is written atomically and never
     overwritten without --force. What was decided from the checkpoint (its network's scope, the

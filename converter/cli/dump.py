@@ -9,6 +9,7 @@ import numpy as np
 from converter._atomic import atomic_output
 from converter.checkpoint import open_checkpoint
 from converter.cli import counted, debug_option
+from converter.cli.options import LOCATION
 from converter.errors import ConvertError
 from converter.writers.safetensors import DTYPES as SAFETENSORS_DTYPES
 from converter.writers.safetensors import save_safetensors
@@ -52,9 +53,9 @@ def _unmapped(ckpt, arch, mapping_path, scope):
 
 
 @click.command("dump")
-@click.argument("path", type=click.Path(path_type=pathlib.Path))
+@click.argument("path", type=LOCATION)
 @click.option(
-    "-o", "--output", required=True, type=click.Path(path_type=pathlib.Path),
+    "-o", "--output", required=True, type=LOCATION,
     help="Output file: out.safetensors or out.npz.",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
@@ -81,6 +82,7 @@ def command(path, output, force, unmapped, arch, mapping_path, scope, debug):
         infos = [ckpt.info(name) for name in wanted]
         skipped = [info for info in infos if not holds(info.dtype)]
         kept = [info for info in infos if holds(info.dtype)]
+        ckpt.prefetch([info.name for info in kept])
         write(((info.name, ckpt.read(info.name)) for info in kept), temp)
     if skipped:  # said once the output is written: a failed run prints its error alone
         kinds = sorted({"string" if info.dtype == object else str(info.dtype) for info in skipped})

@@ -152,9 +152,10 @@ def build_report(path):
     Reads the index only. Raises CheckpointError when ``path`` is not a readable checkpoint, MappingError
     when a built-in mapping table is invalid.
     """
-    with open_checkpoint(path) as checkpoint:
+    with open_checkpoint(path, index_only=True) as checkpoint:
         infos = [checkpoint.info(name) for name in checkpoint.names()]
         checkpoint_path, checkpoint_format = str(checkpoint.path), checkpoint.format
+        bytes_read = checkpoint.bytes_read
     kind = KIND_TF2 if checkpoint_format == FORMAT_TF2 else KIND_SLIM
     found = mapping.networks([info.name for info in infos]) if kind == KIND_SLIM else []
     architecture = found[0].architecture if found else None
@@ -171,6 +172,7 @@ def build_report(path):
         "schema": SCHEMA,
         "path": checkpoint_path,
         "format": checkpoint_format,
+        "bytes_read": bytes_read,
         "kind": kind,
         "architecture": architecture or UNKNOWN_ARCHITECTURE,
         "networks": [{"architecture": n.architecture, "scope": str(n), "prefix": n.prefix} for n in found],
@@ -281,7 +283,8 @@ def render_text(report):
     help=f"""List the variables of the checkpoint PATH, grouped by TF-Slim scope, with sizes and totals.
 
     PATH is a checkpoint prefix, its .index or data file, a V1 checkpoint file, or a directory with a
-    `checkpoint` state file. Only the index is read. EMA shadows, optimizer slots, global_step and names
+    `checkpoint` state file, local or in a bucket (s3://, gs://). Only the index is read: the data
+    files need not be there. EMA shadows, optimizer slots, global_step and names
     that are not TF-Slim names are flagged; the architecture is the mapping table whose detect
     variables are all present ("{UNKNOWN_ARCHITECTURE}" if none). TF2 object-based checkpoints are
     reported as such, by object path.
@@ -291,6 +294,7 @@ def render_text(report):
       schema        {SCHEMA}
       path          the checkpoint read
       format        "v2" | "v1" | "tf2"
+      bytes_read    bytes read from the checkpoint's files (the index alone)
       kind          "slim" | "tf2"
       architecture  a mapping table name, or "{UNKNOWN_ARCHITECTURE}"
       networks      [{{architecture, scope, prefix}}]: each network found, under

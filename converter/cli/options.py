@@ -8,7 +8,23 @@ import pathlib
 
 import click
 
-from converter import input_size, mapping
+from converter import input_size, mapping, storage
+from converter.errors import ConvertError
+
+
+class Location(click.ParamType):
+    """A local path (a ``pathlib.Path``) or an ``s3://``/``gs://`` URL (a ``storage.RemotePath``), kept intact."""
+
+    name = "path"
+
+    def convert(self, value, param, ctx):
+        try:
+            return storage.path(value)
+        except ConvertError as error:
+            self.fail(str(error), param, ctx)
+
+
+LOCATION = Location()
 
 SHARED = (
     click.option("--arch", help="Architecture (a built-in mapping table) instead of detecting it."),

@@ -4,7 +4,7 @@ import json
 
 import click
 
-from converter import oracle
+from converter import oracle, storage
 from converter._atomic import atomic_output
 from converter.cli import debug_option, write_json
 from converter.cli.options import model_options, pop_plan_options
@@ -66,7 +66,8 @@ def command(checkpoint, ported, json_path, junit_path, verbose, quiet, debug, **
 
     options.pop("no_top")
     progress = progress_printer(quiet)
-    with silenced_stderr(verbose):
+    # TensorFlow's reader takes local files only: checkpoints and ports in a bucket are copied down first
+    with silenced_stderr(verbose), storage.local_copies(checkpoint, ported) as (checkpoint, ported):
         report = verify(checkpoint, ported, **plan_options, no_top=no_top, **options, progress=progress)
     if json_path == "-":
         write_json("-", report.to_dict())

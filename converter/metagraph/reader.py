@@ -20,6 +20,7 @@ import re
 import ml_dtypes
 import numpy as np
 
+from converter import storage
 from converter.errors import GraphError
 from converter.metagraph import _wire as wire
 from converter.metagraph._wire import FIXED32, FIXED64, LENGTH_DELIMITED, VARINT, WireError
@@ -272,7 +273,7 @@ class MetaGraph:
 
 def read_meta_graph(path):
     """Parse the MetaGraphDef at ``path``; GraphError naming the file when it cannot be read or is not one."""
-    path = pathlib.Path(path)
+    path = storage.path(path)
     try:
         data = path.read_bytes()
     except OSError as error:

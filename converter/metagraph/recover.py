@@ -14,7 +14,7 @@ import pathlib
 
 import numpy as np
 
-from converter import mapping
+from converter import mapping, storage
 from converter.errors import GraphError
 from converter.metagraph import inference, ops, table as table_module, units as unit_module
 from converter.metagraph.reader import parse_ref, read_meta_graph
@@ -28,7 +28,7 @@ DEFAULT_SIZE = 224
 
 def meta_beside(checkpoint):
     """The ``.meta`` graph a ``tf.train.Saver`` wrote beside ``checkpoint`` (a prefix or V1 file), or None."""
-    path = pathlib.Path(str(checkpoint) + META_SUFFIX)
+    path = storage.path(str(checkpoint) + META_SUFFIX)
     return path if path.is_file() else None
 
 
