@@ -21,6 +21,7 @@ import struct
 from converter import __version__
 from converter import input_size as sizes
 from converter import mapping as tables
+from converter import storage
 from converter.errors import ConvertError
 
 # the entry of a .pth state dict's ``_metadata`` that holds the record
@@ -127,7 +128,7 @@ def make(plan, *, checkpoint, ema=False, background=tables.BACKGROUND_AUTO, aux=
         "target": plan.target,
         "table": table_name(table),
         "table_blake2b": file_hash(table.path) if pathlib.Path(table.path).is_file() else "",
-        "checkpoint": str(pathlib.Path(checkpoint).resolve()),
+        "checkpoint": str(checkpoint) if storage.is_url(checkpoint) else str(pathlib.Path(checkpoint).resolve()),
         "checkpoint_blake2b": checkpoint_hash(checkpoint),
         "ema": TRUE if ema else FALSE,
         "background_option": background,
