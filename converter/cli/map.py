@@ -122,7 +122,8 @@ def command(checkpoint, output, input_node, outputs, input_range, force, debug):
     click.echo(f"input: {graph_facts['input']} ({data['facts']['input']['height']}x{data['facts']['input']['width']}"
                f"x{data['facts']['input']['channels']})")
     click.echo("outputs: " + ", ".join(f"{name} = {node}" for name, node in graph_facts["outputs"].items()))
-    click.echo(f"at inference: {len(graph_facts['batch_norms'])} batch norms in training mode run with their moving "
+    training = len(graph_facts["batch_norms"]) + len(graph_facts.get("statistics", {})) // 2
+    click.echo(f"at inference: {training} batch norms in training mode run with their moving "
                f"statistics, {len(graph_facts['dropouts'])} dropouts removed, is_training placeholders fed False: "
                f"{', '.join(graph_facts['training_flags']) or 'none'}")
     if plan is not None:

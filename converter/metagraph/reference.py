@@ -58,8 +58,8 @@ def _tensor_name(text):
 def _at_inference(tf, proto, spec):
     # rewrite, in TensorFlow's own MetaGraphDef, what the graph runs only in training
     nodes = {node.name: node for node in proto.graph_def.node}
-    statistics = {tuple(key.rsplit(":", 1)): variable for key, variable in spec.get("statistics", {}).items()}
-    missing = [name for name in [*spec["batch_norms"], *spec["dropouts"], *(node for node, _ in statistics)]
+    rewired = {tuple(key.rsplit(":", 1)): variable for key, variable in spec.get("statistics", {}).items()}
+    missing = [name for name in [*spec["batch_norms"], *spec["dropouts"], *(node for node, _ in rewired)]
                if name not in nodes]
     if missing:
         raise ConvertError(f"the .meta graph has no node {', '.join(missing)} that the table names; "
@@ -69,7 +69,7 @@ def _at_inference(tf, proto, spec):
         node.attr["is_training"].b = False
         for position, variable in zip((MEAN_INPUT, VARIANCE_INPUT), statistics):
             node.input[position] = _read(proto, nodes, variable)
-    for (name, position), variable in statistics.items():
+    for (name, position), variable in rewired.items():
         nodes[name].input[int(position)] = _read(proto, nodes, variable)
     for name, source in spec["dropouts"].items():
         node = nodes[name]
