@@ -63,8 +63,10 @@ def value_problems(data):
     problems = []
     if not data["detect"] or not all(isinstance(item, str) and item for item in data["detect"]):
         problems.append("detect must list one or more variable names")
+    # a kind with an epsilon of its own needs none from the facts
     problems += _facts(data["facts"], any(isinstance(kind, dict) and isinstance(kind.get("compute"), dict)
-                                          and kind["compute"].get("batch_norm") for kind in data["kinds"].values()))
+                                          and kind["compute"].get("batch_norm") and "epsilon" not in kind["compute"]
+                                          for kind in data["kinds"].values()))
     targets = data.get("targets", {})
     if isinstance(targets, dict):
         for target, spec in targets.items():

@@ -396,8 +396,6 @@ def _validate_nodes(nodes, scope, used, names, layers):
         if "activation" in node and ("add" not in node or node["activation"] not in ACTIVATIONS):
             problems.append(f"graph: activation {node['activation']!r} must be one of "
                             f"{', '.join(ACTIVATIONS)}, on an add")
-        if "scale" in node and (not isinstance(node["scale"], (int, float)) or isinstance(node["scale"], bool)):
-            problems.append(f"graph: scale {node['scale']!r} must be a number (the map is multiplied by it)")
         if "pad" in node and not _is_pads(node["pad"]):
             problems.append(f"graph: pad {node['pad']!r} must be [[top, bottom], [left, right]] of non-negative ints")
         if "reduced" in node and (node["reduced"] is not True or not isinstance(node.get("max_pool",

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from converter import oracle
 from converter.cli import cli
 from converter.convert import convert
-from converter.errors import GraphError
+from converter.errors import GraphError, MappingError
 from converter.metagraph import recover
 from converter.metagraph.recover import recover_data
 
@@ -121,7 +121,7 @@ def test_each_new_op_matters(meta_net, tmp_path, wrong):
         target = "torch"
         edited = _edited(data, lambda d: _kind(d, "Conv2d_2")["torch"]["depthwise.weight"].update(
             transform="hwio_to_oihw"))
-        with pytest.raises(Exception, match="depthwise"):
+        with pytest.raises(MappingError, match=r"a depthwise convolution of .* needs \[in \* multiplier, 1, kh, kw\]"):
             _ported_with(edited, fixture, target, tmp_path)
         return
     assert oracle.compare(golden, _ported_with(data, fixture, target, tmp_path)).ok
@@ -230,3 +230,29 @@ def test_each_unsupported_attribute_is_one_line_naming_node_and_op(tmp_path, cas
     with pytest.raises(GraphError) as caught:
         recover_data(_save(tf, tmp_path, build))
     assert str(caught.value) == f"{tmp_path / 'model.ckpt.meta'}: cannot recover the network: {expected}"
+
+
+def test_the_schema_additions_are_validated(meta_net):
+    from converter import mapping
+
+    data = recover_data(meta_net("mobile").graph)
+    assert mapping.validate(data) == []
+    cases = {
+        "scale 'x' must be a finite number": lambda d: d["graph"].__setitem__(0, {"scale": "x"}),
+        "scale nan must be a finite number": lambda d: d["graph"].__setitem__(0, {"scale": float("nan")}),
+        "compute.epsilon must be a positive number, on a kind with a batch norm":
+            lambda d: _kind(d, "Logits")["compute"].update(epsilon=0.001),
+        "compute.activation must be one of relu, relu6": lambda d: _kind(d, "Conv2d_0")["compute"].update(
+            activation="relu7"),
+        "facts.batch_norm_epsilon must be a positive number": lambda d: d["facts"].pop(
+            "batch_norm_epsilon"),
+    }
+    for expected, edit in cases.items():
+        problems = mapping.validate(_edited(data, edit))
+        assert any(expected in problem for problem in problems), (expected, problems)
+    # a kind with its own epsilon needs none from the table
+    own = _edited(data, lambda d: d["facts"].pop("batch_norm_epsilon"))
+    for kind in own["kinds"].values():
+        if kind["compute"].get("batch_norm") or kind["compute"]["op"] == "batch_norm":
+            kind["compute"].setdefault("epsilon", 0.001)
+    assert mapping.validate(own) == []
