@@ -300,7 +300,7 @@ def _validate_facts(facts):
 
 
 def batch_norm_epsilon(table, kind):
-    """The epsilon of ``kind``'s batch norm: its own ``compute.epsilon``, else the table's ``facts.batch_norm_epsilon``."""
+    """The epsilon of ``kind``'s batch norm: its ``compute.epsilon``, else the table's ``facts.batch_norm_epsilon``."""
     return float(kind["compute"].get("epsilon", table.facts.get("batch_norm_epsilon")))
 
 

@@ -8,8 +8,8 @@ ResNet-v2's ``preact``) with the activation after it. Batch norm run in training
 to inference: it normalizes by the layer's moving statistics (``<layer>/BatchNorm/moving_mean`` and
 ``moving_variance``, the variables TF-Slim keeps beside ``beta``). The other units are pools, global
 pooling (``Mean``), flattening (``Squeeze``, ``Reshape``), explicit padding, a scale by a constant,
-concatenation and residual sums (with the activation after them). A 1x1 convolution whose output is squeezed to ``[N, classes]`` (TF-Slim's logits)
-becomes a flatten followed by a fully connected layer.
+concatenation and residual sums (with the activation after them). A 1x1 convolution whose output
+is squeezed to ``[N, classes]`` (TF-Slim's logits) becomes a flatten followed by a fully connected layer.
 """
 
 import dataclasses
@@ -68,7 +68,6 @@ class Unit:
     layer: Layer | None = None
     join: str | None = None  # "concat" or "add" for a unit of several inputs
     activation: str | None = None  # after an add
-    node: object = None  # the TF node of a join
 
 
 def build_units(network, problems):
@@ -93,10 +92,10 @@ def build_units(network, problems):
             activation = after.kind if after is not None and after.kind in ACTIVATIONS else None
             output = users[0] if activation else ref
             claimed.add(output)
-            units.append(Unit(output, network.inputs[ref], join="add", activation=activation, node=op.node))
+            units.append(Unit(output, network.inputs[ref], join="add", activation=activation))
         elif op.kind == "concat":
             if _axis(params.get("axis"), network.shape(ref), where, problems):
-                units.append(Unit(ref, network.inputs[ref], join="concat", node=op.node))
+                units.append(Unit(ref, network.inputs[ref], join="concat"))
         elif op.kind in ("bias_add", *ACTIVATIONS):
             source = network.inputs[ref][0] if network.inputs[ref] else None
             what = ops_by_ref.get(source).node.op if ops_by_ref.get(source) is not None else "the input"
@@ -183,8 +182,9 @@ def _layer(chain, network, problems):
         op = network.ops[ref]
         if op.kind == "conv":
             layer.form, layer.pointwise = SEPARABLE, network.params[ref]["weights"]
-            if op.attrs["padding"] != "VALID" and tuple(layer.pointwise.shape or ())[:2] != (1, 1):
-                problems.append(f"{op.node.op} {op.node.name}: a pointwise convolution that is not 1x1")
+            if tuple(layer.pointwise.shape or (1, 1))[:2] != (1, 1):
+                problems.append(f"{op.node.op} {op.node.name}: a pointwise convolution that is not 1x1 "
+                                f"({layer.pointwise.name} {list(layer.pointwise.shape)})")
         elif op.kind == "bias_add":
             layer.biases = _own(network.params[ref].get("biases"), f"{layer.scope}/{BIASES}", op, problems)
         elif op.kind == "batch_norm":
