@@ -23,7 +23,7 @@ MAX_CLASSES = 10_000_000
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 INT64_RANGE = (-(1 << 63), (1 << 63) - 1)
 COMPUTE_OPS = ("conv", "linear")
-ACTIVATIONS = ("relu",)
+ACTIVATIONS = ("relu", "relu6")
 TARGETS = ("torch", "keras", "onnx")
 TARGET_LISTS = ("models", "skip", "optional", "restrictions", "order")
 THIRD_PARTY = ("torchvision", "timm")
@@ -63,8 +63,10 @@ def value_problems(data):
     problems = []
     if not data["detect"] or not all(isinstance(item, str) and item for item in data["detect"]):
         problems.append("detect must list one or more variable names")
+    # a kind with an epsilon of its own needs none from the facts
     problems += _facts(data["facts"], any(isinstance(kind, dict) and isinstance(kind.get("compute"), dict)
-                                          and kind["compute"].get("batch_norm") for kind in data["kinds"].values()))
+                                          and kind["compute"].get("batch_norm") and "epsilon" not in kind["compute"]
+                                          for kind in data["kinds"].values()))
     targets = data.get("targets", {})
     if isinstance(targets, dict):
         for target, spec in targets.items():
@@ -151,6 +153,9 @@ def _kind(name, kind):
             problems.append(f"{where}.compute.batch_norm must be true or false")
         if compute.get("activation") not in (None, *ACTIVATIONS):
             problems.append(f"{where}.compute.activation must be one of {', '.join(ACTIVATIONS)}")
+        if "epsilon" in compute and not (_is_number(compute["epsilon"]) and compute["epsilon"] > 0
+                                         and (compute.get("batch_norm") or compute.get("op") == "batch_norm")):
+            problems.append(f"{where}.compute.epsilon must be a positive number, on a kind with a batch norm")
     params = kind.get("params")
     if isinstance(params, dict):
         for param, dims in params.items():
@@ -224,6 +229,8 @@ def _node(node, where, named):
                     and all(_is_int(size, 1, MAX_SIDE) for size in window)):
                 problems.append(f"{where}: {pool} {_short(window)} must be [height, width], from 1 to {MAX_SIDE}"
                                 + (", or global" if pool == "avg_pool" else ""))
+    if "scale" in node and not _is_number(node["scale"]):
+        problems.append(f"{where}: scale {_short(node['scale'])} must be a finite number")
     pads = node.get("pad")
     if isinstance(pads, list) and any(isinstance(pair, list) and any(_is_int(n) and n > MAX_SIDE for n in pair)
                                       for pair in pads):

@@ -175,6 +175,8 @@ class _Walk:
             if node.get("reduced") and not isinstance(value, _Flat):
                 kernel = [min(k, n) for k, n in zip(kernel, value)]  # TF-Slim shrinks the window to a smaller map
             return self._spatial(value, tuple(kernel), stride, padding, f"{scope}pool")
+        if "scale" in node:
+            return value
         if "pad" in node:
             (top, bottom), (left, right) = node["pad"]
             return value[0] + top + bottom, value[1] + left + right

@@ -31,10 +31,10 @@ BATCH_NORM_OP = "batch_norm"
 # depthwise convolution's kernel, and for a separable one also the 1x1 pointwise kernel applied after it
 DEPTHWISE_KERNEL, POINTWISE_KERNEL = "depthwise_weights", "pointwise_weights"
 OP_KERNELS = {"depthwise": (DEPTHWISE_KERNEL,), "separable": (DEPTHWISE_KERNEL, POINTWISE_KERNEL)}
-NODE_KINDS = ("layer", "max_pool", "avg_pool", "concat", "add", "nodes", "flatten", "pad")
+NODE_KINDS = ("layer", "max_pool", "avg_pool", "concat", "add", "nodes", "flatten", "pad", "scale")
 NODE_OPTIONS = ("name", "scoped", "input", "stride", "padding", "activation", "reduced")
 # what may follow a node: a layer's from its kind's `compute.activation`, an `add`'s from its own option
-ACTIVATIONS = ("relu",)
+ACTIVATIONS = ("relu", "relu6")
 PADDINGS = ("SAME", "VALID")
 # `flatten: true` takes a 1x1 map; `flatten: spatial` any map, in the order of the target's layout;
 # `flatten: hwc` any map, in TensorFlow's order (H, W, C) in every target
@@ -240,7 +240,8 @@ def validate(data):
             problems.append(f"targets.{target}.drift must be a sentence saying why the target's model drifts")
     for name, kind in data["kinds"].items():
         problems += _validate_kind(name, kind)
-    normed = [name for name, kind in data["kinds"].items() if _has_batch_norm(kind)]
+    normed = [name for name, kind in data["kinds"].items() if _has_batch_norm(kind)
+              and "epsilon" not in kind["compute"]]
     epsilon = data["facts"].get("batch_norm_epsilon")
     if normed and (not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or epsilon <= 0):
         problems.append(f"facts.batch_norm_epsilon must be a positive number: kinds {', '.join(normed)} "
@@ -296,6 +297,11 @@ def _validate_facts(facts):
                 for point, option in reference.get("heads", {}).items()):
             problems.append("facts.reference.heads must map end points to the network option that builds each")
     return problems
+
+
+def batch_norm_epsilon(table, kind):
+    """The epsilon of ``kind``'s batch norm: its ``compute.epsilon``, else the table's ``facts.batch_norm_epsilon``."""
+    return float(kind["compute"].get("epsilon", table.facts.get("batch_norm_epsilon")))
 
 
 def _has_batch_norm(kind):
@@ -724,6 +730,9 @@ class Plan:
         for group, status in self.heads.items():
             lines.append(("head", f"{group} {status}"))
         lines.append(("input", f"{self.input_size} ({self.input_size.reason})"))
+        if "meta_graph" in self.table.facts and self.table.facts.get("preprocessing"):
+            low, high = self.table.facts["input"]["range"]
+            lines.append(("input range", f"[{low:g}, {high:g}]: {self.table.facts['preprocessing']}"))
         for scope, found in self.outside().items():
             lines.append(("not converted", f"{len(found)} variable{'s' if len(found) != 1 else ''} under {scope}/ "
                                            f"(no row of {self.table.path.name} takes them)"))

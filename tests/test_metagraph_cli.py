@@ -56,7 +56,7 @@ def test_map_refuses_what_it_cannot_map(meta_net, tmp_path):
     (bare.parent / "model.ckpt.meta").unlink()
     with pytest.raises(GraphError, match="no model.ckpt.meta beside it"):
         _invoke("map", bare)
-    with pytest.raises(GraphError, match="relu6 is not supported yet"):
+    with pytest.raises(GraphError, match="dilations are not supported"):
         _invoke("map", meta_net("unsupported").checkpoint)
 
 
@@ -79,4 +79,4 @@ def test_batch_converts_by_the_graph_and_fails_with_the_reason(meta_net, tmp_pat
     assert records["residual/model.ckpt"]["status"] == "ok"
     assert records["residual/model.ckpt"]["architecture"] == "recovered from model.ckpt.meta"
     failed = records["unsupported/model.ckpt"]
-    assert failed["status"] == "failed" and "relu6 is not supported yet" in failed["reason"]
+    assert failed["status"] == "failed" and "dilations are not supported" in failed["reason"]

@@ -123,9 +123,9 @@ def test_an_unsupported_op_names_every_op_and_node_at_once(meta_net):
     with pytest.raises(GraphError) as caught:
         recover_table(meta_net("unsupported").graph)
     message = str(caught.value)
-    assert message.startswith(f"{meta_net('unsupported').graph}: cannot recover the network (3 problems)")
-    assert "Relu6 Net/conv1/Relu6: relu6 is not supported yet" in message
-    assert "DepthwiseConv2dNative Net/dw2/depthwise: depthwise convolutions are not supported yet" in message
+    assert message.startswith(f"{meta_net('unsupported').graph}: cannot recover the network (5 problems)")
+    assert "SpaceToBatchND Net/conv1/Conv2D/SpaceToBatchND: a dilated (atrous, rate > 1) convolution" in message
+    assert "BatchToSpaceND Net/dw2/depthwise/BatchToSpaceND: a dilated (atrous, rate > 1) convolution" in message
     assert "Elu Net/elu: this op type is not supported" in message
     assert "--input" in message  # an unknown op may be preprocessing before the network
     with pytest.raises(GraphError, match="cannot recover"):
@@ -186,7 +186,7 @@ def test_a_head_that_no_softmax_takes_is_an_output_too(tmp_path):
     assert set(result.skipped) == {"outside the network"} and len(result.skipped["outside the network"]) == 2
 
 
-def test_a_batch_norm_of_its_own_scope_is_not_supported_yet(tmp_path):
+def test_a_batch_norm_of_its_own_scope_is_a_layer_of_its_own(tmp_path):
     from converter import reference
 
     tf, slim = reference.import_tensorflow()
@@ -199,6 +199,11 @@ def test_a_batch_norm_of_its_own_scope_is_not_supported_yet(tmp_path):
         with tf.compat.v1.Session() as session:
             session.run(tf.compat.v1.global_variables_initializer())
             tf.compat.v1.train.Saver().save(session, str(tmp_path / "model.ckpt"))
-    with pytest.raises(GraphError, match=r"FusedBatchNormV3 Net/bn1/FusedBatchNormV3: a batch norm of its own scope "
-                                         r"\(Net/bn1\), not its convolution's \(Net/conv1/BatchNorm\), is not supported yet"):
-        recover_data(tmp_path / "model.ckpt.meta")
+    data = recover_data(tmp_path / "model.ckpt.meta")
+    assert data["graph"][:2] == [{"layer": "conv1"}, {"layer": "bn1"}]
+    assert data["kinds"][data["layers"]["conv1"]["kind"]]["compute"] == {"op": "conv"}
+    norm = data["kinds"][data["layers"]["bn1"]["kind"]]
+    assert norm["compute"] == {"op": "batch_norm", "activation": "relu"}
+    assert norm["torch"]["bn.running_mean"] == {"from": "moving_mean"} and "gamma" not in norm["params"]
+    assert data["facts"]["meta_graph"]["batch_norms"] == {
+        "Net/bn1/FusedBatchNormV3": ["Net/bn1/moving_mean", "Net/bn1/moving_variance"]}

@@ -1,5 +1,6 @@
 """``ckpt-convert map CHECKPOINT -o net.yaml``: the mapping table of the network in a checkpoint's ``.meta`` graph."""
 
+import math
 import pathlib
 
 import click
@@ -71,6 +72,18 @@ def _check_against(checkpoint, table):
                            f"{str(error).partition(': ')[2] or error}") from None
 
 
+def _range(text):
+    if text is None:
+        return None
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give LOW,HIGH, e.g. 0,255 or -1,1", param_hint="--input-range") from None
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise click.BadParameter(f"{text!r}: LOW must be below HIGH, both finite", param_hint="--input-range")
+    return [low, high]
+
+
 @click.command("map")
 @click.argument("checkpoint", type=click.Path(path_type=pathlib.Path))
 @click.option("-o", "--output", type=click.Path(path_type=pathlib.Path, dir_okay=False),
@@ -81,9 +94,12 @@ def _check_against(checkpoint, table):
 @click.option("--outputs", metavar="NODE,...",
               help="The tensors to output, the first the default one. Default: the logits the graph's Softmax "
                    "takes, and any other logits a loss takes.")
+@click.option("--input-range", metavar="LOW,HIGH", callback=lambda ctx, param, value: _range(value),
+              help="The range of the network's input, which the graph does not state (default: TF-Slim's "
+                   "[-1, 1], and the table says it is assumed); e.g. 0,255.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @debug_option
-def command(checkpoint, output, input_node, outputs, force, debug):
+def command(checkpoint, output, input_node, outputs, input_range, force, debug):
     """Recover the network of CHECKPOINT's .meta graph (or a .meta file) as a mapping table.
 
     The .meta is read without TensorFlow. The table describes the network at inference: batch norm
@@ -91,7 +107,7 @@ def command(checkpoint, output, input_node, outputs, force, debug):
     takes its inference branch, dropout is the identity. Convert with it: --mapping net.yaml.
     """
     meta, weights = _meta_and_checkpoint(checkpoint)
-    data = recover.recover_data(meta, input_node=input_node, outputs=outputs)
+    data = recover.recover_data(meta, input_node=input_node, outputs=outputs, input_range=input_range)
     plan = _check_against(weights, recover.table_from_data(meta, data))
     text = dump(data, meta.name)
     if output is None:
@@ -106,7 +122,8 @@ def command(checkpoint, output, input_node, outputs, force, debug):
     click.echo(f"input: {graph_facts['input']} ({data['facts']['input']['height']}x{data['facts']['input']['width']}"
                f"x{data['facts']['input']['channels']})")
     click.echo("outputs: " + ", ".join(f"{name} = {node}" for name, node in graph_facts["outputs"].items()))
-    click.echo(f"at inference: {len(graph_facts['batch_norms'])} batch norms in training mode run with their moving "
+    training = len(graph_facts["batch_norms"]) + len(graph_facts.get("statistics", {})) // 2
+    click.echo(f"at inference: {training} batch norms in training mode run with their moving "
                f"statistics, {len(graph_facts['dropouts'])} dropouts removed, is_training placeholders fed False: "
                f"{', '.join(graph_facts['training_flags']) or 'none'}")
     if plan is not None:

@@ -9,7 +9,11 @@ placeholder fed False:
 - a ``Switch`` passes its input on the port its predicate selects (a boolean placeholder is fed
   False; a boolean constant is what it is), and a ``Merge`` takes the input of the branch that runs;
 - dropout (a mask drawn from a random op, multiplied or selected in, with its ``1 / keep_prob``
-  scaling) is the identity.
+  scaling) is the identity;
+- batch norm as arithmetic (``tf.nn.batch_normalization``, which TF-Slim's ``batch_norm(fused=False)``
+  writes: ``x * inv + (beta - mean * inv)`` with ``inv = rsqrt(variance + epsilon) * gamma``) is one
+  batch norm; where its mean and variance are the batch's (training mode), it runs at inference with
+  the layer's moving statistics.
 
 Every other node on the way becomes an ``ops.Op``; nodes that cannot be read are gathered as
 problems, so one error names them all.
@@ -43,6 +47,9 @@ GRADIENT_SCOPES = ("gradients",)
 KERNEL_OPS = ("Conv2D", "MatMul")
 # a head ends before these: what a loss or a Softmax does to logits
 TERMINAL_OPS = ("Reshape",)
+# tf.nn.batch_normalization's arithmetic: the sum that ends it, its products, the shift, the inverse deviation
+SUMS = ("Add", "AddV2")
+PRODUCT, SHIFT, NEGATED_SHIFT, INVERSE = "Mul", "Sub", "Neg", "Rsqrt"
 INPUT_HINT = "pass --input with the tensor the network starts from (`ckpt-convert map --input NODE`)"
 OUTPUT_HINT = "choose them with `ckpt-convert map --outputs NODE,...`"
 
@@ -380,7 +387,7 @@ class _Walker:
             self._placeholder(node, ref)
             return None
         try:
-            op = ops.read_op(node, lambda r: _shape(self.graph, r))
+            op = self._unfused_batch_norm(node) or ops.read_op(node, lambda r: _shape(self.graph, r), self._constant_of)
         except ops.OpProblem as problem:
             self._problem(node, str(problem))
             # carry on above it, so that one error names every op that stands in the way
@@ -389,6 +396,81 @@ class _Walker:
             self._problem(node, f"the network takes its output {ref.port}, which is not the computed map")
         self.params[ref] = {role: self.parameter(r, node, role) for role, r in op.params.items()}
         return op, tuple(self.resolve(r) for r in op.inputs)
+
+    def _constant_of(self, ref):
+        source = self._source(ref)
+        return source is not None and source.op in CONSTANTS
+
+    def _node(self, ref):
+        return self.graph.nodes.get(ref.node) if ref.port == 0 else None
+
+    def _unfused_batch_norm(self, node):
+        # y = x * inv + (beta - mean * inv), inv = rsqrt(variance + epsilon) [* gamma]: one batch norm op
+        if node.op not in SUMS or len(node.data_inputs) != 2:
+            return None
+        for product, shift in (node.data_inputs, node.data_inputs[::-1]):
+            scaled = self._node(product)
+            if scaled is None or scaled.op != PRODUCT or len(scaled.data_inputs) != 2:
+                continue
+            for data, inverse in (scaled.data_inputs, scaled.data_inputs[::-1]):
+                deviation, centre = self._inverse(inverse), self._shift(shift, inverse)
+                if deviation is not None and centre is not None:
+                    return self._norm_op(node, data, deviation, centre)
+        return None
+
+    def _inverse(self, ref):
+        # inv = rsqrt(variance + epsilon) [* gamma] -> (variance, epsilon, gamma or None, the sum's node)
+        node, gamma = self._node(ref), None
+        if node is not None and node.op == PRODUCT and len(node.data_inputs) == 2:
+            for root, scale in (node.data_inputs, node.data_inputs[::-1]):
+                if self._source(scale) is not None and getattr(self._node(root), "op", None) == INVERSE:
+                    node, gamma = self._node(root), scale
+                    break
+        if node is None or node.op != INVERSE or len(node.data_inputs) != 1:
+            return None
+        total = self._node(node.data_inputs[0])
+        if total is None or total.op not in SUMS or len(total.data_inputs) != 2:
+            return None
+        for position, (variance, epsilon) in enumerate((total.data_inputs, total.data_inputs[::-1])):
+            value = self._scalar_value(epsilon)
+            if value is not None:
+                return variance, value, gamma, (total.name, position)
+        return None
+
+    def _shift(self, ref, inverse):
+        # beta - mean * inv, or -(mean * inv) without beta -> (beta or None, mean, where the mean enters)
+        node = self._node(ref)
+        if node is None or node.op not in (SHIFT, NEGATED_SHIFT):
+            return None
+        beta, product = (node.data_inputs[0], node.data_inputs[1]) if node.op == SHIFT else (None, node.data_inputs[0])
+        if beta is not None and self._source(beta) is None:
+            return None
+        scaled = self._node(product)
+        if scaled is None or scaled.op != PRODUCT or inverse not in scaled.data_inputs:
+            return None
+        position = 1 - scaled.data_inputs.index(inverse)
+        return beta, scaled.data_inputs[position], (scaled.name, position)
+
+    def _scalar_value(self, ref):
+        source = self._source(ref)
+        tensor = source.attr("value") if source is not None and source.op in CONSTANTS else None
+        if tensor is None or tensor.value is None or tensor.value.size != 1:
+            return None
+        return float(tensor.value.reshape(()))
+
+    def _norm_op(self, node, data, deviation, centre):
+        variance, epsilon, gamma, variance_input = deviation
+        beta, mean, mean_input = centre
+        statistics = {"moving_mean": mean, "moving_variance": variance}
+        # in training mode the mean and variance are the batch's (tf.nn.moments of the map), not variables
+        training = any(self._source(ref) is None or self._source(ref).op not in VARIABLES
+                       for ref in statistics.values())
+        params = {role: ref for role, ref in (("gamma", gamma), ("beta", beta)) if ref is not None}
+        if not training:
+            params.update(statistics)
+        return ops.Op("batch_norm", node, (data,), params, {
+            "epsilon": epsilon, "training": training, "unfused": True,
+            "statistics": {"moving_mean": mean_input, "moving_variance": variance_input}})
 
     def _placeholder(self, node, ref):
         if self.input is None and node.attr("dtype") in FLOAT_INPUTS:

@@ -17,13 +17,10 @@ PADDINGS = ("SAME", "VALID")
 SPATIAL_AXES = (1, 2)
 NHWC_RANK = 4
 UNKNOWN_OP = "this op type is not supported"
-# ops that mean what the schema cannot express yet: their own message
-NOT_SUPPORTED_YET = {
-    "Relu6": "relu6 is not supported yet",
-    "DepthwiseConv2dNative": "depthwise convolutions are not supported yet",
-}
 # ops with a reason of their own
 NOT_SUPPORTED = {
+    "SpaceToBatchND": "a dilated (atrous, rate > 1) convolution as TensorFlow runs it; dilations are not supported",
+    "BatchToSpaceND": "a dilated (atrous, rate > 1) convolution as TensorFlow runs it; dilations are not supported",
     "If": "tf.cond as a function call (TF 2's control flow) is not supported; TF 1's Switch/Merge is",
     "StatelessIf": "tf.cond as a function call (TF 2's control flow) is not supported; TF 1's Switch/Merge is",
     "FusedBatchNormGrad": "a gradient op on the path: choose the forward pass's outputs with --outputs",
@@ -77,19 +74,18 @@ def reader(*op_types):
     return register
 
 
-def read_op(node, shapes):
-    """The ``Op`` for ``node``; ``shapes(ref)`` gives a tensor's recorded shape (a tuple or None).
+def read_op(node, shapes, constant=lambda ref: False):
+    """The ``Op`` for ``node``; ``shapes(ref)`` gives a tensor's recorded shape (a tuple or None), ``constant(ref)``
+    whether the tensor is a constant of the graph.
 
     Raises ``OpProblem`` for an op type without a reader or attributes the schema cannot express.
     """
-    if node.op in NOT_SUPPORTED_YET:
-        raise OpProblem(NOT_SUPPORTED_YET[node.op])
     if node.op in NOT_SUPPORTED:
         raise OpProblem(NOT_SUPPORTED[node.op])
     function = READERS.get(node.op)
     if function is None:
         raise OpProblem(UNKNOWN_OP)
-    return function(node, shapes)
+    return function(node, shapes, constant)
 
 
 def _nhwc(node):
@@ -128,18 +124,30 @@ def _split(node, data, params):
     return tuple(inputs[i] for i in data), {role: inputs[i] for role, i in params.items()}
 
 
-@reader("Conv2D")
-def _conv(node, shapes):
-    _nhwc(node)
+def _undilated(node):
     dilations = node.attr("dilations", [1, 1, 1, 1])
     if any(d != 1 for d in dilations):
         raise OpProblem(f"dilations {dilations} (only 1 is supported)")
+
+
+@reader("Conv2D")
+def _conv(node, shapes, constant):
+    _nhwc(node)
+    _undilated(node)
     data, params = _split(node, (0,), {"weights": 1})
     return Op("conv", node, data, params, {"stride": _stride(node), "padding": _padding(node)})
 
 
+@reader("DepthwiseConv2dNative")
+def _depthwise(node, shapes, constant):
+    _nhwc(node)
+    _undilated(node)
+    data, params = _split(node, (0,), {"depthwise_weights": 1})
+    return Op("depthwise", node, data, params, {"stride": _stride(node), "padding": _padding(node)})
+
+
 @reader("MatMul")
-def _matmul(node, shapes):
+def _matmul(node, shapes, constant):
     if node.attr("transpose_a", False) or node.attr("transpose_b", False):
         raise OpProblem("a transposed MatMul (TF-Slim's fully_connected multiplies [N, in] by [in, out])")
     data, params = _split(node, (0,), {"weights": 1})
@@ -147,28 +155,39 @@ def _matmul(node, shapes):
 
 
 @reader("BiasAdd", "BiasAddV1")
-def _bias_add(node, shapes):
+def _bias_add(node, shapes, constant):
     _nhwc(node)
     data, params = _split(node, (0,), {"biases": 1})
     return Op("bias_add", node, data, params)
 
 
 @reader("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
-def _batch_norm(node, shapes):
+def _batch_norm(node, shapes, constant):
     _nhwc(node)
     data, params = _split(node, (0,), {"gamma": 1, "beta": 2, "moving_mean": 3, "moving_variance": 4})
     return Op("batch_norm", node, data, params,
               {"epsilon": float(node.attr("epsilon", 1e-4)), "training": bool(node.attr("is_training", True))})
 
 
-@reader("Relu")
-def _relu(node, shapes):
+@reader("Relu", "Relu6")
+def _relu(node, shapes, constant):
     data, _ = _split(node, (0,), {})
-    return Op("relu", node, data)
+    return Op(node.op.lower(), node, data)
+
+
+@reader("Mul")
+def _mul(node, shapes, constant):
+    # a map times a constant (the graph's `x * 0.5`); dropout's masks are looked through before this
+    inputs = node.data_inputs
+    factors = [position for position, ref in enumerate(inputs) if constant(ref)]
+    if len(inputs) != 2 or len(factors) != 1:
+        raise OpProblem("a product of two computed tensors (only a multiplication by a constant is supported)")
+    data, params = _split(node, (1 - factors[0],), {"factor": factors[0]})
+    return Op("scale", node, data, params)
 
 
 @reader("MaxPool", "AvgPool")
-def _pool(node, shapes):
+def _pool(node, shapes, constant):
     _nhwc(node)
     data, _ = _split(node, (0,), {})
     kind = "max_pool" if node.op == "MaxPool" else "avg_pool"
@@ -177,7 +196,7 @@ def _pool(node, shapes):
 
 
 @reader("ConcatV2", "Concat")
-def _concat(node, shapes):
+def _concat(node, shapes, constant):
     inputs = node.data_inputs
     if node.op == "ConcatV2":
         data, axis = inputs[:-1], inputs[-1]
@@ -189,38 +208,38 @@ def _concat(node, shapes):
 
 
 @reader("Add", "AddV2")
-def _add(node, shapes):
+def _add(node, shapes, constant):
     data, _ = _split(node, (0, 1), {})
     return Op("add", node, data)
 
 
 @reader("AddN")
-def _add_n(node, shapes):
+def _add_n(node, shapes, constant):
     if len(node.data_inputs) < 2:
         raise OpProblem("sums fewer than two tensors")
     return Op("add", node, node.data_inputs)
 
 
 @reader("Squeeze")
-def _squeeze(node, shapes):
+def _squeeze(node, shapes, constant):
     data, _ = _split(node, (0,), {})
     return Op("squeeze", node, data, {}, {"axes": list(node.attr("squeeze_dims", []))})
 
 
 @reader("Reshape")
-def _reshape(node, shapes):
+def _reshape(node, shapes, constant):
     data, params = _split(node, (0,), {"shape": 1})
     return Op("reshape", node, data, params)
 
 
 @reader("Mean")
-def _mean(node, shapes):
+def _mean(node, shapes, constant):
     data, params = _split(node, (0,), {"axes": 1})
     return Op("mean", node, data, params, {"keep_dims": bool(node.attr("keep_dims", False))})
 
 
 @reader("Pad", "PadV2")
-def _pad(node, shapes):
+def _pad(node, shapes, constant):
     roles = {"paddings": 1, "constant": 2} if node.op == "PadV2" else {"paddings": 1}
     data, params = _split(node, (0,), roles)
     return Op("pad", node, data, params)

@@ -42,7 +42,21 @@ def _refs(text, what):
         raise GraphError(f"{what}: {error}") from None
 
 
-def recover_data(meta_path, *, input_node=None, outputs=None):
+def _epsilon(value):
+    return float(str(np.float32(value)))  # as the graph wrote it: 0.001, not 0.0010000000474974513
+
+
+def _table_epsilon(layers):
+    # the epsilon most batch norms take is the table's; the others are their kinds' own
+    counts = {}
+    for layer in layers:
+        if layer.norm is not None:
+            epsilon = _epsilon(layer.norm["epsilon"])
+            counts[epsilon] = counts.get(epsilon, 0) + 1
+    return max(sorted(counts), key=counts.get) if counts else None
+
+
+def recover_data(meta_path, *, input_node=None, outputs=None, input_range=None):
     """The mapping table of the network in ``meta_path``, as data (``mapping.validate`` accepts it).
 
     Args:
@@ -51,6 +65,8 @@ def recover_data(meta_path, *, input_node=None, outputs=None):
             float placeholder the outputs depend on.
         outputs: tensors to output (names, or a comma-separated string); by default the logits, what
             the graph's Softmax takes. The first is the default output; end points are named after them.
+        input_range: ``[low, high]`` of the network's input; the graph does not state it, so without it
+            TF-Slim's [-1, 1] is assumed, and the table says so (``facts.preprocessing``).
 
     Raises ``GraphError`` naming every op and node the schema cannot express, and the fix.
     """
@@ -72,21 +88,20 @@ def recover_data(meta_path, *, input_node=None, outputs=None):
     root = table_module.model_root(layers)
     end_points = _end_points(network, outputs, root)
     graph_nodes, graph_problems = table_module.build_graph(units, network.input, network.values, end_points, root)
-    kinds, rows, problems = _kinds_and_rows(layers, root)
+    epsilon = _table_epsilon(layers)
+    kinds, rows, problems = _kinds_and_rows(layers, root, epsilon)
     problems += graph_problems
-    epsilons = sorted({layer.norm["epsilon"] for layer in layers if layer.norm is not None})
-    if len(epsilons) > 1:
-        problems.append(f"batch norms with different epsilons ({', '.join(map(str, epsilons))}) are not supported yet")
     if problems:
         _fail(meta_path, problems)
     data = {
         "schema": mapping.SCHEMA,
         "architecture": f"recovered from {meta_path.name}",
         "description": f"the network of {meta_path.name} (inputs {network.input}, outputs "
-                       f"{', '.join(map(str, network.outputs))}), recovered by ckpt-convert",
+                       f"{', '.join(map(str, network.outputs))}), recovered by ckpt-convert"
+                       + ("" if input_range else "; its input range [-1, 1] is assumed (map --input-range sets it)"),
         "scope": root.rstrip(table_module.SEPARATOR).rpartition(table_module.SEPARATOR)[2],
         "detect": _detect(layers, root),
-        "facts": _facts(network, layers, end_points, epsilons),
+        "facts": _facts(network, layers, end_points, epsilon, input_range),
         "targets": {"torch": {"models": ["the exact module (converter.nets.torch.build)"]}, "onnx": {}},
         "kinds": kinds,
         "graph": graph_nodes,
@@ -132,10 +147,11 @@ def _end_points(network, outputs, root):
     return names
 
 
-def _kinds_and_rows(layers, root):
+def _kinds_and_rows(layers, root, epsilon):
     kinds, rows, problems, modules = {}, {}, [], {}
     for layer in layers:
-        name, spec = table_module.kind_of(layer)
+        own = _epsilon(layer.norm["epsilon"]) if layer.norm is not None else epsilon
+        name, spec = table_module.kind_of(layer, own if own != epsilon else None)
         while name in kinds and kinds[name] != spec:
             name += "_"
         kinds[name] = spec
@@ -153,12 +169,15 @@ def _kinds_and_rows(layers, root):
 
 
 def _detect(layers, root):
-    first, last = layers[0], layers[-1]
-    names = [f"{layer.scope[len(root):]}/{unit_module.KERNEL}" for layer in (first, last)]
+    # the first and the last layer's kernel (a batch norm alone: its moving mean)
+    names = []
+    for layer in (layers[0], layers[-1]):
+        variable = layer.weights if layer.weights is not None else layer.norm[unit_module.MOVING_MEAN]
+        names.append(variable.name[len(root):])
     return list(dict.fromkeys(names))
 
 
-def _facts(network, layers, end_points, epsilons):
+def _facts(network, layers, end_points, epsilon, input_range):
     shape = network.shape(network.input) or (None, None, None, None)
     height, width, channels = (tuple(shape[1:4]) + (None,) * 3)[:3] if len(shape) == 4 else (None, None, None)
     stated = height is not None and width is not None
@@ -168,12 +187,14 @@ def _facts(network, layers, end_points, epsilons):
         "num_classes": int(classes),
         "background_class": None,
         "input": {"height": int(height or DEFAULT_SIZE), "width": int(width or DEFAULT_SIZE),
-                  "channels": int(channels or 3), "range": list(DEFAULT_RANGE)},
-        "preprocessing": "the graph does not state the input range; TF-Slim's [-1, 1] is assumed"
+                  "channels": int(channels or 3), "range": [float(v) for v in (input_range or DEFAULT_RANGE)]},
+        "preprocessing": ("the input range was given to `ckpt-convert map --input-range`" if input_range else
+                          "the graph does not state the input range; TF-Slim's [-1, 1] is assumed "
+                          "(`ckpt-convert map --input-range LOW,HIGH` sets it)")
                          + ("" if stated else f"; nor its input size ({DEFAULT_SIZE} assumed, --input-size sets it)"),
     }
-    if epsilons:
-        facts["batch_norm_epsilon"] = float(str(np.float32(epsilons[0])))  # as the graph wrote it: 0.001
+    if epsilon is not None:
+        facts["batch_norm_epsilon"] = epsilon
     facts["end_points"] = list(end_points)
     facts["meta_graph"] = {
         "input": str(network.input),
@@ -181,7 +202,14 @@ def _facts(network, layers, end_points, epsilons):
         "training_flags": list(network.flags),
         "batch_norms": {layer.norm["training"]: [layer.norm[unit_module.MOVING_MEAN].name,
                                                  layer.norm[unit_module.MOVING_VARIANCE].name]
-                        for layer in layers if layer.norm is not None and layer.norm["training"]},
+                        for layer in layers if layer.norm is not None and layer.norm["training"]
+                        and not layer.norm["statistics"]},
         "dropouts": dict(network.dropouts),
     }
+    # a training-mode batch norm written as arithmetic: the inputs that take the batch's statistics
+    statistics = {f"{node}:{position}": layer.norm[role].name
+                  for layer in layers if layer.norm is not None and layer.norm["training"] and layer.norm["statistics"]
+                  for role, (node, position) in layer.norm["statistics"].items()}
+    if statistics:
+        facts["meta_graph"]["statistics"] = statistics
     return facts

@@ -5,8 +5,9 @@ TensorFlow imports the ``MetaGraphDef`` saved beside the checkpoint
 variables, and runs it at the table's output nodes (``facts.meta_graph``) on the input batch, with
 every ``is_training`` placeholder fed False. Where the graph has no such switch, the ops it runs
 only in training are set to what they compute at inference before import, as the table records:
-each training-mode batch norm normalizes by its layer's moving statistics (``is_training=False``),
-and each dropout passes its input on. Needs the ``tf`` extra; nothing else imports this module.
+each training-mode batch norm normalizes by its layer's moving statistics (``is_training=False``;
+where the batch norm is arithmetic, the inputs that take the batch's mean and variance take the
+moving ones), and each dropout passes its input on. Needs the ``tf`` extra; nothing else imports this module.
 """
 
 import pathlib
@@ -41,8 +42,9 @@ def describe(table):
     changes = []
     if spec["training_flags"]:
         changes.append(f"{', '.join(spec['training_flags'])} fed False")
-    if spec["batch_norms"]:
-        changes.append(f"{len(spec['batch_norms'])} training-mode batch norms run with their moving statistics")
+    if spec["batch_norms"] or spec.get("statistics"):
+        count = len(spec["batch_norms"]) + len(spec.get("statistics", {})) // 2
+        changes.append(f"{count} training-mode batch norms run with their moving statistics")
     if spec["dropouts"]:
         changes.append(f"{len(spec['dropouts'])} dropouts pass their input on")
     return (f"the .meta graph run by TensorFlow at {', '.join(parts)} from {spec['input']}"
@@ -56,7 +58,9 @@ def _tensor_name(text):
 def _at_inference(tf, proto, spec):
     # rewrite, in TensorFlow's own MetaGraphDef, what the graph runs only in training
     nodes = {node.name: node for node in proto.graph_def.node}
-    missing = [name for name in [*spec["batch_norms"], *spec["dropouts"]] if name not in nodes]
+    rewired = {tuple(key.rsplit(":", 1)): variable for key, variable in spec.get("statistics", {}).items()}
+    missing = [name for name in [*spec["batch_norms"], *spec["dropouts"], *(node for node, _ in rewired)]
+               if name not in nodes]
     if missing:
         raise ConvertError(f"the .meta graph has no node {', '.join(missing)} that the table names; "
                            f"recover the table from this graph again (ckpt-convert map)")
@@ -65,6 +69,8 @@ def _at_inference(tf, proto, spec):
         node.attr["is_training"].b = False
         for position, variable in zip((MEAN_INPUT, VARIANCE_INPUT), statistics):
             node.input[position] = _read(proto, nodes, variable)
+    for (name, position), variable in rewired.items():
+        nodes[name].input[int(position)] = _read(proto, nodes, variable)
     for name, source in spec["dropouts"].items():
         node = nodes[name]
         dtype = node.attr["T"].type

@@ -28,8 +28,18 @@ TORCH_RESERVED = frozenset((
     "requires_grad_", "set_extra_state", "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train",
     "training", "type", "xpu", "zero_grad", "table", "end_points",
 ))
-TORCH_ROLES = {unit_module.CONV: "conv", unit_module.CONV1X1: "fc", unit_module.DENSE: "fc"}
+TORCH_ROLES = {unit_module.CONV: "conv", unit_module.CONV1X1: "fc", unit_module.DENSE: "fc",
+               unit_module.DEPTHWISE: "depthwise", unit_module.SEPARABLE: "pointwise"}
 NORM_ROLE = "bn"
+DEPTHWISE_ROLE = "depthwise"
+# the table's compute op of each layer form
+COMPUTE_OPS = {unit_module.CONV: "conv", unit_module.CONV1X1: "linear", unit_module.DENSE: "linear",
+               unit_module.DEPTHWISE: "depthwise", unit_module.SEPARABLE: "separable", unit_module.NORM: "batch_norm"}
+NAMES = {unit_module.CONV: ["conv"], unit_module.CONV1X1: ["linear", "1x1"], unit_module.DENSE: ["linear"],
+         unit_module.DEPTHWISE: ["depthwise"], unit_module.SEPARABLE: ["separable"], unit_module.NORM: ["bn"]}
+BN_TARGETS = {unit_module.GAMMA: "weight", unit_module.BETA: "bias", unit_module.MOVING_MEAN: "running_mean",
+              unit_module.MOVING_VARIANCE: "running_var"}
+BN_FILLS = {unit_module.GAMMA: 1.0, unit_module.BETA: 0.0}
 NOT_A_NAME = re.compile(r"[^A-Za-z0-9_]")
 # the transform from TF's kernel to torch's and ONNX's, by the layer's kernel form
 TRANSFORMS = {unit_module.CONV: "hwio_to_oihw", unit_module.CONV1X1: "conv1x1_to_linear",
@@ -63,42 +73,59 @@ def model_root(layers):
     return SEPARATOR.join(shared) + SEPARATOR if shared else ""
 
 
-def kind_of(layer):
-    """``(name, spec)`` of the table kind that describes ``layer``."""
+def kind_of(layer, epsilon=None):
+    """``(name, spec)`` of the table kind that describes ``layer``; ``epsilon``, where given, is the kind's own
+    (a batch norm whose epsilon is not the table's)."""
     out = CLASSES if layer.classes else OUT
-    form, role = layer.form, TORCH_ROLES[layer.form]
+    form = layer.form
     marks = {"classes": 0} if layer.classes else {}
-    params = {unit_module.KERNEL: KERNEL_DIMS[form] + [out]}
-    transform = TRANSFORMS[form]
-    torch = {f"{role}.weight": {"from": unit_module.KERNEL, "transform": transform, **marks}}
-    onnx = {unit_module.KERNEL: {"from": unit_module.KERNEL, "transform": transform, **marks}}
-    name = ["conv" if form == unit_module.CONV else "linear"] + (["1x1"] if form == unit_module.CONV1X1 else [])
+    params, torch, onnx = {}, {}, {}
+    name = list(NAMES[form])
+    compute = {"op": COMPUTE_OPS[form]}
+    if form in (unit_module.DEPTHWISE, unit_module.SEPARABLE):
+        last = form == unit_module.DEPTHWISE
+        # [kh, kw, in, multiplier] -> [in * multiplier, 1, kh, kw]: a grouped convolution, groups = in
+        params[unit_module.DEPTHWISE_KERNEL] = ["kh", "kw", "in", "multiplier"]
+        depthwise = {"from": unit_module.DEPTHWISE_KERNEL, "transform": "depthwise_to_grouped_oihw"}
+        torch[f"{DEPTHWISE_ROLE}.weight"], onnx[unit_module.DEPTHWISE_KERNEL] = dict(depthwise), dict(depthwise)
+        if last:
+            out = "depthwise"  # in * multiplier channels: the kernel's output, as a size of its own
+        else:
+            # [1, 1, in * multiplier, out] -> [out, in * multiplier, 1, 1]
+            params[unit_module.POINTWISE_KERNEL] = [1, 1, "depthwise", out]
+            pointwise = {"from": unit_module.POINTWISE_KERNEL, "transform": "hwio_to_oihw", **marks}
+            torch["pointwise.weight"], onnx[unit_module.POINTWISE_KERNEL] = pointwise, dict(pointwise)
+    elif form != unit_module.NORM:
+        params[unit_module.KERNEL] = KERNEL_DIMS[form] + [out]
+        kernel = {"from": unit_module.KERNEL, "transform": TRANSFORMS[form], **marks}
+        torch[f"{TORCH_ROLES[form]}.weight"], onnx[unit_module.KERNEL] = kernel, dict(kernel)
     if layer.biases is not None:
         params[unit_module.BIASES] = [out]
-        torch[f"{role}.bias"] = {"from": unit_module.BIASES, **marks}
+        torch[f"{TORCH_ROLES[form]}.bias"] = {"from": unit_module.BIASES, **marks}
         onnx[unit_module.BIASES] = {"from": unit_module.BIASES, **marks}
         name.append("bias")
-    compute = {"op": "conv" if form == unit_module.CONV else "linear"}
     if layer.norm is not None:
-        compute["batch_norm"] = True
-        name.append("bn")
-        fills = {unit_module.GAMMA: 1.0, unit_module.BETA: 0.0}
-        targets = {unit_module.GAMMA: "weight", unit_module.BETA: "bias", unit_module.MOVING_MEAN: "running_mean",
-                   unit_module.MOVING_VARIANCE: "running_var"}
-        for param, target in targets.items():
-            key = f"{unit_module.BATCH_NORM}/{param}"
+        channels, prefix = ("channels", "") if form == unit_module.NORM else (out, f"{unit_module.BATCH_NORM}/")
+        if form != unit_module.NORM:
+            compute["batch_norm"] = True
+            name.append("bn")
+        for param, target in BN_TARGETS.items():
+            key = prefix + param
             if layer.norm.get(param) is not None:
-                params[key] = [out]
+                params[key] = [channels]
                 torch[f"{NORM_ROLE}.{target}"] = {"from": key}
                 onnx[key] = {"from": key}
             else:
-                torch[f"{NORM_ROLE}.{target}"] = {"fill": fills[param], "shape": [out]}
-                onnx[key] = {"fill": fills[param], "shape": [out]}
+                torch[f"{NORM_ROLE}.{target}"] = {"fill": BN_FILLS[param], "shape": [channels]}
+                onnx[key] = {"fill": BN_FILLS[param], "shape": [channels]}
                 name.append(f"no{param}")
         torch[f"{NORM_ROLE}.num_batches_tracked"] = {"fill": 0, "shape": [], "dtype": "int64"}
-    if layer.relu:
-        compute["activation"] = "relu"
-        name.append("relu")
+        if epsilon is not None:
+            compute["epsilon"] = epsilon
+            name.append(f"eps{epsilon:g}")
+    if layer.activation:
+        compute["activation"] = layer.activation
+        name.append(layer.activation)
     if layer.classes:
         name.append("classes")
     return "_".join(name), {"compute": compute, "params": params, "torch": torch, "onnx": onnx}
@@ -189,7 +216,7 @@ class GraphEmitter:
         if unit.layer is None:
             return [dict(node) for node in unit.nodes]
         node = {"layer": unit.layer.scope[len(self.root):]}
-        if unit.layer.form == unit_module.CONV:
+        if unit.layer.form in (unit_module.CONV, unit_module.DEPTHWISE, unit_module.SEPARABLE):
             if unit.layer.stride != DEFAULT_STRIDE:
                 node["stride"] = unit.layer.stride
             if unit.layer.padding != DEFAULT_PADDING:

@@ -1,13 +1,15 @@
 """From the ops of an inference network to the units of a mapping table's graph.
 
-A *layer* unit is one TF-Slim layer: a convolution or matrix multiplication, then what TF-Slim
-puts after it in the same scope (biases, batch norm, ReLU), as long as nothing else takes the
-intermediate tensors. Batch norm run in training mode is rewritten to inference: it normalizes by
-the layer's moving statistics (``<layer>/BatchNorm/moving_mean`` and ``moving_variance``, the
-variables TF-Slim keeps beside ``beta``). The other units are pools, global pooling (``Mean``),
-flattening (``Squeeze``, ``Reshape``), explicit padding, concatenation and residual sums (with the
-ReLU after them). A 1x1 convolution whose output is squeezed to ``[N, classes]`` (TF-Slim's logits)
-becomes a flatten followed by a fully connected layer.
+A *layer* unit is one TF-Slim layer: a convolution, a depthwise convolution (with the 1x1 pointwise
+convolution of its scope after it: ``slim.separable_conv2d``) or a matrix multiplication, then what
+TF-Slim puts after it in the same scope (biases, batch norm, ReLU or ReLU6), as long as nothing else
+takes the intermediate tensors; or a batch norm of its own scope (``slim.batch_norm(scope=...)``,
+ResNet-v2's ``preact``) with the activation after it. Batch norm run in training mode is rewritten
+to inference: it normalizes by the layer's moving statistics (``<layer>/BatchNorm/moving_mean`` and
+``moving_variance``, the variables TF-Slim keeps beside ``beta``). The other units are pools, global
+pooling (``Mean``), flattening (``Squeeze``, ``Reshape``), explicit padding, a scale by a constant,
+concatenation and residual sums (with the activation after them). A 1x1 convolution whose output
+is squeezed to ``[N, classes]`` (TF-Slim's logits) becomes a flatten followed by a fully connected layer.
 """
 
 import dataclasses
@@ -20,14 +22,21 @@ from converter.metagraph.reader import Ref
 SEPARATOR = "/"
 # TF-Slim's names for a layer's variables, relative to the layer's scope
 KERNEL = "weights"
+DEPTHWISE_KERNEL, POINTWISE_KERNEL = "depthwise_weights", "pointwise_weights"
 BIASES = "biases"
 BATCH_NORM = "BatchNorm"
 GAMMA, BETA, MOVING_MEAN, MOVING_VARIANCE = "gamma", "beta", "moving_mean", "moving_variance"
-# what may follow each op inside one layer
-FOLLOWERS = {"conv": ("bias_add", "batch_norm", "relu"), "matmul": ("bias_add", "relu"),
-             "bias_add": ("batch_norm", "relu"), "batch_norm": ("relu",), "relu": ()}
-# a layer's kernel as TF stores it: a convolution's, a 1x1 convolution on a 1x1 map, a fully connected one
-CONV, CONV1X1, DENSE = "conv", "conv1x1", "dense"
+ACTIVATIONS = ("relu", "relu6")
+# what may follow each op inside one layer (a conv after a depthwise one: its pointwise convolution)
+FOLLOWERS = {"conv": ("bias_add", "batch_norm", *ACTIVATIONS), "matmul": ("bias_add", *ACTIVATIONS),
+             "depthwise": ("conv", "bias_add", "batch_norm", *ACTIVATIONS),
+             "bias_add": ("batch_norm", *ACTIVATIONS), "batch_norm": ACTIVATIONS, "relu": (), "relu6": ()}
+# ops that start a layer
+LAYER_OPS = ("conv", "matmul", "depthwise", "batch_norm")
+# a layer's kernel as TF stores it: a convolution's, a 1x1 convolution on a 1x1 map, a fully connected one,
+# a depthwise convolution's (alone or with its pointwise kernel); a batch norm alone has none
+CONV, CONV1X1, DENSE, DEPTHWISE, SEPARABLE, NORM = "conv", "conv1x1", "dense", "depthwise", "separable", "batch_norm"
+FORMS = {"conv": CONV, "matmul": DENSE, "depthwise": DEPTHWISE, "batch_norm": NORM}
 FLATTEN_MAP = True  # [N, 1, 1, C] -> [N, C]
 FLATTEN_HWC = "hwc"  # [N, H, W, C] -> [N, H*W*C] in TensorFlow's order
 
@@ -37,11 +46,12 @@ class Layer:
     """One TF-Slim layer, as the graph computes it."""
 
     scope: str  # the full variable scope of the layer (``Net/conv1``)
-    form: str  # CONV, CONV1X1 or DENSE
-    weights: ops.Variable
+    form: str  # CONV, CONV1X1, DENSE, DEPTHWISE, SEPARABLE or NORM
+    weights: ops.Variable | None  # the kernel (a depthwise layer's depthwise kernel); None for a batch norm alone
     biases: ops.Variable | None = None
     norm: dict | None = None  # {gamma, beta, moving_mean, moving_variance: Variable or None, epsilon, training}
-    relu: bool = False
+    activation: str | None = None
+    pointwise: ops.Variable | None = None  # a separable layer's 1x1 kernel
     stride: int = 1
     padding: str = "SAME"
     nodes: tuple = ()  # the TF nodes it was read from
@@ -70,25 +80,23 @@ def build_units(network, problems):
             continue
         params = network.params.get(ref, {})
         where = f"{op.node.op} {op.node.name}"
-        if op.kind in ("conv", "matmul"):
-            chain = _chain(ref, ops_by_ref, consumers, outputs)
+        if op.kind in LAYER_OPS:
+            chain = _chain(ref, network, outputs)
             claimed.update(chain)
             layer = _layer(chain, network, problems)
             if layer is not None:
                 units.append(Unit(chain[-1], network.inputs[ref], layer=layer))
         elif op.kind == "add":
             users = consumers.get(ref, [])
-            relu = ref not in outputs and len(users) == 1 and ops_by_ref.get(users[0]) is not None \
-                and ops_by_ref[users[0]].kind == "relu"
-            output = users[0] if relu else ref
+            after = ops_by_ref.get(users[0]) if ref not in outputs and len(users) == 1 else None
+            activation = after.kind if after is not None and after.kind in ACTIVATIONS else None
+            output = users[0] if activation else ref
             claimed.add(output)
-            units.append(Unit(output, network.inputs[ref], join="add", activation="relu" if relu else None))
+            units.append(Unit(output, network.inputs[ref], join="add", activation=activation))
         elif op.kind == "concat":
             if _axis(params.get("axis"), network.shape(ref), where, problems):
                 units.append(Unit(ref, network.inputs[ref], join="concat"))
-        elif op.kind == "batch_norm":
-            problems.append(f"{where}: a batch norm that follows no convolution of its scope is not supported yet")
-        elif op.kind in ("relu", "bias_add"):
+        elif op.kind in ("bias_add", *ACTIVATIONS):
             source = network.inputs[ref][0] if network.inputs[ref] else None
             what = ops_by_ref.get(source).node.op if ops_by_ref.get(source) is not None else "the input"
             problems.append(f"{where}: a {op.kind.replace('_', ' ')} after {what} is not part of a layer "
@@ -104,13 +112,44 @@ def build_units(network, problems):
     return units
 
 
-def _chain(ref, ops_by_ref, consumers, outputs):
-    chain = [ref]
+def _variable_scope(variable):
+    return variable.name.rpartition(SEPARATOR)[0] if isinstance(variable, ops.Variable) else None
+
+
+def norm_scope(op, params):
+    """The scope a batch norm's variables lie under (``Net/conv1/BatchNorm``, ``Net/postnorm``), or None."""
+    scopes = {_variable_scope(param) for param in params.values()} - {None}
+    if not scopes and op.attrs.get("unfused"):
+        # no variable read (training mode, no gamma or beta): the scope tf.nn.batch_normalization ran in
+        scope, found, _ = op.node.name.rpartition("/batchnorm")
+        return scope if found else None
+    return scopes.pop() if len(scopes) == 1 else None
+
+
+def _belongs(op, params, scope):
+    # an op that follows a layer's op is the layer's where its variables lie under the layer's scope
+    if op.kind == "batch_norm":
+        return norm_scope(op, params) == f"{scope}/{BATCH_NORM}"
+    if op.kind == "conv":
+        return _variable_scope(params.get("weights")) == scope and params["weights"].name.endswith(
+            SEPARATOR + POINTWISE_KERNEL) and op.attrs["stride"] == 1
+    return True
+
+
+def _chain(ref, network, outputs):
+    chain, first = [ref], network.ops[ref]
+    if first.kind == "batch_norm":
+        scope = None
+    else:
+        scope = _variable_scope(next(iter(network.params[ref].values()), None))
     while chain[-1] not in outputs:
-        users = consumers.get(chain[-1], [])
-        if len(users) != 1 or ops_by_ref.get(users[0]) is None:
+        users = network.consumers.get(chain[-1], [])
+        follower = network.ops.get(users[0]) if len(users) == 1 else None
+        if follower is None or follower.kind not in FOLLOWERS[network.ops[chain[-1]].kind]:
             break
-        if ops_by_ref[users[0]].kind not in FOLLOWERS[ops_by_ref[chain[-1]].kind]:
+        if follower.kind == "conv" and (first.kind != "depthwise" or len(chain) != 1):
+            break  # only a separable layer's pointwise convolution, right after its depthwise one
+        if first.kind != "batch_norm" and not _belongs(follower, network.params[users[0]], scope):
             break
         chain.append(users[0])
     return chain
@@ -118,26 +157,40 @@ def _chain(ref, ops_by_ref, consumers, outputs):
 
 def _layer(chain, network, problems):
     first = network.ops[chain[0]]
-    weights = network.params[chain[0]].get("weights")
     where = f"{first.node.op} {first.node.name}"
-    if not isinstance(weights, ops.Variable):
-        problems.append(f"{where}: its kernel is not a variable of the checkpoint")
-        return None
-    scope, _, leaf = weights.name.rpartition(SEPARATOR)
-    if leaf != KERNEL or not scope:
-        problems.append(f"{where}: its kernel {weights.name} is not a TF-Slim layer's `{KERNEL}` variable")
-        return None
-    form = CONV if first.kind == "conv" else DENSE
-    layer = Layer(scope, form, weights, nodes=tuple(ref.node for ref in chain), **(
-        {"stride": first.attrs["stride"], "padding": first.attrs["padding"]} if first.kind == "conv" else {}))
+    form = FORMS[first.kind]
+    if form == NORM:
+        scope = norm_scope(first, network.params[chain[0]])
+        if scope is None:
+            problems.append(f"{where}: a batch norm whose variables lie under no one scope")
+            return None
+        layer = Layer(scope, NORM, None, nodes=tuple(ref.node for ref in chain),
+                      norm=_norm(first, network.params[chain[0]], f"{scope}/", network, problems))
+    else:
+        leaf = DEPTHWISE_KERNEL if form == DEPTHWISE else KERNEL
+        weights = network.params[chain[0]].get(leaf)
+        if not isinstance(weights, ops.Variable):
+            problems.append(f"{where}: its kernel is not a variable of the checkpoint")
+            return None
+        scope, _, name = weights.name.rpartition(SEPARATOR)
+        if name != leaf or not scope:
+            problems.append(f"{where}: its kernel {weights.name} is not a TF-Slim layer's `{leaf}` variable")
+            return None
+        layer = Layer(scope, form, weights, nodes=tuple(ref.node for ref in chain), **(
+            {"stride": first.attrs["stride"], "padding": first.attrs["padding"]} if first.kind != "matmul" else {}))
     for ref in chain[1:]:
         op = network.ops[ref]
-        if op.kind == "bias_add":
-            layer.biases = _own(network.params[ref].get("biases"), f"{scope}/{BIASES}", op, problems)
+        if op.kind == "conv":
+            layer.form, layer.pointwise = SEPARABLE, network.params[ref]["weights"]
+            if tuple(layer.pointwise.shape or (1, 1))[:2] != (1, 1):
+                problems.append(f"{op.node.op} {op.node.name}: a pointwise convolution that is not 1x1 "
+                                f"({layer.pointwise.name} {list(layer.pointwise.shape)})")
+        elif op.kind == "bias_add":
+            layer.biases = _own(network.params[ref].get("biases"), f"{layer.scope}/{BIASES}", op, problems)
         elif op.kind == "batch_norm":
-            layer.norm = _norm(op, network.params[ref], scope, network, problems)
-        elif op.kind == "relu":
-            layer.relu = True
+            layer.norm = _norm(op, network.params[ref], f"{layer.scope}/{BATCH_NORM}/", network, problems)
+        elif op.kind in ACTIVATIONS:
+            layer.activation = op.kind
     return layer
 
 
@@ -150,18 +203,20 @@ def _own(variable, expected, op, problems):
     return variable
 
 
-def _norm(op, params, scope, network, problems):
-    prefix = f"{scope}/{BATCH_NORM}/"
-    norm = {"epsilon": op.attrs["epsilon"], "training": op.node.name if op.attrs["training"] else None}
+def _norm(op, params, prefix, network, problems):
+    norm = {"epsilon": op.attrs["epsilon"], "training": op.node.name if op.attrs["training"] else None,
+            "statistics": op.attrs.get("statistics") if op.attrs["training"] else None}
     elsewhere = sorted({param.name.rpartition(SEPARATOR)[0] for param in params.values()
                         if isinstance(param, ops.Variable) and not param.name.startswith(prefix)})
     if elsewhere:
-        problems.append(f"{op.node.op} {op.node.name}: a batch norm of its own scope ({', '.join(elsewhere)}), not "
-                        f"its convolution's ({prefix.rstrip(SEPARATOR)}), is not supported yet")
+        problems.append(f"{op.node.op} {op.node.name}: reads variables of {', '.join(elsewhere)}, where TF-Slim's "
+                        f"batch norm keeps them under {prefix.rstrip(SEPARATOR)}")
         return None
     for role, fill in ((GAMMA, 1.0), (BETA, 0.0)):
         param = params.get(role)
-        if isinstance(param, ops.Constant):
+        if param is None and op.attrs.get("unfused"):
+            norm[role] = None  # tf.nn.batch_normalization without scale (or offset): none of it in the graph
+        elif isinstance(param, ops.Constant):
             # scale=False / center=False: TF-Slim passes ones (zeros) for the parameter it does not train
             if param.value is None or not np.all(param.value == fill):
                 problems.append(f"{op.node.op} {op.node.name}: its {role} is a constant other than {fill:g}")
@@ -230,6 +285,15 @@ def _nodes(op, ref, params, network, problems):
         return _reshape(op, network.shape(source), network.shape(ref), where, problems)
     if op.kind == "pad":
         return _pad(op, params, where, problems)
+    if op.kind == "scale":
+        factor = _constant(params.get("factor"), where, "factor", problems)
+        if factor is None:
+            return None
+        if np.size(factor) != 1:
+            problems.append(f"{where}: multiplies by a constant of shape {list(np.shape(factor))} (only a scalar "
+                            f"factor is supported)")
+            return None
+        return [{"scale": float(str(np.float32(np.ravel(factor)[0])))}]
     problems.append(f"{where}: not supported here")
     return None
 

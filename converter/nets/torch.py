@@ -25,7 +25,7 @@ KERNEL = "weights"
 BIAS = "biases"
 BATCH_NORM_SCOPE = "BatchNorm/"
 # what follows a layer's op, by the table's ``compute.activation``
-ACTIVATIONS = {None: None, "relu": F.relu}
+ACTIVATIONS = {None: None, "relu": F.relu, "relu6": F.relu6}
 NCHW_CHANNELS = 1
 NCHW_SPATIAL = (2, 3)
 DEFAULT_STRIDE = 1
@@ -172,6 +172,15 @@ class _Pad:
         return _pad(x, self.pads)
 
 
+class _Scale:
+    # the map multiplied by a constant (a graph's `Mul` by a scalar), in the map's dtype as TensorFlow does
+    def __init__(self, factor):
+        self.factor = factor
+
+    def __call__(self, x, points):
+        return x * torch.tensor(self.factor, dtype=x.dtype, device=x.device)
+
+
 class _Sequence:
     def __init__(self, steps):
         self.steps = steps
@@ -241,7 +250,7 @@ class SlimNet(nn.Module):
         op = self._module(op_key.rpartition(".")[0], factory)
         norm = None
         if compute.get("batch_norm"):
-            epsilon = table.facts["batch_norm_epsilon"]
+            epsilon = mapping.batch_norm_epsilon(table, kind)
             norm_key = mapping.bind_name(mapping.join_key("torch", name, norm_prefixes.pop() + ".weight"),
                                          plan.dims[layer])
             norm = self._module(norm_key.rpartition(".")[0],
@@ -268,7 +277,7 @@ class SlimNet(nn.Module):
         if activation not in ACTIVATIONS:
             raise MappingError(f"{table.path}: kind {row['kind']}: unknown activation {activation!r}")
         norm = self._module(modules.pop(), functools.partial(nn.BatchNorm2d, sized[0][0],
-                                                             eps=table.facts["batch_norm_epsilon"]))
+                                                             eps=mapping.batch_norm_epsilon(table, kind)))
         return _Layer(norm, None, ACTIVATIONS[activation], node.get("stride", DEFAULT_STRIDE),
                       node.get("padding", DEFAULT_PADDING))
     def _depthwise_layer(self, layer, node, plan, entries):
@@ -311,7 +320,7 @@ class SlimNet(nn.Module):
         if compute.get("batch_norm"):
             norm_key = key_of(BATCH_NORM_SCOPE + "moving_mean").rpartition(".")[0]
             norm = self._module(norm_key, functools.partial(nn.BatchNorm2d, convs[-1].out_channels,
-                                                            eps=table.facts["batch_norm_epsilon"]))
+                                                            eps=mapping.batch_norm_epsilon(table, kind)))
         activation = compute.get("activation")
         if activation not in ACTIVATIONS:
             raise MappingError(f"{table.path}: kind {row['kind']}: unknown activation {activation!r}")
@@ -342,6 +351,8 @@ class SlimNet(nn.Module):
                             ACTIVATIONS[activation])
             elif "pad" in node:
                 step = _Pad(node["pad"])
+            elif "scale" in node:
+                step = _Scale(node["scale"])
             elif "nodes" in node:
                 step = _Sequence(self._compile(node["nodes"], inner, plan, entries))
             else:

@@ -54,7 +54,9 @@ KNOWN_PARAMS = (WEIGHTS, BIASES, *BATCH_NORM)
 # a layer that is a batch norm alone (compute.op batch_norm: ResNet-v2's preact, postnorm) keeps slim's
 # names directly under its scope, in BatchNormalization's order
 NORM_PARAMS = ("gamma", "beta", "moving_mean", "moving_variance")
-ACTIVATIONS = {"relu": "Relu"}
+ACTIVATIONS = {"relu": "Relu", "relu6": "Clip"}
+# the bounds of an activation run as Clip: relu6 is min(max(x, 0), 6)
+CLIP_BOUNDS = {"relu6": (0.0, 6.0)}
 
 # options meant for the plan, which reach every writer
 PLAN_OPTIONS = ("include_top",)
@@ -82,8 +84,9 @@ class _Value:
 class _GraphBuilder:
     """Builds the ONNX nodes of a table's graph, checking every shape on the way."""
 
-    def __init__(self, onnx, plan, tensors, reserved):
+    def __init__(self, onnx, plan, tensors, reserved, dtype="float32"):
         self.onnx = onnx
+        self.dtype = np.dtype(dtype)
         self.plan = plan
         self.table = plan.table
         self.tensors = tensors  # initializer name -> its shape and dtype in the model (_Declared)
@@ -160,6 +163,8 @@ class _GraphBuilder:
             return self._add(node, value, inner)
         if "pad" in node:
             return self._pad(node["pad"], value, scope)
+        if "scale" in node:
+            return self._scale(node["scale"], value, scope)
         if "nodes" in node:
             return self._sequence(node["nodes"], value, inner)
         # flatten: true is [N, 1, 1, C] -> [N, C], the same in NCHW and NHWC; `spatial` flattens any
@@ -188,7 +193,21 @@ class _GraphBuilder:
             return value
         if activation not in ACTIVATIONS:
             raise ConvertError(f"ONNX: unknown activation {activation!r} (known: {', '.join(ACTIVATIONS)})")
-        return self.op(ACTIVATIONS[activation], [value.name], f"{scope}{ACTIVATIONS[activation]}", value.shape)
+        inputs = [value.name]
+        if activation in CLIP_BOUNDS:
+            inputs += [self._scalar(bound, f"{scope}{activation}/{side}").name
+                       for bound, side in zip(CLIP_BOUNDS[activation], ("min", "max"))]
+        return self.op(ACTIVATIONS[activation], inputs, f"{scope}{activation.capitalize()}", value.shape)
+
+    def _scalar(self, number, name):
+        # a constant scalar in the model's dtype
+        return self.op("Constant", [], name, (), value=self.onnx.numpy_helper.from_array(
+            np.array(number, dtype=self.dtype)))
+
+    def _scale(self, factor, value, scope):
+        # the map multiplied by a constant (a graph's `Mul` by a scalar)
+        return self.op("Mul", [value.name, self._scalar(factor, f"{scope}scale/factor").name], f"{scope}scale",
+                       value.shape)
 
     def _pad(self, pads, value, scope):
         # explicit zero padding (tf.pad); ONNX order: every axis's begin, then every axis's end
@@ -272,7 +291,7 @@ class _GraphBuilder:
                 raise ConvertError(f"ONNX: kind {row['kind']} has batch norm but not every one of {', '.join(BATCH_NORM)}")
             norm = [self._vector(layer, params[key], value.shape[CHANNEL_AXIS]) for key in BATCH_NORM]
             value = self.op("BatchNormalization", [value.name, *norm], f"{scope}/BatchNorm", value.shape,
-                             epsilon=float(self.table.facts["batch_norm_epsilon"]))
+                             epsilon=mapping.batch_norm_epsilon(self.table, kind))
         return self._activate(value, compute.get("activation"), f"{scope}/")
 
     def _batch_norm_layer(self, layer, row, kind, params, value, scope):
@@ -284,7 +303,7 @@ class _GraphBuilder:
             raise ConvertError(f"ONNX: layer {layer} normalizes a map; its input has shape {list(value.shape[1:])}")
         norm = [self._vector(layer, params[key], value.shape[CHANNEL_AXIS]) for key in NORM_PARAMS]
         value = self.op("BatchNormalization", [value.name, *norm], f"{scope}/BatchNorm", value.shape,
-                        epsilon=float(self.table.facts["batch_norm_epsilon"]))
+                        epsilon=mapping.batch_norm_epsilon(self.table, kind))
         return self._activate(value, kind["compute"].get("activation"), f"{scope}/")
 
     def _depthwise_layer(self, layer, row, scope, params, value, stride, padding):
@@ -327,7 +346,7 @@ class _GraphBuilder:
                                    f"{', '.join(BATCH_NORM)}")
             norm = [self._vector(layer, params[key], value.shape[CHANNEL_AXIS]) for key in BATCH_NORM]
             value = self.op("BatchNormalization", [value.name, *norm], f"{scope}/BatchNorm", value.shape,
-                            epsilon=float(self.table.facts["batch_norm_epsilon"]))
+                            epsilon=mapping.batch_norm_epsilon(self.table, kind))
         return self._activate(value, compute.get("activation"), f"{scope}/")
 
 
@@ -462,7 +481,7 @@ def _declared_model(onnx, plan, *, dtype=None, opset=None, input_layout=NCHW, ou
     declared = (HEIGHT_DIM, WIDTH_DIM) if dynamic else (height, width)
     elem_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     # the input's and end points' names are the graph's interface; no inner node may take them
-    builder = _GraphBuilder(onnx, plan, tensors, reserved=[INPUT_NAME, *_named(table.graph)])
+    builder = _GraphBuilder(onnx, plan, tensors, reserved=[INPUT_NAME, *_named(table.graph)], dtype=dtype)
     if input_layout == NHWC:
         graph_input = onnx.helper.make_tensor_value_info(INPUT_NAME, elem_type, [BATCH_DIM, *declared, channels])
         source = builder.op("Transpose", [INPUT_NAME], "input/to_nchw", (None, channels, height, width),
