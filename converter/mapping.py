@@ -34,7 +34,7 @@ OP_KERNELS = {"depthwise": (DEPTHWISE_KERNEL,), "separable": (DEPTHWISE_KERNEL, 
 NODE_KINDS = ("layer", "max_pool", "avg_pool", "concat", "add", "nodes", "flatten", "pad")
 NODE_OPTIONS = ("name", "scoped", "input", "stride", "padding", "activation", "reduced")
 # what may follow a node: a layer's from its kind's `compute.activation`, an `add`'s from its own option
-ACTIVATIONS = ("relu",)
+ACTIVATIONS = ("relu", "relu6")
 PADDINGS = ("SAME", "VALID")
 # `flatten: true` takes a 1x1 map; `flatten: spatial` any map, in the order of the target's layout;
 # `flatten: hwc` any map, in TensorFlow's order (H, W, C) in every target

@@ -488,7 +488,7 @@ def test_residual_and_pad_nodes_are_validated():
     assert "pad [[3, -1], [3, 3]]" in joined
     assert "activation 'gelu'" in joined
     assert "add needs a list of two or more branches" in joined
-    assert "activation 'relu' must be one of relu, on an add" in joined
+    assert "activation 'relu' must be one of relu, relu6, on an add" in joined
     assert "block1/unit_3/bottleneck_v1/conv1 is used 0 times" in joined
 
 

@@ -25,7 +25,7 @@ KERNEL = "weights"
 BIAS = "biases"
 BATCH_NORM_SCOPE = "BatchNorm/"
 # what follows a layer's op, by the table's ``compute.activation``
-ACTIVATIONS = {None: None, "relu": F.relu}
+ACTIVATIONS = {None: None, "relu": F.relu, "relu6": F.relu6}
 NCHW_CHANNELS = 1
 NCHW_SPATIAL = (2, 3)
 DEFAULT_STRIDE = 1

@@ -52,7 +52,9 @@ KNOWN_PARAMS = (WEIGHTS, BIASES, *BATCH_NORM)
 # a layer that is a batch norm alone (compute.op batch_norm: ResNet-v2's preact, postnorm) keeps slim's
 # names directly under its scope, in BatchNormalization's order
 NORM_PARAMS = ("gamma", "beta", "moving_mean", "moving_variance")
-ACTIVATIONS = {"relu": "Relu"}
+ACTIVATIONS = {"relu": "Relu", "relu6": "Clip"}
+# the bounds a Clip activation takes as inputs (opset 11 on): relu6 is min(max(x, 0), 6)
+CLIP_BOUNDS = {"relu6": (0.0, 6.0)}
 
 # options meant for the plan, which reach every writer
 PLAN_OPTIONS = ("include_top",)
@@ -80,8 +82,9 @@ class _Value:
 class _GraphBuilder:
     """Builds the ONNX nodes of a table's graph, checking every shape on the way."""
 
-    def __init__(self, onnx, plan, tensors, reserved):
+    def __init__(self, onnx, plan, tensors, reserved, dtype="float32"):
         self.onnx = onnx
+        self.dtype = dtype  # of the values the graph computes, and so of the constants it adds
         self.plan = plan
         self.table = plan.table
         self.tensors = tensors  # initializer name -> array in the model's dtype
@@ -186,7 +189,11 @@ class _GraphBuilder:
             return value
         if activation not in ACTIVATIONS:
             raise ConvertError(f"ONNX: unknown activation {activation!r} (known: {', '.join(ACTIVATIONS)})")
-        return self.op(ACTIVATIONS[activation], [value.name], f"{scope}{ACTIVATIONS[activation]}", value.shape)
+        inputs = [value.name]
+        for bound, limit in zip(("min", "max"), CLIP_BOUNDS.get(activation, ())):
+            constant = self.onnx.numpy_helper.from_array(np.array(limit, dtype=self.dtype))
+            inputs.append(self.op("Constant", [], f"{scope}{ACTIVATIONS[activation]}/{bound}", (), value=constant).name)
+        return self.op(ACTIVATIONS[activation], inputs, f"{scope}{ACTIVATIONS[activation]}", value.shape)
 
     def _pad(self, pads, value, scope):
         # explicit zero padding (tf.pad); ONNX order: every axis's begin, then every axis's end
@@ -414,7 +421,7 @@ def build_model(plan, read, *, dtype=None, opset=None, input_layout=NCHW, output
     declared = (HEIGHT_DIM, WIDTH_DIM) if dynamic else (height, width)
     elem_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     # the input's and end points' names are the graph's interface; no inner node may take them
-    builder = _GraphBuilder(onnx, plan, tensors, reserved=[INPUT_NAME, *_named(table.graph)])
+    builder = _GraphBuilder(onnx, plan, tensors, reserved=[INPUT_NAME, *_named(table.graph)], dtype=dtype)
     if input_layout == NHWC:
         graph_input = onnx.helper.make_tensor_value_info(INPUT_NAME, elem_type, [BATCH_DIM, *declared, channels])
         source = builder.op("Transpose", [INPUT_NAME], "input/to_nchw", (None, channels, height, width),
