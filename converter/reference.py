@@ -125,6 +125,25 @@ def infer_depth_multiplier(architecture, checkpoint_shapes, *, num_classes=1001,
     return (low + high) / 2
 
 
+def network_options(architecture, shapes):
+    """The reference network's options that give a checkpoint's shapes, where its module says how; else None.
+
+    A module of ``facts.reference`` MAY define ``network_options(shapes, scope)``, ``shapes`` being
+    ``{name: shape}`` under the table's scope: MobileNet's channels are rounded (``min_depth``,
+    ``divisible_by``), so its width multiplier is found by the network's own rule, not by ``infer_depth_multiplier``.
+    Needs no TensorFlow.
+    """
+    table = mapping.load_table(architecture)
+    spec = table.facts.get("reference")
+    rule = spec and getattr(importlib.import_module(spec["module"]), "network_options", None)
+    if rule is None:
+        return None
+    options = rule(shapes, scope=table.scope)
+    if not options:
+        raise ConvertError(f"the checkpoint's channel counts fit no width multiplier of {architecture}")
+    return options
+
+
 def tf_device(device):
     """TensorFlow's device string for ``device``: its first GPU for ``cuda`` where it sees one, else the CPU."""
     tf, _ = import_tensorflow()
@@ -154,7 +173,8 @@ def run_reference(
             ``facts.end_points``); each is tf-slim's end_points entry that ``facts.reference.end_points``
             names, or the entry of the same name. Those of optional heads the checkpoint lacks are left out.
         ema: restore each variable from its ``/ExponentialMovingAverage`` shadow where one exists.
-        depth_multiplier: inferred from the checkpoint's shapes when omitted.
+        depth_multiplier: inferred from the checkpoint's shapes when omitted; where the reference module
+            gives ``network_options``, those options (the multiplier among them) are taken instead.
         device: ``cpu``, or ``cuda`` to run on TensorFlow's first GPU where it sees one.
         scope: which network, where the checkpoint holds several (``mapping.locate``).
 
@@ -183,7 +203,11 @@ def run_reference(
         end_points = table.facts["end_points"]
     end_points = [name for name in end_points if heads.get(name, True)]
     slim_names = {name: spec.get("end_points", {}).get(name, name) for name in end_points}
-    if depth_multiplier is None:
+    shaped = network_options(architecture, checkpoint_shapes)
+    if shaped is not None:
+        options.update(shaped)
+        depth_multiplier = options.pop("depth_multiplier", 1.0)
+    elif depth_multiplier is None:
         depth_multiplier = infer_depth_multiplier(
             architecture, checkpoint_shapes, num_classes=num_classes, image_size=images.shape[1]
         )
