@@ -3,6 +3,7 @@
 import pathlib
 
 from converter.errors import ConvertError
+from converter.runtimes import width_option
 from converter.writers.keras import VARIABLES, WEIGHT_SUFFIX, ordered_layers
 
 WEIGHTS_SUFFIX = ".weights.h5"
@@ -78,7 +79,7 @@ def run(path, plan, images, *, device="cpu", **_):
     try:
         model = application(weights=None, include_top=include_top, classes=classes, classifier_activation=None,
                             input_shape=(*plan.input_size.hw, plan.table.facts["input"]["channels"]),
-                            **application_options(plan))
+                            **width_option(plan, plan.table.targets["keras"].get("width")))
         model.load_weights(str(pathlib.Path(path)))
     except (ValueError, KeyError) as error:
         raise ConvertError(f"{path}: does not load into keras.applications.{spec['application']} "
@@ -87,25 +88,6 @@ def run(path, plan, images, *, device="cpu", **_):
     probe = keras.Model(model.inputs, [model.get_layer(spec["end_points"][p]).output for p in names])
     values = probe.predict(images, verbose=0, batch_size=len(images))
     return dict(zip(names, (v for v in values))), _device(keras)
-
-
-def application_options(plan):
-    """The ``keras.applications`` arguments a plan's checkpoint needs besides its size and classes.
-
-    ``targets.keras.width`` names the argument that takes the width multiplier (MobileNet's ``alpha``),
-    found from the checkpoint's channels by the table's reference network (``reference.network_options``).
-    """
-    from converter import mapping, reference
-
-    table = plan.table
-    argument = table.targets["keras"].get("width")
-    if argument is None:
-        return {}
-    # the checkpoint's names under the table's scope (an EMA shadow has its variable's shape)
-    shapes = {f"{table.scope}/{entry.source[len(plan.root):].removesuffix(mapping.EMA_SUFFIX)}": entry.source_shape
-              for entry in plan.entries if entry.source is not None}
-    options = reference.network_options(table.architecture, shapes) or {}
-    return {argument: options.get("depth_multiplier", 1.0)}
 
 
 def _device(keras):
