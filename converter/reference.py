@@ -191,17 +191,20 @@ def run_reference(
     root = mapping.locate(stored, table, scope=scope, path=str(checkpoint)).root
     own = f"{table.scope}/"
     checkpoint_shapes = {own + name[len(root):]: shape for name, shape in stored.items() if name.startswith(root)}
-    classifier = f"{own}{spec['classifier']}/biases"
-    if classifier not in checkpoint_shapes:
-        raise ConvertError(f"{checkpoint}: no variable {root}{spec['classifier']}/biases; "
-                           f"it is not a TF-Slim {architecture} checkpoint")
-    num_classes = checkpoint_shapes[classifier][0]
     heads = {head: any(name.startswith(f"{own}{head}/") for name in checkpoint_shapes)
              for head in spec.get("heads", {})}
     options = {spec["heads"][head]: present for head, present in heads.items()}
     if end_points is None:
         end_points = table.facts["end_points"]
     end_points = [name for name in end_points if heads.get(name, True)]
+    classifier = f"{own}{spec['classifier']}/biases"
+    if classifier in checkpoint_shapes:
+        num_classes = checkpoint_shapes[classifier][0]
+    elif mapping.TOP not in end_points:
+        num_classes = 0  # a headless network (a detection checkpoint's backbone): built without its classifier
+    else:
+        raise ConvertError(f"{checkpoint}: no variable {root}{spec['classifier']}/biases; it is not a TF-Slim "
+                           f"{architecture} checkpoint, or a headless one (--no-top)")
     slim_names = {name: spec.get("end_points", {}).get(name, name) for name in end_points}
     shaped = network_options(architecture, checkpoint_shapes)
     if shaped is not None:

@@ -62,19 +62,16 @@ def depths(depth_multiplier, finegrain_classification_mode=False):
 def network_options(shapes, scope=SCOPE):
     """The options of ``mobilenet`` that give a checkpoint's ``{name: shape}`` (names under ``scope``).
 
-    The multiplier comes from every layer but ``Conv_1``, whose size says whether the network was built in
-    ``finegrain_classification_mode``. Returns ``{}`` when no multiplier fits.
+    The multiplier must give every layer's channels; ``Conv_1`` kept at 1280 below 1.0 says the network
+    was built in ``finegrain_classification_mode``. Returns ``{}`` when no multiplier fits.
     """
     channels = {layer: shapes[f"{scope}/{layer}/weights"][-1] for layer in depths(1.0)
-                if f"{scope}/{layer}/weights" in shapes and layer != "Conv_1"}
-    multiplier = find_multiplier(depths, channels)
-    if multiplier is None:
-        return {}
-    options = {"depth_multiplier": multiplier}
-    last = shapes.get(f"{scope}/Conv_1/weights")
-    if last is not None and multiplier < 1 and last[-1] == depths(multiplier, True)["Conv_1"]:
-        options["finegrain_classification_mode"] = True
-    return options
+                if f"{scope}/{layer}/weights" in shapes}
+    for finegrain in (False, True):
+        multiplier = find_multiplier(lambda m: depths(m, finegrain), channels)  # noqa: B023
+        if multiplier is not None:
+            return {"depth_multiplier": multiplier, **({"finegrain_classification_mode": True} if finegrain else {})}
+    return {}
 
 
 def training_scope(is_training=False, weight_decay=0.00004, stddev=0.09, bn_decay=BATCH_NORM_DECAY):
