@@ -334,3 +334,19 @@ def test_detection_backbone_verifies_headless(finetune):
     assert report.ok, report.table()
     verdicts = {backend.target for backend in report.backends if not backend.advisory}
     assert verdicts == {"torch", "keras", "onnx"}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda raw: raw.update(outside="layer_19_*"), "`outside` must be a list of scope patterns"),
+    (lambda raw: raw["targets"]["keras"].update(width=1.0), "targets.keras.width must be a name"),
+    (lambda raw: raw["targets"]["keras"].update(classifier=["conv_preds"]), "targets.keras.classifier must be a name"),
+    (lambda raw: raw["targets"]["torch"]["torchvision"].update(width=2), "aux and width (names)"),
+    (lambda raw: raw["kinds"]["conv_bn_relu6"]["compute"].update(activation="relu7"),
+     "compute.activation must be one of relu, relu6"),
+])
+def test_schema_additions_are_validated(change, message):
+    # each on its own: a table's type errors stop validation before the cross-checks
+    raw = yaml.safe_load(mapping.load_table("mobilenet_v2").path.read_text())
+    assert not mapping.validate(raw)
+    change(raw)
+    assert message in "\n".join(mapping.validate(raw))
