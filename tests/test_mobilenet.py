@@ -350,3 +350,31 @@ def test_schema_additions_are_validated(change, message):
     assert not mapping.validate(raw)
     change(raw)
     assert message in "\n".join(mapping.validate(raw))
+
+
+def test_batch_converts_and_verifies_both(tmp_path):
+    # a fleet of both MobileNets, every target, each output verified against TF-Slim (at the tables' 224x224:
+    # nothing in a checkpoint says the size it was trained at, and both networks take any)
+    pytest.importorskip("tensorflow", reason="--verify runs the TF-Slim reference")
+    pytest.importorskip("onnxruntime", reason="--verify runs the ONNX outputs")
+    pytest.importorskip("keras", reason="--verify runs keras.applications")
+    import shutil
+
+    from converter.batch import run_batch
+
+    tree = tmp_path / "fleet"
+    for arch in ARCHS:
+        (tree / arch).mkdir(parents=True)
+        for path in (FIXTURES / arch).glob("model.ckpt.*"):
+            shutil.copy(path, tree / arch / path.name)
+    report = run_batch([tree], tmp_path / "out", targets="torch,onnx,keras", verify=True, jobs=2)
+    records = {record["id"]: record for record in report.models}
+    assert set(records) == {f"{arch}/model.ckpt" for arch in ARCHS}
+    assert report.ok, records
+    for arch in ARCHS:
+        record = records[f"{arch}/model.ckpt"]
+        assert record["architecture"] == arch
+        for target in ("torch", "onnx", "keras"):
+            entry = record["targets"][target]
+            # within the oracle's bound, relative to the largest map (ReLU6 caps V1's at 6, V2's sums reach ~15)
+            assert entry["status"] == "ok" and 0 < entry["max_error"] < 2e-3, (arch, target, entry)
