@@ -24,10 +24,9 @@ POOL = [7, 7]
 
 def depths(depth_multiplier, min_depth=MIN_DEPTH):
     """Output channels of every layer with weights, by scope, at ``depth_multiplier``."""
-    depth = lambda d: max(int(d * depth_multiplier), min_depth)  # noqa: E731
-    found = {"Conv2d_0": depth(CONV[1])}
+    found = {"Conv2d_0": max(int(CONV[1] * depth_multiplier), min_depth)}
     for index, (_, channels) in enumerate(SEPARABLE, start=1):
-        found[f"Conv2d_{index}_pointwise"] = depth(channels)
+        found[f"Conv2d_{index}_pointwise"] = max(int(channels * depth_multiplier), min_depth)
     return found
 
 

@@ -11,6 +11,8 @@ convolution but the logits has batch norm (center and scale, epsilon 0.001) and 
 ``finegrain_classification_mode`` (the zoo's 0.35 and 0.5) ``Conv_1`` keeps 1280 below 1.0.
 """
 
+import functools
+
 from converter.slim_nets._widths import find_multiplier
 
 SCOPE = "MobilenetV2"
@@ -45,7 +47,9 @@ def block_name(index):
 
 def depths(depth_multiplier, finegrain_classification_mode=False):
     """Output channels of every convolution with weights, by scope, at ``depth_multiplier``."""
-    depth = lambda d: make_divisible(d * depth_multiplier, DIVISIBLE_BY, MIN_DEPTH)  # noqa: E731
+    def depth(channels):
+        return make_divisible(channels * depth_multiplier, DIVISIBLE_BY, MIN_DEPTH)
+
     found = {"Conv": depth(FIRST[1])}
     previous = found["Conv"]
     for index, (_, channels) in enumerate(BLOCKS):
@@ -68,7 +72,7 @@ def network_options(shapes, scope=SCOPE):
     channels = {layer: shapes[f"{scope}/{layer}/weights"][-1] for layer in depths(1.0)
                 if f"{scope}/{layer}/weights" in shapes}
     for finegrain in (False, True):
-        multiplier = find_multiplier(lambda m: depths(m, finegrain), channels)  # noqa: B023
+        multiplier = find_multiplier(functools.partial(depths, finegrain_classification_mode=finegrain), channels)
         if multiplier is not None:
             return {"depth_multiplier": multiplier, **({"finegrain_classification_mode": True} if finegrain else {})}
     return {}
