@@ -123,8 +123,9 @@ def _target(target, spec):
         return [f"{where} must be a mapping (`{target}: {{}}` when there is nothing to say)"]
     problems = [f"{where}.{key} must be a list of names" for key in TARGET_LISTS
                 if key in spec and not _is_strings(spec[key])]
-    if "application" in spec and not isinstance(spec["application"], str):
-        problems.append(f"{where}.application must be a name")
+    for key in ("application", "width", "classifier"):
+        if key in spec and not isinstance(spec[key], str):
+            problems.append(f"{where}.{key} must be a name")
     if not _is_string_map(spec.get("end_points", {})):
         problems.append(f"{where}.end_points must map end points to names")
     dims = spec.get("dims", {})
@@ -136,9 +137,9 @@ def _target(target, spec):
             entry = spec[model]
             if not (isinstance(entry, dict) and isinstance(entry.get("model"), str)
                     and isinstance(entry.get("options", {}), dict) and isinstance(entry.get("aux", ""), str)
-                    and _is_string_map(entry.get("end_points", {}))):
+                    and isinstance(entry.get("width", ""), str) and _is_string_map(entry.get("end_points", {}))):
                 problems.append(f"{where}.{model} must give model (a name), and may give options (a mapping), "
-                                f"aux (a name) and end_points (a mapping)")
+                                f"aux and width (names) and end_points (a mapping)")
     return problems
 
 

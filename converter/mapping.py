@@ -8,6 +8,7 @@ cannot fill, and shapes that disagree are all gathered into one error.
 
 import collections
 import dataclasses
+import fnmatch
 import functools
 import importlib.resources
 import pathlib
@@ -91,6 +92,7 @@ class Table:
     kinds: dict
     layers: dict
     graph: list
+    outside: tuple = ()  # scope patterns under the root that are not the network (a detector's extra layers)
 
     @property
     def num_classes(self):
@@ -197,6 +199,7 @@ def table_from_data(path, data):
         scope=data["scope"],
         detect=tuple(data["detect"]),
         detect_absent=tuple(data.get("detect_absent", ())),
+        outside=tuple(data.get("outside", ())),
         facts=data["facts"],
         targets=data.get("targets", {}),
         kinds=data["kinds"],
@@ -233,6 +236,9 @@ def validate(data):
     elif set(absent) & set(data["detect"]):
         repeated = ", ".join(sorted(set(absent) & set(data["detect"])))
         problems.append(f"`detect_absent` repeats `detect` variables: {repeated} (a network cannot have and lack them)")
+    outside = data.get("outside", [])
+    if not isinstance(outside, list) or not all(isinstance(pattern, str) and pattern for pattern in outside):
+        problems.append("`outside` must be a list of scope patterns (fnmatch: `layer_19_*`)")
     for target, spec in targets.items():
         if target not in TARGETS:
             problems.append(f"targets: unknown target {target!r} (known: {', '.join(TARGETS)})")
@@ -682,6 +688,8 @@ class Entry:
 HEAD_KEPT, HEAD_ABSENT, HEAD_LEFT_OUT = "kept", "absent from the checkpoint", "left out (--no-aux)"
 # skipped-variable reasons for variables no row takes
 UNMAPPED, OUTSIDE = "unmapped", "outside the network"
+# the classifier's end point, which --no-top leaves out
+TOP = "Logits"
 
 
 @dataclasses.dataclass
@@ -718,7 +726,7 @@ class Plan:
         groups = {}
         for reason in (OUTSIDE, UNMAPPED):
             for name in self.skipped.get(reason, []):
-                groups.setdefault(_group_of(name, self.root), []).append(name)
+                groups.setdefault(_group_of(name, self.root, self.table.outside), []).append(name)
         return groups
 
     def decisions(self):
@@ -762,9 +770,21 @@ class Plan:
         }
 
 
-def _group_of(name, root):
+def _outside_scope(name, root, patterns):
+    # the scope under the root that one of the table's `outside` patterns takes (a detector's extra layer), or None
+    if not name.startswith(root):
+        return None
+    first = name[len(root):].partition(names.SEPARATOR)[0]
+    return root + first if any(fnmatch.fnmatchcase(first, pattern) for pattern in patterns) else None
+
+
+def _group_of(name, root, patterns=()):
     # inside the network: the layer scope; outside: down to the first component where it leaves the root
+    # (or, for a scope the table puts outside, that scope)
     parts = name.split(names.SEPARATOR)
+    extra = _outside_scope(name, root, patterns)
+    if extra is not None:
+        return extra
     if name.startswith(root):
         return names.SEPARATOR.join(parts[:-1]) or name
     shared = root.split(names.SEPARATOR)
@@ -874,10 +894,14 @@ def plan(shapes, table, target, *, ema=False, background=BACKGROUND_AUTO, aux=No
     scopes, found_dims, present, layer_problems = _bind(table, shapes, root)
     heads, optional, problems = _heads(table, target, present, aux)
     left_out = group_layers(table.graph, table.groups(target) + optional + tuple(drop))
+    headless = _headless(table, present, left_out)
+    if headless:
+        problems.append(f"the checkpoint has no {TOP} ({', '.join(root + layer for layer in sorted(headless))}): "
+                        f"a headless network, as a detection checkpoint's backbone; --no-top converts it without")
     dims, consumed = {}, set()
     for layer in table.layers:
         consumed.update(present[layer])
-        if layer in left_out:
+        if layer in left_out or layer in headless:
             continue
         if not present[layer] and not layer_problems[layer]:
             problems.append(f"missing layer {root}{layer} (mapping row {layer})")
@@ -917,6 +941,14 @@ def plan(shapes, table, target, *, ema=False, background=BACKGROUND_AUTO, aux=No
         )
     patterned = {layer: scope for layer, scope in scopes.items() if scope != layer}
     return Plan(table, target, network, entries, skipped, dims, patterned, decided, heads, size)
+
+
+def _headless(table, present, left_out):
+    # the classifier's layers where the checkpoint holds none of them and the plan keeps them: one problem, not one per layer
+    top = group_layers(table.graph, (TOP,)) - left_out
+    if not top or any(present[layer] for layer in top) or not any(present.values()):
+        return set()
+    return top
 
 
 def _heads(table, target, present, aux):
@@ -979,9 +1011,10 @@ def _skipped(shapes, consumed, network, table, strict, problems):
         elif role in SKIPPED_ROLES:
             skipped[SKIPPED_ROLES[role]].append(name)
         else:
-            reason = UNMAPPED if name.startswith(network.root) else OUTSIDE
+            inside = name.startswith(network.root) and _outside_scope(name, network.root, table.outside) is None
+            reason = UNMAPPED if inside else OUTSIDE
             skipped[reason].append(name)
-            unmapped.setdefault((reason, _group_of(name, network.root)), []).append(name)
+            unmapped.setdefault((reason, _group_of(name, network.root, table.outside)), []).append(name)
     if strict:
         for (reason, scope), found in unmapped.items():
             shown = ", ".join(name.rpartition(names.SEPARATOR)[2] if reason == UNMAPPED else name

@@ -179,6 +179,25 @@ def infer_depth_multiplier(architecture, checkpoint_shapes, *, num_classes=1001,
     return (low + high) / 2
 
 
+def network_options(architecture, shapes):
+    """The reference network's options that give a checkpoint's shapes, where its module says how; else None.
+
+    A module of ``facts.reference`` MAY define ``network_options(shapes, scope)``, ``shapes`` being
+    ``{name: shape}`` under the table's scope: MobileNet's channels are rounded (``min_depth``,
+    ``divisible_by``), so its width multiplier is found by the network's own rule, not by ``infer_depth_multiplier``.
+    Needs no TensorFlow.
+    """
+    table = mapping.load_table(architecture)
+    spec = table.facts.get("reference")
+    rule = spec and getattr(importlib.import_module(spec["module"]), "network_options", None)
+    if rule is None:
+        return None
+    options = rule(shapes, scope=table.scope)
+    if not options:
+        raise ConvertError(f"the checkpoint's channel counts fit no width multiplier of {architecture}")
+    return options
+
+
 def tf_device(device):
     """TensorFlow's device string for ``device``: its first GPU for ``cuda`` where it sees one, else the CPU."""
     tf, _ = import_tensorflow()
@@ -209,7 +228,8 @@ def run_reference(
             ``facts.end_points``); each is tf-slim's end_points entry that ``facts.reference.end_points``
             names, or the entry of the same name. Those of optional heads the checkpoint lacks are left out.
         ema: restore each variable from its ``/ExponentialMovingAverage`` shadow where one exists.
-        depth_multiplier: inferred from the checkpoint's shapes when omitted.
+        depth_multiplier: inferred from the checkpoint's shapes when omitted; where the reference module
+            gives ``network_options``, those options (the multiplier among them) are taken instead.
         device: ``cpu``, or ``cuda`` to run on TensorFlow's first GPU where it sees one.
         scope: which network, where the checkpoint holds several (``mapping.locate``).
         phases: a dict that gets the seconds of each step (``reference import``, ``reference build``: 0 where
@@ -232,20 +252,26 @@ def run_reference(
     root = mapping.locate(stored, table, scope=scope, path=str(checkpoint)).root
     own = f"{table.scope}/"
     checkpoint_shapes = {own + name[len(root):]: shape for name, shape in stored.items() if name.startswith(root)}
-    classifier = f"{own}{spec['classifier']}/biases"
-    if classifier not in checkpoint_shapes:
-        raise ConvertError(f"{checkpoint}: no variable {root}{spec['classifier']}/biases; "
-                           f"it is not a TF-Slim {architecture} checkpoint")
-    num_classes = checkpoint_shapes[classifier][0]
     heads = {head: any(name.startswith(f"{own}{head}/") for name in checkpoint_shapes)
              for head in spec.get("heads", {})}
     options = {spec["heads"][head]: present for head, present in heads.items()}
     if end_points is None:
         end_points = table.facts["end_points"]
     end_points = [name for name in end_points if heads.get(name, True)]
+    classifier = f"{own}{spec['classifier']}/biases"
+    if classifier in checkpoint_shapes:
+        num_classes = checkpoint_shapes[classifier][0]
+    elif mapping.TOP not in end_points:
+        num_classes = 0  # a headless network (a detection checkpoint's backbone): built without its classifier
+    else:
+        raise ConvertError(f"{checkpoint}: no variable {root}{spec['classifier']}/biases; it is not a TF-Slim "
+                           f"{architecture} checkpoint, or a headless one (--no-top)")
     slim_names = {name: spec.get("end_points", {}).get(name, name) for name in end_points}
-    if depth_multiplier is None:
-        # built at depth 1.0 with the checkpoint's own heads and size: the reference itself where it is full size
+    shaped = network_options(architecture, checkpoint_shapes)
+    if shaped is not None:
+        options.update(shaped)
+        depth_multiplier = options.pop("depth_multiplier", 1.0)
+    elif depth_multiplier is None:
         depth_multiplier = infer_depth_multiplier(
             architecture, checkpoint_shapes, num_classes=num_classes, image_size=tuple(images.shape[1:3]), **options
         )

@@ -43,6 +43,9 @@ def restrictions(table):
             notes.append(f"{target}: {spec['drift']}")
     if not mapping.group_layers(table.graph, (HEAD,)):
         notes.append("`--no-top` not supported")
+    if table.outside:
+        scopes = ", ".join(f"`{pattern}`" for pattern in table.outside)
+        notes.append(f"detection backbones: `--no-top`, their extra layers ({scopes}) listed outside the network")
     if table.facts.get("preprocessing"):
         notes.append(f"input: {table.facts['preprocessing']}")
     return notes

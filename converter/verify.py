@@ -462,7 +462,7 @@ def verify(
                                     background=mapping_module.BACKGROUND_KEEP)
         images, described = make_input(table, input_file=input_file, batch=batch, seed=seed,
                                        size=facts.input_size.hw)
-        end_points = tuple(table.facts["end_points"])
+        end_points = tuple(point for point in table.facts["end_points"] if not (no_top and point == HEAD_END_POINT))
         phases = {"checkpoint": time.perf_counter() - started}
         progress(f"reference: TF-Slim {table.architecture} in TensorFlow on {device}")
         if "meta_graph" in table.facts:  # a network recovered from its .meta: that graph is the reference
@@ -540,6 +540,8 @@ def _convert_on_the_fly(checkpoint, table, scratch, report, options, end_points)
 
     jobs, written = [], {}
     convert_options = {k: v for k, v in options.items() if k not in ("strict", "drop")}
+    if HEAD_END_POINT in options.get("drop", ()):
+        convert_options["include_top"] = False  # --no-top: headless ports, as the checkpoint's facts were planned
     for name, runtime_options, advisory in ON_THE_FLY:
         target, _ = target_of(name)
         model = runtime_options.get("model")

@@ -98,6 +98,9 @@ GENERATED = {
     "resnet_v1_50": {},
     **{f"resnet_v{version}_{depth}": {"image_size": 64} for version in (1, 2) for depth in (50, 101, 152, 200)
        if (version, depth) != (1, 50)},
+    # full-width MobileNets (17 and 14 MB; the committed fixtures are the zoo's smallest) at inputs the zoo trained
+    "mobilenet_v1": {"depth_multiplier": 1.0, "image_size": 160},
+    "mobilenet_v2": {"depth_multiplier": 1.0, "image_size": 128},
 }
 
 
@@ -124,6 +127,15 @@ FINETUNES = {
     # a separable first layer under another scope and an outer prefix
     "inception_v2_ft": dict(architecture="inception_v2", num_classes=5, kinds=("v2",),
                             network_options={"scope": "MyNet"}, prefix="tower_0"),
+    # a MobileNet V1 fine-tune at another width and input, under another scope, with EMA shadows
+    "mobilenet_v1_flowers": dict(architecture="mobilenet_v1", depth_multiplier=0.5, num_classes=5, image_size=160,
+                                 kinds=("v2", "train"), network_options={"scope": "FlowerNet"}),
+    # an Object Detection API SSD checkpoint's backbone: MobileNet V2 headless under FeatureExtractor/, an extra
+    # feature layer under its scope and box predictors beside it (ssd_mobilenet_v2's width 1.0)
+    "mobilenet_v2_ssd": dict(architecture="mobilenet_v2", depth_multiplier=1.0, network_options={}, kinds=("v2",),
+                             image_size=96, prefix="FeatureExtractor", headless=True,
+                             extra_head="MobilenetV2/layer_19_1_Conv2d_2_1x1_256",
+                             outer_heads=("BoxPredictor_0/BoxEncodingPredictor", "BoxPredictor_0/ClassPredictor")),
 }
 
 

@@ -46,5 +46,25 @@ def _last_layer(node, scope):
     return _last_layer(children[-1], inner) if children else None
 
 
+def width_option(plan, argument):
+    """``{argument: multiplier}``: the width multiplier of a plan's checkpoint for a model's ``argument``.
+
+    A table's ``width`` (``targets.keras.width``, ``targets.torch.torchvision.width``) names the argument of
+    a third-party model that takes it (MobileNet's ``alpha``, torchvision's ``width_mult``); the multiplier is
+    found from the checkpoint's channels by the table's reference network (``reference.network_options``).
+    Empty where ``argument`` is None.
+    """
+    if argument is None:
+        return {}
+    from converter import reference
+
+    table = plan.table
+    # the checkpoint's names under the table's scope (an EMA shadow has its variable's shape)
+    shapes = {f"{table.scope}/{entry.source[len(plan.root):].removesuffix(mapping.EMA_SUFFIX)}": entry.source_shape
+              for entry in plan.entries if entry.source is not None}
+    options = reference.network_options(table.architecture, shapes) or {}
+    return {argument: options.get("depth_multiplier", 1.0)}
+
+
 def as_float32(images):
     return np.ascontiguousarray(images, dtype=np.float32)

@@ -3,6 +3,7 @@
 import pathlib
 
 from converter.errors import ConvertError
+from converter.runtimes import width_option
 from converter.writers.keras import VARIABLES, WEIGHT_SUFFIX, ordered_layers
 
 WEIGHTS_SUFFIX = ".weights.h5"
@@ -71,13 +72,14 @@ def run(path, plan, images, *, device="cpu", **_):
     except ImportError:
         raise ConvertError("running a Keras port needs keras: pip install 'ckpt-convert[keras]'") from None
     spec = plan.table.targets["keras"]
-    classifier = spec["end_points"]["Logits"]
+    classifier = spec.get("classifier", spec["end_points"]["Logits"])
     include_top = any(entry.key.startswith(classifier + "/") for entry in plan.entries)
     classes = next((e.shape[-1] for e in plan.entries if e.key == f"{classifier}/bias"), 1000)
     application = getattr(keras.applications, spec["application"])
     try:
         model = application(weights=None, include_top=include_top, classes=classes, classifier_activation=None,
-                            input_shape=(*plan.input_size.hw, plan.table.facts["input"]["channels"]))
+                            input_shape=(*plan.input_size.hw, plan.table.facts["input"]["channels"]),
+                            **width_option(plan, plan.table.targets["keras"].get("width")))
         model.load_weights(str(pathlib.Path(path)))
     except (ValueError, KeyError) as error:
         raise ConvertError(f"{path}: does not load into keras.applications.{spec['application']} "

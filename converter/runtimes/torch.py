@@ -7,7 +7,7 @@ import re
 
 from converter import _warm, mapping
 from converter.errors import ConvertError
-from converter.runtimes import as_float32, end_point_modules, to_nhwc
+from converter.runtimes import as_float32, end_point_modules, to_nhwc, width_option
 from converter.transforms import NHWC_TO_NCHW
 
 MODELS = ("exact", "torchvision", "timm")
@@ -79,7 +79,7 @@ def _model(torch, name, plan, state):
     spec = plan.table.targets.get("torch", {}).get(name)
     if spec is None:
         raise ConvertError(f"{plan.table.architecture} has no {name} model (the table's targets.torch.{name})")
-    options = dict(spec.get("options", {}), num_classes=_num_classes(plan))
+    options = dict(spec.get("options", {}), num_classes=_num_classes(plan), **width_option(plan, spec.get("width")))
     if "aux" in spec:  # the option that builds the auxiliary head, when the file has it
         options[spec["aux"]] = any(status == mapping.HEAD_KEPT for status in plan.heads.values())
     if name == "torchvision":

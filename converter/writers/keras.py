@@ -49,6 +49,7 @@ WEIGHT_SUFFIX = ":0"
 # layout wants); a layer may lack some (no bias, no gamma). Ordered here, not by the table's keys.
 VARIABLES = {
     "conv2d": ("kernel", "bias"),
+    "depthwise_conv2d": ("depthwise_kernel", "bias"),
     "batch_normalization": ("gamma", "beta", "moving_mean", "moving_variance"),
     "dense": ("kernel", "bias"),
 }
