@@ -57,6 +57,27 @@ def link_checkpoints(tree, checkpoints):
     return tree
 
 
+def batch_verify_tree(tmp_path, checkpoints, timeout=600):
+    """``batch --to torch,onnx --verify -j 2`` over a tree of ``checkpoints`` (``link_checkpoints``): each
+    model's record by id, every one checked converted and verified through both targets."""
+    pytest.importorskip("onnxruntime", reason="the batch writes and verifies ONNX ports")
+    pytest.importorskip("tensorflow", reason="--verify runs TF-Slim's network")
+    from converter import batch
+
+    tree = link_checkpoints(tmp_path / "tree", checkpoints)
+    outdir = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "converter", "batch", str(tree), "-o", str(outdir),
+                             "--to", "torch,onnx", "--verify", "-j", "2"], capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = {record["id"]: record for record in json.loads((outdir / batch.REPORT_JSON).read_text())["models"]}
+    for record in report.values():
+        assert record["status"] == "ok", record
+        assert {target: entry["status"] for target, entry in record["targets"].items()} == {"torch": "ok",
+                                                                                           "onnx": "ok"}
+    return report
+
+
 def _make_cached(name, **options):
     """Generate a fixture with fixtures/make_fixtures.py once per content of the generating code."""
     sys.path.insert(0, str(FIXTURES))

@@ -7,15 +7,12 @@ Every target of the tables with a fixture runs against TF-Slim in tests/test_zoo
 
 import copy
 import dataclasses
-import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import yaml
 
-from conftest import link_checkpoints
+from conftest import batch_verify_tree
 from converter import mapping, oracle
 from converter.checkpoint import open_checkpoint
 from converter.mappings import generate
@@ -260,24 +257,11 @@ def test_keras_resnet_v2_drifts_only_by_its_stem_pool(zoo, tmp_path):
 
 
 def test_batch_verifies_a_tree_of_both_families(zoo, tmp_path):
-    pytest.importorskip("onnxruntime", reason="the batch writes and verifies ONNX ports")
-    pytest.importorskip("tensorflow", reason="--verify runs TF-Slim's network")
-    from converter import batch
-
-    tree = link_checkpoints(tmp_path / "tree", {"v1": zoo("resnet_v1_101").v2, "nested/v2": zoo("resnet_v2_50").v2})
-    outdir = tmp_path / "out"
-    result = subprocess.run([sys.executable, "-m", "converter", "batch", str(tree), "-o", str(outdir),
-                             "--to", "torch,onnx", "--verify", "-j", "2"], capture_output=True, text=True,
-                            timeout=WAIT_S)
-    assert result.returncode == 0, result.stdout + result.stderr
-    report = {record["id"]: record for record in json.loads((outdir / batch.REPORT_JSON).read_text())["models"]}
+    report = batch_verify_tree(tmp_path, {"v1": zoo("resnet_v1_101").v2, "nested/v2": zoo("resnet_v2_50").v2},
+                               timeout=WAIT_S)
     assert {model: record["architecture"] for model, record in report.items()} == {
         "v1/model.ckpt": "resnet_v1_101", "nested/v2/model.ckpt": "resnet_v2_50"}
     v1, v2 = report["v1/model.ckpt"], report["nested/v2/model.ckpt"]
     assert v1["decisions"]["input_size"] == [224, 224] and v2["decisions"]["input_size"] == [299, 299]
     assert v1["decisions"]["background"]["rule"] == "none"
     assert v2["decisions"]["background"]["rule"] == "released count"  # 1001 classes: background dropped
-    for record in report.values():
-        assert record["status"] == "ok", record
-        assert {target: entry["status"] for target, entry in record["targets"].items()} == {"torch": "ok",
-                                                                                           "onnx": "ok"}
