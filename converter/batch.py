@@ -99,7 +99,7 @@ class Job:
     outdir: str
     verify: bool = False
     force: bool = False
-    device: str = "cpu"
+    device: str = "auto"
 
 
 @dataclasses.dataclass
@@ -932,7 +932,7 @@ def _exclusive(outdir):
 
 
 def run_batch(sources, outdir, *, targets=("torch",), options=None, verify=False, jobs=None, all_steps=False,
-              executor="process", address=None, force=False, device="cpu", progress=None):
+              executor="process", address=None, force=False, device="auto", progress=None):
     """Convert every model of ``sources`` to each target under ``outdir``; write ``report.json`` and ``report.md``.
 
     Args:

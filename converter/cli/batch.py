@@ -118,8 +118,9 @@ class _Progress:
 @click.option("--opset", type=int, help="onnx: the opset to write (as convert --opset).")
 @click.option("--dry-run", is_flag=True, help="Find the models and check each one's plan; write nothing.")
 @click.option("--force", is_flag=True, help="Replace output files that this batch did not write.")
-@click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
-              help="Where --verify runs the reference and the outputs.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where --verify runs the reference and the outputs (as verify --device): auto takes a GPU "
+                   "where one is present.")
 @verbosity_options
 @debug_option
 def command(sources, outdir, targets, verify, jobs, all_steps, executor, address, lenient, no_top, dtype, opset,
