@@ -130,20 +130,22 @@ def _undilated(node):
         raise OpProblem(f"dilations {dilations} (only 1 is supported)")
 
 
-@reader("Conv2D")
-def _conv(node, shapes, constant):
+def _convolution(node, kind, kernel):
+    # a 2-D convolution of input 0 by the kernel variable at input 1 (slim's `kernel` parameter)
     _nhwc(node)
     _undilated(node)
-    data, params = _split(node, (0,), {"weights": 1})
-    return Op("conv", node, data, params, {"stride": _stride(node), "padding": _padding(node)})
+    data, params = _split(node, (0,), {kernel: 1})
+    return Op(kind, node, data, params, {"stride": _stride(node), "padding": _padding(node)})
+
+
+@reader("Conv2D")
+def _conv(node, shapes, constant):
+    return _convolution(node, "conv", "weights")
 
 
 @reader("DepthwiseConv2dNative")
 def _depthwise(node, shapes, constant):
-    _nhwc(node)
-    _undilated(node)
-    data, params = _split(node, (0,), {"depthwise_weights": 1})
-    return Op("depthwise", node, data, params, {"stride": _stride(node), "padding": _padding(node)})
+    return _convolution(node, "depthwise", "depthwise_weights")
 
 
 @reader("MatMul")
