@@ -127,57 +127,50 @@ def _kind_of_shortcut(projection, stride):
     return "projection shortcut" if projection else ("subsampled shortcut" if stride > 1 else "identity shortcut")
 
 
+CONV_BN_PARAMS = """\
+    params:
+      weights: [kh, kw, in, out]
+      BatchNorm/gamma: [out]
+      BatchNorm/beta: [out]
+      BatchNorm/moving_mean: [out]
+      BatchNorm/moving_variance: [out]
+    torch:
+      conv.weight: {from: weights, transform: hwio_to_oihw}      # [kh, kw, in, out] -> [out, in, kh, kw]
+      bn.weight: {from: BatchNorm/gamma}
+      bn.bias: {from: BatchNorm/beta}
+      bn.running_mean: {from: BatchNorm/moving_mean}
+      bn.running_var: {from: BatchNorm/moving_variance}
+      bn.num_batches_tracked: {fill: 0, shape: [], dtype: int64}
+"""
+KERAS_CONV_BN = """\
+    keras:
+      conv2d/kernel: {from: weights}                             # [kh, kw, in, out] both sides
+      batch_normalization/gamma: {from: BatchNorm/gamma}
+      batch_normalization/beta: {from: BatchNorm/beta}
+      batch_normalization/moving_mean: {from: BatchNorm/moving_mean}
+      batch_normalization/moving_variance: {from: BatchNorm/moving_variance}
+"""
+ONNX_CONV_BN = """\
+    onnx:
+      weights: {from: weights, transform: hwio_to_oihw}          # [kh, kw, in, out] -> [out, in, kh, kw]
+      BatchNorm/gamma: {from: BatchNorm/gamma}
+      BatchNorm/beta: {from: BatchNorm/beta}
+      BatchNorm/moving_mean: {from: BatchNorm/moving_mean}
+      BatchNorm/moving_variance: {from: BatchNorm/moving_variance}
+"""
+
+
+def _conv_bn_kind(name, comment, compute, keras=False):
+    """A kind of slim.conv2d + slim.batch_norm(scale=True): no conv bias, a trained gamma (YAML text)."""
+    return (f"  {name}:\n    # {comment}\n    compute: {compute}\n" + CONV_BN_PARAMS
+            + (KERAS_CONV_BN if keras else "") + ONNX_CONV_BN)
+
+
 # ---------------------------------------------------------------------------------------------------
 # ResNet-v1: conv -> batch norm (scale=True) -> ReLU everywhere but conv3 and the shortcut, whose ReLU
 # follows the residual sum
 
-V1_KINDS = """\
-kinds:
-  conv_bn_relu:
-    # slim.conv2d + slim.batch_norm(scale=True): no conv bias, a trained gamma; ReLU after
-    compute: {op: conv, batch_norm: true, activation: relu}
-    params:
-      weights: [kh, kw, in, out]
-      BatchNorm/gamma: [out]
-      BatchNorm/beta: [out]
-      BatchNorm/moving_mean: [out]
-      BatchNorm/moving_variance: [out]
-    torch:
-      conv.weight: {from: weights, transform: hwio_to_oihw}      # [kh, kw, in, out] -> [out, in, kh, kw]
-      bn.weight: {from: BatchNorm/gamma}
-      bn.bias: {from: BatchNorm/beta}
-      bn.running_mean: {from: BatchNorm/moving_mean}
-      bn.running_var: {from: BatchNorm/moving_variance}
-      bn.num_batches_tracked: {fill: 0, shape: [], dtype: int64}
-    onnx:
-      weights: {from: weights, transform: hwio_to_oihw}          # [kh, kw, in, out] -> [out, in, kh, kw]
-      BatchNorm/gamma: {from: BatchNorm/gamma}
-      BatchNorm/beta: {from: BatchNorm/beta}
-      BatchNorm/moving_mean: {from: BatchNorm/moving_mean}
-      BatchNorm/moving_variance: {from: BatchNorm/moving_variance}
-
-  conv_bn:
-    # the same without the ReLU (a unit's conv3 and projection shortcut: the ReLU follows the sum)
-    compute: {op: conv, batch_norm: true}
-    params:
-      weights: [kh, kw, in, out]
-      BatchNorm/gamma: [out]
-      BatchNorm/beta: [out]
-      BatchNorm/moving_mean: [out]
-      BatchNorm/moving_variance: [out]
-    torch:
-      conv.weight: {from: weights, transform: hwio_to_oihw}      # [kh, kw, in, out] -> [out, in, kh, kw]
-      bn.weight: {from: BatchNorm/gamma}
-      bn.bias: {from: BatchNorm/beta}
-      bn.running_mean: {from: BatchNorm/moving_mean}
-      bn.running_var: {from: BatchNorm/moving_variance}
-      bn.num_batches_tracked: {fill: 0, shape: [], dtype: int64}
-    onnx:
-      weights: {from: weights, transform: hwio_to_oihw}          # [kh, kw, in, out] -> [out, in, kh, kw]
-      BatchNorm/gamma: {from: BatchNorm/gamma}
-      BatchNorm/beta: {from: BatchNorm/beta}
-      BatchNorm/moving_mean: {from: BatchNorm/moving_mean}
-      BatchNorm/moving_variance: {from: BatchNorm/moving_variance}
+V1_LOGITS_KIND = """\
 
   logits:
     # slim.conv2d 1x1 with biases on the globally pooled 1x1 map, no batch norm, no activation
@@ -192,6 +185,20 @@ kinds:
       weights: {from: weights, transform: conv1x1_to_linear, classes: 0}   # [1, 1, in, classes] -> [classes, in]
       biases: {from: biases, classes: 0}
 """
+
+V1_KINDS = (
+    "kinds:\n"
+    + _conv_bn_kind(
+        "conv_bn_relu",
+        "slim.conv2d + slim.batch_norm(scale=True): no conv bias, a trained gamma; ReLU after",
+        "{op: conv, batch_norm: true, activation: relu}")
+    + "\n"
+    + _conv_bn_kind(
+        "conv_bn",
+        "the same without the ReLU (a unit's conv3 and projection shortcut: the ReLU follows the sum)",
+        "{op: conv, batch_norm: true}")
+    + V1_LOGITS_KIND
+)
 
 V1_GRAPH_HEAD = """\
 # resnet_utils.conv2d_same with stride > 1 pads explicitly, (k - 1) // 2 before and the rest after
@@ -292,53 +299,7 @@ targets:
 # projection shortcut have biases and no batch norm; nothing follows the residual sum; the stem's conv1
 # has biases and no batch norm; a batch norm + ReLU (postnorm) follows block4
 
-V2_KINDS = """\
-kinds:
-  conv_bias:
-    # slim.conv2d with biases, no batch norm, no activation (normalizer_fn=None, activation_fn=None):
-    # the stem's conv1, a unit's conv3 and its projection shortcut
-    compute: {op: conv}
-    params:
-      weights: [kh, kw, in, out]
-      biases: [out]
-    torch:
-      weight: {from: weights, transform: hwio_to_oihw}           # [kh, kw, in, out] -> [out, in, kh, kw]
-      bias: {from: biases}
-    keras:
-      conv2d/kernel: {from: weights}                             # [kh, kw, in, out] both sides
-      conv2d/bias: {from: biases}
-    onnx:
-      weights: {from: weights, transform: hwio_to_oihw}          # [kh, kw, in, out] -> [out, in, kh, kw]
-      biases: {from: biases}
-
-  conv_bn_relu:
-    # slim.conv2d + slim.batch_norm(scale=True): no conv bias, a trained gamma; ReLU after (conv1, conv2)
-    compute: {op: conv, batch_norm: true, activation: relu}
-    params:
-      weights: [kh, kw, in, out]
-      BatchNorm/gamma: [out]
-      BatchNorm/beta: [out]
-      BatchNorm/moving_mean: [out]
-      BatchNorm/moving_variance: [out]
-    torch:
-      conv.weight: {from: weights, transform: hwio_to_oihw}      # [kh, kw, in, out] -> [out, in, kh, kw]
-      bn.weight: {from: BatchNorm/gamma}
-      bn.bias: {from: BatchNorm/beta}
-      bn.running_mean: {from: BatchNorm/moving_mean}
-      bn.running_var: {from: BatchNorm/moving_variance}
-      bn.num_batches_tracked: {fill: 0, shape: [], dtype: int64}
-    keras:
-      conv2d/kernel: {from: weights}                             # [kh, kw, in, out] both sides
-      batch_normalization/gamma: {from: BatchNorm/gamma}
-      batch_normalization/beta: {from: BatchNorm/beta}
-      batch_normalization/moving_mean: {from: BatchNorm/moving_mean}
-      batch_normalization/moving_variance: {from: BatchNorm/moving_variance}
-    onnx:
-      weights: {from: weights, transform: hwio_to_oihw}          # [kh, kw, in, out] -> [out, in, kh, kw]
-      BatchNorm/gamma: {from: BatchNorm/gamma}
-      BatchNorm/beta: {from: BatchNorm/beta}
-      BatchNorm/moving_mean: {from: BatchNorm/moving_mean}
-      BatchNorm/moving_variance: {from: BatchNorm/moving_variance}
+V2_NORM_AND_LOGITS_KINDS = """\
 
   norm_relu:
     # slim.batch_norm(scale=True) + ReLU on its own (preact, postnorm): its variables lie directly under
@@ -382,6 +343,36 @@ kinds:
       weights: {from: weights, transform: conv1x1_to_linear, classes: 0}   # [1, 1, in, classes] -> [classes, in]
       biases: {from: biases, classes: 0}
 """
+
+V2_CONV_BIAS_KIND = """\
+  conv_bias:
+    # slim.conv2d with biases, no batch norm, no activation (normalizer_fn=None, activation_fn=None):
+    # the stem's conv1, a unit's conv3 and its projection shortcut
+    compute: {op: conv}
+    params:
+      weights: [kh, kw, in, out]
+      biases: [out]
+    torch:
+      weight: {from: weights, transform: hwio_to_oihw}           # [kh, kw, in, out] -> [out, in, kh, kw]
+      bias: {from: biases}
+    keras:
+      conv2d/kernel: {from: weights}                             # [kh, kw, in, out] both sides
+      conv2d/bias: {from: biases}
+    onnx:
+      weights: {from: weights, transform: hwio_to_oihw}          # [kh, kw, in, out] -> [out, in, kh, kw]
+      biases: {from: biases}
+"""
+
+V2_KINDS = (
+    "kinds:\n"
+    + V2_CONV_BIAS_KIND
+    + "\n"
+    + _conv_bn_kind(
+        "conv_bn_relu",
+        "slim.conv2d + slim.batch_norm(scale=True): no conv bias, a trained gamma; ReLU after (conv1, conv2)",
+        "{op: conv, batch_norm: true, activation: relu}", keras=True)
+    + V2_NORM_AND_LOGITS_KINDS
+)
 
 V2_GRAPH_HEAD = """\
 # The stem's conv1 is resnet_utils.conv2d_same (7x7 stride 2: an explicit pad of 3 and 3, then VALID)
