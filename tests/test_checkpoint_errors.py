@@ -6,52 +6,20 @@ import shutil
 import struct
 import tempfile
 
-import cramjam
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from crafted import build_table, varint
 from converter import cli
 from converter.checkpoint import _crc, open_checkpoint
-from converter.checkpoint._table import FOOTER_SIZE, TABLE_MAGIC, Table
+from converter.checkpoint._table import Table
 from converter.errors import CheckpointError
 
 V2_FILES = ("model.ckpt.index", "model.ckpt.data-00000-of-00001")
 DT_VARIANT = 21
 LOGITS = "InceptionV3/Logits/Conv2d_1c_1x1/weights"
-
-
-def _varint(value):
-    out = bytearray()
-    while True:
-        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
-        value >>= 7
-        if not value:
-            return bytes(out)
-
-
-def build_table(entries, compression=0):
-    """A table as TensorFlow's TableBuilder lays it out: one data block (no prefix sharing, one
-    restart point), an empty metaindex block, an index block and the footer. Test-only."""
-    out = bytearray()
-
-    def block(contents, kind=0):
-        if kind:
-            contents = bytes(cramjam.snappy.compress_raw(contents))
-        offset = len(out)
-        typed = contents + bytes([kind])
-        out.extend(typed + struct.pack("<I", _crc.mask(_crc.crc32c(typed))))
-        return _varint(offset) + _varint(len(contents))
-
-    restarts = struct.pack("<II", 0, 1)
-    data = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v for k, v in entries) + restarts
-    data_handle = block(data, compression)
-    meta_handle = block(struct.pack("<I", 0))
-    last = entries[-1][0]
-    index_handle = block(_varint(0) + _varint(len(last)) + _varint(len(data_handle)) + last + data_handle + restarts)
-    footer = meta_handle + index_handle
-    return bytes(out + footer + bytes(FOOTER_SIZE - 8 - len(footer)) + TABLE_MAGIC.to_bytes(8, "little"))
 
 
 def table_entries(path):
@@ -198,7 +166,7 @@ def test_directory_without_a_checkpoint(tmp_path):
 def test_unknown_dtype(bundle, dtype, shown):
     assert table_entries(_index(bundle))[1][1][:2] == b"\x08\x01"  # dtype field first: DT_FLOAT
     name = table_entries(_index(bundle))[1][0].decode()
-    _set_entry(bundle, name, lambda value: b"\x08" + _varint(dtype) + value[2:])
+    _set_entry(bundle, name, lambda value: b"\x08" + varint(dtype) + value[2:])
     with pytest.raises(CheckpointError) as error:
         open_checkpoint(bundle)
     assert _one_line(error) == f"{_index(bundle)}: '{name}' has unsupported dtype {shown}"
