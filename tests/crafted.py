@@ -18,6 +18,7 @@ import cramjam
 import ml_dtypes
 import numpy as np
 
+from converter._protobuf import encode_varint, tag
 from converter.checkpoint import _crc
 from converter.checkpoint._slices import slice_key
 from converter.checkpoint._table import FOOTER_SIZE, TABLE_MAGIC
@@ -32,24 +33,16 @@ MIB = 1 << 20
 
 
 def varint(value):
-    value %= 1 << 64  # negative numbers as protobuf writes int64: two's complement, ten bytes
-    out = bytearray()
-    while True:
-        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
-        value >>= 7
-        if not value:
-            return bytes(out)
+    # negative numbers as protobuf writes int64: two's complement, ten bytes
+    return encode_varint(value % (1 << 64))
 
-
-def key(number, wire):
-    return varint(number << 3 | wire)
 
 
 def field(number, value):
     """An int as a varint field, bytes as a length-delimited one."""
     if isinstance(value, int):
-        return key(number, VARINT) + varint(value)
-    return key(number, BYTES) + varint(len(value)) + bytes(value)
+        return tag(number, VARINT) + varint(value)
+    return tag(number, BYTES) + varint(len(value)) + bytes(value)
 
 
 def shape_proto(dims):
@@ -68,7 +61,7 @@ def header_proto(num_shards=1):
 def entry_proto(dtype=DT_FLOAT, shape=(), shard=0, offset=0, size=0, crc=0, slices=()):
     """BundleEntryProto (crc32c already masked)."""
     out = field(1, dtype) + field(2, shape_proto(shape)) + field(3, shard) + field(4, offset) + field(5, size)
-    out += key(6, FIXED32) + struct.pack("<I", crc)
+    out += tag(6, FIXED32) + struct.pack("<I", crc)
     return out + b"".join(field(7, slice_proto(extents)) for extents in slices)
 
 

@@ -64,7 +64,7 @@ def _encode(fields):
         if wire == crafted.VARINT:
             out += crafted.field(number, value)
         elif wire == crafted.FIXED32:
-            out += crafted.key(number, crafted.FIXED32) + (value % 2**32).to_bytes(4, "little")
+            out += crafted.tag(number, crafted.FIXED32) + (value % 2**32).to_bytes(4, "little")
         else:
             out += crafted.field(number, bytes(value))
     return out
@@ -131,15 +131,15 @@ def _tensor_proto(rng, count):
         if chosen == 0:
             parts.append(crafted.field(7, b"".join(crafted.varint(rng.choice(HOSTILE_INTS)) for _ in range(n))))
         elif chosen == 1:
-            parts += [crafted.key(7, crafted.VARINT) + crafted.varint(rng.choice(HOSTILE_INTS)) for _ in range(n)]
+            parts += [crafted.tag(7, crafted.VARINT) + crafted.varint(rng.choice(HOSTILE_INTS)) for _ in range(n)]
         elif chosen == 2:
-            parts += [crafted.key(7, crafted.FIXED32) + b"\x00\x00\x80\x3f" for _ in range(n)]
+            parts += [crafted.tag(7, crafted.FIXED32) + b"\x00\x00\x80\x3f" for _ in range(n)]
         elif chosen == 3:
             parts.append(crafted.field(4, bytes(rng.choice([0, 3, 4 * count, 4 * count + 1]))))  # tensor_content
         elif chosen == 4:
             parts.append(crafted.field(8, b"text"))  # a string value in an int tensor
         else:
-            parts.append(crafted.key(7, crafted.VARINT) + b"\xff" * rng.choice([1, 11]))  # truncated or too long
+            parts.append(crafted.tag(7, crafted.VARINT) + b"\xff" * rng.choice([1, 11]))  # truncated or too long
     proto = b"".join(parts)
     return proto[: rng.randrange(len(proto) + 1)] if proto and rng.random() < 0.2 else proto
 

@@ -61,8 +61,8 @@ def test_slices_past_the_end_of_the_data_file_are_refused(tmp_path):
 
 
 def _unpacked_v1(path, count):
-    ints = (crafted.key(7, crafted.VARINT) + b"\x01") * count  # int_val, one tagged field per element
-    strings = (crafted.key(8, crafted.BYTES) + b"\x01x") * count  # string_val, never packed
+    ints = (crafted.tag(7, crafted.VARINT) + b"\x01") * count  # int_val, one tagged field per element
+    strings = (crafted.tag(8, crafted.BYTES) + b"\x01x") * count  # string_val, never packed
     return crafted.write_v1(path, [("v/ints", crafted.DT_INT32, (count,), ints),
                                    ("v/strings", crafted.DT_STRING, (count,), strings)])
 
@@ -92,7 +92,7 @@ def test_inspect_reads_no_tensor_values(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("proto, message", [
     (crafted.field(7, b"\x01\x02\x03"), "claims 1000000000000 values in an entry of 5 bytes"),
-    ((crafted.key(7, crafted.VARINT) + b"\x01") * 10 + crafted.key(7, crafted.FIXED32) + b"abcd", "wire type 5"),
+    ((crafted.tag(7, crafted.VARINT) + b"\x01") * 10 + crafted.tag(7, crafted.FIXED32) + b"abcd", "wire type 5"),
 ])
 def test_v1_counts_and_wire_types_that_do_not_fit(tmp_path, proto, message):
     shape = (10**12,) if "claims" in message else (11,)
@@ -104,10 +104,10 @@ def test_v1_counts_and_wire_types_that_do_not_fit(tmp_path, proto, message):
 
 def test_unpacked_and_packed_runs_decode_as_tensorflow_writes_them(tmp_path):
     values = np.array([0, 1, -1, 300, 2**31 - 1, -(2**31)], np.int32)
-    mixed = b"".join(crafted.key(7, crafted.VARINT) + crafted.varint(int(v)) for v in values[:3])
+    mixed = b"".join(crafted.tag(7, crafted.VARINT) + crafted.varint(int(v)) for v in values[:3])
     mixed += crafted.field(7, b"".join(crafted.varint(int(v)) for v in values[3:]))  # then one packed run
     floats = np.linspace(-1, 1, 7, dtype=np.float32)
-    unpacked = b"".join(crafted.key(5, crafted.FIXED32) + struct.pack("<f", v) for v in floats)
+    unpacked = b"".join(crafted.tag(5, crafted.FIXED32) + struct.pack("<f", v) for v in floats)
     v1 = crafted.write_v1(tmp_path / "ok.ckpt", [("v/i", crafted.DT_INT32, (6,), mixed),
                                                  ("v/f", crafted.DT_FLOAT, (7,), unpacked)])
     with open_checkpoint(v1) as ckpt:
