@@ -37,7 +37,6 @@ def varint(value):
     return encode_varint(value % (1 << 64))
 
 
-
 def field(number, value):
     """An int as a varint field, bytes as a length-delimited one."""
     if isinstance(value, int):
