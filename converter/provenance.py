@@ -77,11 +77,18 @@ def file_hash(path):
     return digest.hexdigest()
 
 
+# path -> {size, mtime_ns, digest} of the checkpoint files hashed in this process: a file whose size and
+# mtime are unchanged is not read again (a batch worker converts to several targets and verifies each)
+_FILE_DIGESTS = {}
+
+
 def checkpoint_hash(checkpoint):
     """The checkpoint's content hash: the one ``batch`` keys its outputs on (file names and their digests)."""
     from converter.batch import checkpoint_files, content_hash
 
-    return content_hash(checkpoint_files(checkpoint), {})[0]
+    digest, entries = content_hash(checkpoint_files(checkpoint), _FILE_DIGESTS)
+    _FILE_DIGESTS.update(entries)
+    return digest
 
 
 def table_name(table):
