@@ -200,6 +200,15 @@ class MetaFixture:
         with np.load(self.root / ("golden_ema.npz" if ema else "golden.npz")) as data:
             return dict(data)
 
+    def run_as_saved(self):
+        """The logits TensorFlow computes running the saved .meta graph as it is (training-mode batch norms
+        on the batch's statistics, dropout live): what a converter that keeps the training graph gives."""
+        tf, _ = reference.import_tensorflow()
+        with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
+            saver = tf.compat.v1.train.import_meta_graph(str(self.graph), clear_devices=True)
+            saver.restore(session, str(self.checkpoint))
+            return session.run("Net/SpatialSqueeze:0", {"images:0": self.input})
+
 
 @pytest.fixture(scope="session")
 def meta_net():

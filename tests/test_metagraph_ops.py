@@ -132,7 +132,6 @@ def test_the_training_graph_runs_at_inference_as_the_reference(meta_net):
     # verify's reference: the .meta graph with each unfused batch norm's batch statistics rewired to the
     # moving ones; the same graph run as saved (batch statistics) is another network
     pytest.importorskip("tensorflow", reason="the reference runs the .meta graph in TensorFlow")
-    from converter import reference
     from converter.metagraph import reference as graph_reference
 
     fixture = meta_net("mobile_training")
@@ -141,12 +140,7 @@ def test_the_training_graph_runs_at_inference_as_the_reference(meta_net):
     outputs = graph_reference.run(fixture.checkpoint, table, fixture.input, ema=True)
     assert oracle.compare(golden, outputs["Logits"]).ok
     assert "5 training-mode batch norms run with their moving statistics" in graph_reference.describe(table)
-    tf, _ = reference.import_tensorflow()
-    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
-        saver = tf.compat.v1.train.import_meta_graph(str(fixture.graph), clear_devices=True)
-        saver.restore(session, str(fixture.checkpoint))
-        as_saved = session.run("Net/SpatialSqueeze:0", {"images:0": fixture.input})
-    assert not oracle.compare(fixture.golden()["Logits"], as_saved).ok
+    assert not oracle.compare(fixture.golden()["Logits"], fixture.run_as_saved()).ok
 
 
 def test_verify_checks_a_recovered_mobile_network(meta_net):

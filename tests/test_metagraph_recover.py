@@ -108,15 +108,8 @@ def test_wrong_recoveries_are_caught_by_the_golden_outputs(meta_net, tmp_path):
 def test_training_mode_batch_norm_kept_is_caught(meta_net):
     # what a converter that keeps the graph's training-mode batch norm computes (batch statistics, live
     # dropout): TensorFlow running the saved graph as it is
-    from converter import reference
-
-    tf, _ = reference.import_tensorflow()
     fixture = meta_net("residual")
-    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
-        saver = tf.compat.v1.train.import_meta_graph(str(fixture.graph), clear_devices=True)
-        saver.restore(session, str(fixture.checkpoint))
-        training = session.run("Net/SpatialSqueeze:0", {"images:0": fixture.input})
-    assert not oracle.compare(fixture.golden()["Logits"], training).ok
+    assert not oracle.compare(fixture.golden()["Logits"], fixture.run_as_saved()).ok
 
 
 def test_an_unsupported_op_names_every_op_and_node_at_once(meta_net):
