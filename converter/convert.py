@@ -18,6 +18,7 @@ import time
 from converter import mapping as tables
 from converter import provenance, storage
 from converter._atomic import atomic_output
+from converter._text import counted
 from converter.checkpoint import open_checkpoint
 from converter.errors import CheckpointError, ConvertError, GraphError, MappingError, OutputExistsError
 
@@ -191,12 +192,12 @@ def table_for(names, arch=None, mapping=None, *, scope=None, checkpoint="the che
             except GraphError as error:
                 raise GraphError(
                     f"{checkpoint}: no mapping table ({', '.join(tables.builtin_tables())}) fits this checkpoint "
-                    f"(its {len(names)} variables are unmapped: {shown}), and from {meta.name} "
+                    f"(its {counted(len(names), 'variable')} unmapped: {shown}), and from {meta.name} "
                     f"{str(error).partition(': ')[2]}"
                 ) from None
         raise MappingError(
             f"{checkpoint}: no mapping table ({', '.join(tables.builtin_tables())}) fits this checkpoint "
-            f"and no {recover.META_SUFFIX} graph lies beside it; its {len(names)} variables are unmapped: {shown}; "
+            f"and no {recover.META_SUFFIX} graph lies beside it; its {counted(len(names), 'variable')} unmapped: {shown}; "
             f"pass --arch or --mapping my_table.yaml"
         )
     return tables.load_table(tables.locate(names, scope=scope, path=checkpoint).architecture)

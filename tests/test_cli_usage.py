@@ -139,22 +139,12 @@ def test_the_python_api_mirrors_the_commands(small, tmp_path):
     assert api.inspect(small.v2)["architecture"] == "inception_v3"
 
 
-def test_the_readme_python_api_block_runs_as_written(tmp_path, monkeypatch):
-    import pathlib
-    import re
+def test_counts_take_their_noun_in_the_right_number():
+    from converter._text import counted
 
-    pytest.importorskip("tensorflow", reason="the block runs verify")
-    pytest.importorskip("onnx", reason="the block's batch writes ONNX")
-    root = pathlib.Path(__file__).resolve().parent.parent
-    readme = (root / "README.md").read_text()
-    section = readme[readme.index("## Python API"):]
-    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    (tmp_path / "fixtures").symlink_to(root / "fixtures")
-    monkeypatch.chdir(tmp_path)
-    scope = {}
-    exec(compile(block, "README.md (Python API)", "exec"), scope)
-    assert scope["report"].ok and scope["summary"].ok and scope["result"].target == "torch"
-    assert scope["found"]["architecture"] == "inception_v3" and len(scope["matrix"]) >= 11
+    assert [counted(n, "variable") for n in (0, 1, 2, 1234)] == ["0 variables", "1 variable", "2 variables",
+                                                                  "1,234 variables"]
+    assert counted(1, "batch norm") == "1 batch norm" and counted(3, "is_training placeholder").endswith("placeholders")
 
 
 def test_top5_is_reported_as_overlap():

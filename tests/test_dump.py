@@ -52,7 +52,7 @@ def dump(*args):
 def test_dump_every_variable_bit_exact(small, tmp_path, suffix, capsys):
     out = tmp_path / f"train{suffix}"
     assert dump(small.train, "-o", out) == 0
-    assert "wrote 1169 tensors" in capsys.readouterr().err
+    assert "wrote 1,169 tensors" in capsys.readouterr().err
     if suffix == ".npz":
         with np.load(out, allow_pickle=False) as archive:
             written = dict(archive)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from converter._text import counted
 from converter.cli import inspect as inspect_cli
 
 EMA = "ExponentialMovingAverage"
@@ -178,7 +179,7 @@ def test_text_groups_flags_and_totals(small, tf):
     totals = expected_totals(listing)
     for key in TOTAL_KEYS:
         t = totals[key]
-        summary = f"{t['variables']:,} variables, {t['parameters']:,} parameters, {t['bytes']:,} bytes"
+        summary = f"{counted(t['variables'], 'variable')}, {counted(t['parameters'], 'parameter')}, {counted(t['bytes'], 'byte')}"
         assert f"{key}:".ljust(7) + " " + summary in output
 
 

@@ -64,7 +64,7 @@ def test_inspect_shows_the_graph(meta_net):
     fixture = meta_net("residual")
     text = _invoke("inspect", fixture.checkpoint).output
     assert "input images [?x33x33x3]; outputs Net/SpatialSqueeze" in text
-    assert "10 batch norms in training mode, 1 dropouts" in text and "ops: Identity " in text
+    assert "10 batch norms in training mode, 1 dropout" in text and "ops: Identity " in text
     report = json.loads(_invoke("inspect", fixture.checkpoint, "--json").output)
     assert report["graph"]["outputs"] == ["Net/SpatialSqueeze"] and report["graph"]["ops"]["FusedBatchNormV3"] == 10
     assert report["graph"]["problems"] == []

@@ -16,6 +16,7 @@ import struct
 import cramjam
 import numpy as np
 
+from converter._text import counted
 from converter.checkpoint import _bundle, _paths, _v1
 from converter.errors import CheckpointError
 
@@ -147,7 +148,7 @@ class Checkpoint:
         return False
 
     def __repr__(self):
-        return f"<Checkpoint {self.format} {self.path} ({len(self)} variables)>"
+        return f"<Checkpoint {self.format} {self.path} ({counted(len(self), 'variable')})>"
 
 
 def _name_problem(name):

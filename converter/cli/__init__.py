@@ -67,11 +67,6 @@ def cli():
     """
 
 
-def counted(count, noun):
-    """``1 variable``, ``2 variables``: a count and its noun in the right number."""
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 def write_json(path, data):
     """``data`` as JSON to ``path`` (atomically, replacing it), or to stdout where ``path`` is ``-``."""
     import json

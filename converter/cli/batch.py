@@ -7,7 +7,8 @@ import sys
 import click
 
 from converter import batch
-from converter.cli import counted, debug_option
+from converter._text import counted
+from converter.cli import debug_option
 from converter.cli.options import LOCATION, batch_model_options, pop_plan_options
 from converter.cli.quiet import quiet_tensorflow, silenced_stderr, verbosity_options
 from converter.convert import DTYPES, TARGET_OPTIONS

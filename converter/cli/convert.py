@@ -4,7 +4,8 @@ import click
 
 from converter import convert as conversion
 from converter import mapping as tables
-from converter.cli import counted, debug_option, write_json
+from converter._text import counted
+from converter.cli import debug_option, write_json
 from converter.cli.options import LOCATION, model_options, pop_plan_options
 
 MB = 1e6

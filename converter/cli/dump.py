@@ -7,8 +7,9 @@ import click
 import numpy as np
 
 from converter._atomic import atomic_output
+from converter._text import counted
 from converter.checkpoint import open_checkpoint
-from converter.cli import counted, debug_option
+from converter.cli import debug_option
 from converter.cli.options import LOCATION
 from converter.errors import ConvertError
 from converter.writers.safetensors import DTYPES as SAFETENSORS_DTYPES

@@ -11,6 +11,7 @@ import re
 import click
 
 from converter import mapping, names
+from converter._text import counted
 from converter.checkpoint import open_checkpoint
 from converter.cli import debug_option
 from converter.errors import MappingError, VariableNameError
@@ -195,7 +196,7 @@ def _human_bytes(count):
 
 def _summary(totals):
     variables, parameters, size = totals["variables"], totals["parameters"], totals["bytes"]
-    return f"{variables:,} variables, {parameters:,} parameters, {size:,} bytes ({_human_bytes(size)})"
+    return f"{counted(variables, 'variable')}, {counted(parameters, 'parameter')}, {counted(size, 'byte')} ({_human_bytes(size)})"
 
 
 def _flags(variable):
@@ -269,7 +270,7 @@ def render_text(report):
             lines.append(line + _flags(item) + problem)
         else:
             model = item["model"]
-            lines.append(f"{text}  model: {model['parameters']:,} parameters in {model['variables']:,} variables")
+            lines.append(f"{text}  model: {counted(model['parameters'], 'parameter')} in {counted(model['variables'], 'variable')}")
     lines += ["", "totals:"]
     for key in TOTAL_KEYS:
         lines.append(f"{INDENT}{key + ':':<7} {_summary(report['totals'][key])}")

@@ -8,6 +8,7 @@ import yaml
 
 from converter import mapping
 from converter._atomic import atomic_output
+from converter._text import counted
 from converter.checkpoint import open_checkpoint
 from converter.cli import debug_option
 from converter.errors import CheckpointError, GraphError, MappingError
@@ -118,13 +119,13 @@ def command(checkpoint, output, input_node, outputs, input_range, force, debug):
     with atomic_output(output, force) as temp:
         temp.write_text(text)
     graph_facts = data["facts"]["meta_graph"]
-    click.echo(f"wrote {output}: {len(data['layers'])} layers, {len(data['kinds'])} kinds, from {meta}")
+    click.echo(f"wrote {output}: {counted(len(data['layers']), 'layer')}, {counted(len(data['kinds']), 'kind')}, from {meta}")
     click.echo(f"input: {graph_facts['input']} ({data['facts']['input']['height']}x{data['facts']['input']['width']}"
                f"x{data['facts']['input']['channels']})")
     click.echo("outputs: " + ", ".join(f"{name} = {node}" for name, node in graph_facts["outputs"].items()))
     training = len(graph_facts["batch_norms"]) + len(graph_facts.get("statistics", {})) // 2
-    click.echo(f"at inference: {training} batch norms in training mode run with their moving "
-               f"statistics, {len(graph_facts['dropouts'])} dropouts removed, is_training placeholders fed False: "
+    click.echo(f"at inference: {counted(training, 'batch norm')} in training mode run with their moving "
+               f"statistics, {counted(len(graph_facts['dropouts']), 'dropout')} removed, is_training placeholders fed False: "
                f"{', '.join(graph_facts['training_flags']) or 'none'}")
     if plan is not None:
         for topic, sentence in plan.decisions():

@@ -12,6 +12,7 @@ moving ones), and each dropout passes its input on. Needs the ``tf`` extra; noth
 
 import pathlib
 
+from converter._text import counted
 from converter.errors import ConvertError
 from converter.metagraph import recover
 
@@ -44,9 +45,9 @@ def describe(table):
         changes.append(f"{', '.join(spec['training_flags'])} fed False")
     if spec["batch_norms"] or spec.get("statistics"):
         count = len(spec["batch_norms"]) + len(spec.get("statistics", {})) // 2
-        changes.append(f"{count} training-mode batch norms run with their moving statistics")
+        changes.append(f"{counted(count, 'training-mode batch norm')} run with their moving statistics")
     if spec["dropouts"]:
-        changes.append(f"{len(spec['dropouts'])} dropouts pass their input on")
+        changes.append(f"{counted(len(spec['dropouts']), 'dropout')} pass their input on")
     return (f"the .meta graph run by TensorFlow at {', '.join(parts)} from {spec['input']}"
             + (f"; {'; '.join(changes)}" if changes else ""))
 

@@ -1,5 +1,6 @@
 """What a ``.meta`` graph holds, for people: its size, input, outputs, training switches and op counts."""
 
+from converter._text import counted
 from converter.errors import GraphError
 from converter.metagraph import inference
 from converter.metagraph.reader import read_meta_graph
@@ -42,12 +43,12 @@ def render(summary):
         return lines + [f"  {problem}" for problem in summary["problems"]]
     shape = summary["input_shape"]
     shown = "x".join("?" if size == -1 else str(size) for size in shape) if shape else "shape not recorded"
-    lines.append(f"  {summary['nodes']:,} nodes (TensorFlow {summary['tensorflow_version'] or 'unknown'}); "
+    lines.append(f"  {counted(summary['nodes'], 'node')} (TensorFlow {summary['tensorflow_version'] or 'unknown'}); "
                  f"input {summary['input'] or '(not found)'} [{shown}]; outputs {', '.join(summary['outputs']) or '(not found)'}")
-    lines.append(f"  at inference: {len(summary['training_flags'])} is_training placeholder"
-                 f"{'s' if len(summary['training_flags']) != 1 else ''} fed False"
+    lines.append(f"  at inference: {counted(len(summary['training_flags']), 'is_training placeholder')} fed False"
                  f"{' (' + ', '.join(summary['training_flags']) + ')' if summary['training_flags'] else ''}, "
-                 f"{summary['batch_norms_in_training']} batch norms in training mode, {summary['dropouts']} dropouts")
+                 f"{counted(summary['batch_norms_in_training'], 'batch norm')} in training mode, "
+                 f"{counted(summary['dropouts'], 'dropout')}")
     ops = list(summary["ops"].items())
     lines.append("  ops: " + ", ".join(f"{op} {count}" for op, count in ops[:SHOWN_OPS])
                  + (f", ... ({len(ops) - SHOWN_OPS} more types)" if len(ops) > SHOWN_OPS else ""))
