@@ -147,6 +147,12 @@ def test_counts_take_their_noun_in_the_right_number():
     assert counted(1, "batch norm") == "1 batch norm" and counted(3, "is_training placeholder").endswith("placeholders")
 
 
+def test_sizes_are_printed_in_binary_units():
+    from converter._text import size
+
+    assert [size(n) for n in (0, 1023, 1024, 1_363_148, 3 << 30)] == ["0 B", "1023 B", "1.0 KiB", "1.3 MiB", "3.0 GiB"]
+
+
 def test_top5_is_reported_as_overlap():
     from converter import oracle
 

@@ -4,11 +4,10 @@ import click
 
 from converter import convert as conversion
 from converter import mapping as tables
-from converter._text import counted
+from converter._text import counted, size
 from converter.cli import debug_option, write_json
 from converter.cli.options import LOCATION, model_options, pop_plan_options
 
-MB = 1e6
 # skipped-variable reasons that are not a noun for the variables themselves
 NOT_NOUNS = (tables.OUTSIDE, tables.UNMAPPED, "left out")
 
@@ -103,6 +102,6 @@ def command(checkpoint, source_format, target, output, dtype, dry_run, force, le
     if dry_run:
         _print_plan(result)
         return
-    click.echo(f"wrote {result.output}: {counted(result.tensors, 'tensor')}, {result.bytes / MB:.1f} MB, "
+    click.echo(f"wrote {result.output}: {counted(result.tensors, 'tensor')}, {size(result.bytes)}, "
                f"{result.seconds:.2f} s ({result.architecture} -> {result.target}{', ' + dtype if dtype else ''})")
     _print_decisions(result)

@@ -7,7 +7,7 @@ import click
 import numpy as np
 
 from converter._atomic import atomic_output
-from converter._text import counted
+from converter._text import counted, size
 from converter.checkpoint import open_checkpoint
 from converter.cli import debug_option
 from converter.cli.options import LOCATION
@@ -91,4 +91,4 @@ def command(path, output, force, unmapped, arch, mapping_path, scope, debug):
         click.echo(f"note: skipped {counted(len(skipped), '/'.join(kinds) + ' tensor')} that {label} cannot hold: {shown}",
                    err=True)
     total = sum(info.nbytes for info in kept)
-    click.echo(f"wrote {counted(len(kept), 'tensor')} ({total / 1e6:.1f} MB) from {ckpt.path} to {output}", err=True)
+    click.echo(f"wrote {counted(len(kept), 'tensor')} ({size(total)}) from {ckpt.path} to {output}", err=True)

@@ -11,7 +11,7 @@ import re
 import click
 
 from converter import mapping, names
-from converter._text import counted
+from converter._text import counted, size
 from converter.checkpoint import open_checkpoint
 from converter.cli import debug_option
 from converter.errors import MappingError, VariableNameError
@@ -40,7 +40,6 @@ OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
 # dtype names as users read them; numpy's "object" is how the reader returns strings
 DTYPE_NAMES = {"object": "string"}
-BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 INDENT = "  "
 
 
@@ -185,18 +184,10 @@ def build_report(path):
     }
 
 
-def _human_bytes(count):
-    size, unit = float(count), BYTE_UNITS[0]
-    for unit in BYTE_UNITS:
-        if size < 1024 or unit == BYTE_UNITS[-1]:
-            break
-        size /= 1024
-    return f"{count} B" if unit == BYTE_UNITS[0] else f"{size:.1f} {unit}"
-
-
 def _summary(totals):
-    variables, parameters, size = totals["variables"], totals["parameters"], totals["bytes"]
-    return f"{counted(variables, 'variable')}, {counted(parameters, 'parameter')}, {counted(size, 'byte')} ({_human_bytes(size)})"
+    variables, parameters, nbytes = totals["variables"], totals["parameters"], totals["bytes"]
+    return (f"{counted(variables, 'variable')}, {counted(parameters, 'parameter')}, "
+            f"{counted(nbytes, 'byte')} ({size(nbytes)})")
 
 
 def _flags(variable):
@@ -265,7 +256,7 @@ def render_text(report):
             lines.append(text.rstrip())
         elif "name" in item:
             shape = "[" + ", ".join(map(str, item["shape"])) + "]"
-            line = f"{text}  {shape:<20} {item['dtype']:<8} {item['parameters']:>12,} {_human_bytes(item['bytes']):>10}"
+            line = f"{text}  {shape:<20} {item['dtype']:<8} {item['parameters']:>12,} {size(item['bytes']):>10}"
             problem = f"  {_problem(item)}" if item["problem"] else ""
             lines.append(line + _flags(item) + problem)
         else:
