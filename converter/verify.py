@@ -297,8 +297,8 @@ def compare_weights(backend, expected, found):
     return checks
 
 
-def compare_outputs(backend, reference, outputs, *, atol):
-    """Oracle checks of every end point a backend produced against TF-Slim's."""
+def compare_outputs(backend, reference, outputs, *, atol, floors=None):
+    """Oracle checks of every end point a backend produced against TF-Slim's (``floors``: each one's least bound)."""
     checks = []
     for name, ref in reference.items():
         if name not in outputs:
@@ -307,7 +307,7 @@ def compare_outputs(backend, reference, outputs, *, atol):
         if out.shape != ref.shape:
             checks.append(Check(backend, "output", name, False, f"{name}: shape {list(out.shape)}, TF-Slim gives {list(ref.shape)}"))
             continue
-        result = oracle.compare(ref, out, atol=atol)
+        result = oracle.compare(ref, out, atol=atol, floor=(floors or {}).get(name, 0.0))
         metrics = dataclasses.asdict(result)
         metrics["top_k"] = {str(k): v for k, v in result.top_k.items()}
         message = "" if result.ok else f"{name}: max |delta| {result.max_abs:.3g} exceeds {result.bound:.3g}"
@@ -532,6 +532,7 @@ class _Context:
     atol: float | None
     options: dict  # plan options: ema, aux, scope, input_size, strict, drop
     background: str
+    drifts: dict = dataclasses.field(default_factory=dict)  # (dtype, activations too) -> sensitivity.drift
 
 
 def _convert_on_the_fly(checkpoint, table, scratch, report, options, end_points):
@@ -574,6 +575,29 @@ def _convert_on_the_fly(checkpoint, table, scratch, report, options, end_points)
     return jobs
 
 
+def _drift_floors(context, found, *, computes_reduced):
+    """Each end point's least bound for a reduced-precision port: ``oracle.DRIFT_FACTOR`` x the drift the
+    float32 network shows under a perturbation of the port's dtype (``converter.sensitivity``); and what the
+    note says of it. Measured once per dtype and verification."""
+    from converter import preflight, sensitivity
+
+    dtype = max((str(v.dtype) for v in found.values() if str(v.dtype) in oracle.UNIT_ROUNDOFF),
+                key=oracle.UNIT_ROUNDOFF.get)
+    missing = preflight.skipped_runtime("torch", None)
+    if "torch" not in context.table.targets or missing:
+        return None, f"the network's own drift not measured ({missing or 'no torch target'})"
+    key = (dtype, computes_reduced)
+    if key not in context.drifts:
+        plan = mapping_module.plan(context.shapes, context.table, "torch", **context.options,
+                                   background=mapping_module.BACKGROUND_KEEP)
+        context.drifts[key] = sensitivity.drift(plan, context.ckpt.read, context.images, dtype,
+                                                activations=computes_reduced, device=context.device)
+    what = "weights and activations" if computes_reduced else "weights"
+    return ({name: oracle.DRIFT_FACTOR * value for name, value in context.drifts[key].items()},
+            f"and at least {oracle.DRIFT_FACTOR:g} x the float32 network's drift with its {what} perturbed by "
+            f"{dtype}'s unit roundoff")
+
+
 def _drift(table, target):
     # why the model a target's output loads into is close, not equivalent (the table's targets.<target>.drift)
     return table.targets.get(target, {}).get("drift", "")
@@ -611,13 +635,14 @@ def _check_file(report, context, path, runtime_options, advisory):
                                        background=mapping_module.BACKGROUND_DROP)
     expected = dict(plan.tensors(ckpt.read))
     report.checks += compare_weights(label, expected, found)
-    atol = context.atol
+    atol, floors = context.atol, None
     if atol is None:
         layers = oracle.depth(table.graph)
         atol = oracle.atol_for((value.dtype for value in found.values()), layers)
         if atol != oracle.ATOL:
+            floors, measured = _drift_floors(context, found, computes_reduced=target == "onnx")
             backend.note = (f"reduced precision: bound {atol:.3g} x max(1, max|ref|) "
-                            f"({oracle.REDUCED_PRECISION_FACTOR:g} x unit roundoff x sqrt({layers} layers))")
+                            f"({oracle.REDUCED_PRECISION_FACTOR:g} x unit roundoff x sqrt({layers} layers)), {measured}")
     try:
         outputs, backend.device = runtime.run(path, plan, context.images, device=context.device, **runtime_options)
     except ConvertError as error:  # ours: complete (every key a state dict lacks), on one line
@@ -629,4 +654,4 @@ def _check_file(report, context, path, runtime_options, advisory):
     class_points = mapping_module.class_end_points(table)
     reference = {name: classes.apply(value) if classes is not None and name in class_points else value
                  for name, value in context.reference.items()}
-    report.checks += compare_outputs(label, reference, outputs, atol=atol)
+    report.checks += compare_outputs(label, reference, outputs, atol=atol, floors=floors)
