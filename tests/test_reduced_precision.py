@@ -122,3 +122,29 @@ def test_the_bound_follows_precision_and_depth():
     assert oracle.depth(mapping.load_table("vgg_16").graph) == 16
     assert oracle.depth(mapping.load_table("resnet_v1_50").graph) == 50
     assert np.isclose(oracle.atol_for(["bfloat16"], 64), oracle.REDUCED_PRECISION_FACTOR * 2.0 ** -8 * 8)
+
+
+def test_verify_bounds_a_reduced_precision_port_by_the_networks_measured_drift(tmp_path):
+    # the bundled MobileNet V2 0.35: verify's bound at each end point of a float16 port is the depth bound or
+    # 2x the drift measured on the network, whichever is larger, and the note says so
+    pytest.importorskip("tensorflow", reason="verify runs TF-Slim's network")
+    from conftest import FIXTURES, Fixture
+    from converter.api import verify
+    from converter.verify import make_input
+
+    fixture = Fixture(FIXTURES / "mobilenet_v2")
+    port = convert(fixture.v2, output=tmp_path / "half.pth", dtype="float16")
+    report = verify(fixture.v2, [port.output])
+    assert report.ok, report.table()
+    (backend,) = report.backends
+    assert "at least 2 x the float32 network's drift with its weights perturbed by float16" in backend.note
+    table = mapping.load_table("mobilenet_v2")
+    images, _ = make_input(table, size=port.plan.input_size.hw)
+    measured = sensitivity.drift(port.plan, open_checkpoint(fixture.v2).read, images, "float16")
+    atol = oracle.atol_for(["float16"], oracle.depth(table.graph))
+    outputs = {check.name: check.metrics for check in report.checks if check.kind == "output"}
+    assert len(outputs) >= 3
+    floors = {name: oracle.DRIFT_FACTOR * measured[name] for name in outputs}
+    bounds = {name: metrics["bound"] for name, metrics in outputs.items()}
+    assert all(bounds[name] >= max(atol, floors[name] * (1 - 1e-6)) for name in bounds), (bounds, floors)
+    assert any(np.isclose(bounds[name], floors[name]) for name in bounds), (bounds, floors)  # the drift decides one
