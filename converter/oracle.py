@@ -83,26 +83,41 @@ def bound(reference, atol=ATOL, floor=0.0):
     return max(floor, atol * max(1.0, float(np.max(np.abs(reference))) if reference.size else 1.0))
 
 
+def top_k_overlap(reference, output, k):
+    """The share of the reference's ``k`` highest classes among the output's ``k`` highest, averaged over rows.
+
+    ``k`` is at most the class count. A reference class tied with its k-th highest counts as one of its k
+    highest (TF-Slim's ranking of equal scores is arbitrary); the output's k are its k highest, ties taken
+    in class order, so a constant output does not agree with everything.
+    """
+    k = min(k, reference.shape[1])
+    shares = []
+    for want, got in zip(reference, output):
+        tied = set(np.flatnonzero(want >= np.sort(want)[-k]).tolist())
+        top = set(np.argsort(-got, kind="stable")[:k].tolist())
+        shares.append(len(tied & top) / k)
+    return float(np.mean(shares))
+
+
 def compare(reference, output, *, atol=ATOL, floor=0.0):
     """Compare ``output`` with ``reference`` (same shape); classifier outputs ``[N, classes]`` get top-k.
 
     The bound is ``atol * max(1, max|ref|)``, and at least ``floor`` (an absolute bound measured elsewhere).
+    An all-zero reference is matched only by outputs within ``atol`` of zero; NaN or infinite outputs fail;
+    empty arrays are an error (nothing compared proves nothing).
     """
     reference = np.asarray(reference, dtype=np.float64)
     output = np.asarray(output, dtype=np.float64)
     if reference.shape != output.shape:
         raise ValueError(f"shape {output.shape} differs from the reference's {reference.shape}")
+    if not reference.size:
+        raise ValueError(f"nothing to compare: shape {reference.shape} is empty")
     delta = np.abs(output - reference)
-    max_abs = float(delta.max()) if delta.size else 0.0
-    scale = float(np.abs(reference).max()) if reference.size else 0.0
+    max_abs = float(delta.max()) if np.isfinite(delta).all() else float("inf")
+    scale = float(np.abs(reference).max())
     max_rel = max_abs / scale if scale else (0.0 if max_abs == 0.0 else float("inf"))
-    norms = np.linalg.norm(reference) * np.linalg.norm(output)
-    cosine = float(np.dot(reference.ravel(), output.ravel()) / norms) if norms else float(max_abs == 0.0)
-    top_k = {}
-    if reference.ndim == 2:
-        for k in TOP_K:
-            want = np.argsort(-reference, axis=1)[:, :k]
-            got = np.argsort(-output, axis=1)[:, :k]
-            # overlap: the share of the reference's k highest classes among the output's k highest
-            top_k[k] = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(want, got)]))
+    with np.errstate(invalid="ignore", over="ignore"):  # a NaN or infinite output's cosine is NaN
+        norms = np.linalg.norm(reference) * np.linalg.norm(output)
+        cosine = float(np.dot(reference.ravel(), output.ravel()) / norms) if norms else float(max_abs == 0.0)
+    top_k = {k: top_k_overlap(reference, output, k) for k in TOP_K} if reference.ndim == 2 else {}
     return Comparison(max_abs, max_rel, cosine, bound(reference, atol, floor), top_k)

@@ -307,6 +307,9 @@ def compare_outputs(backend, reference, outputs, *, atol, floors=None):
         if out.shape != ref.shape:
             checks.append(Check(backend, "output", name, False, f"{name}: shape {list(out.shape)}, TF-Slim gives {list(ref.shape)}"))
             continue
+        if not out.size:
+            checks.append(Check(backend, "output", name, False, f"{name}: empty (shape {list(out.shape)})"))
+            continue
         result = oracle.compare(ref, out, atol=atol, floor=(floors or {}).get(name, 0.0))
         metrics = dataclasses.asdict(result)
         metrics["top_k"] = {str(k): v for k, v in result.top_k.items()}
