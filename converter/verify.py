@@ -472,8 +472,8 @@ def verify(
             phases["reference"] = time.perf_counter() - started - sum(phases.values())
         else:
             ref = reference.run_reference(
-                ckpt.path, images, architecture=table.architecture, end_points=end_points, ema=chosen.ema, device=device,
-                scope=scope, phases=phases,
+                ckpt.path, images, architecture=table.architecture, end_points=end_points, ema=chosen.ema,
+                device=device, scope=scope, phases=phases,
             )
         report = Report(str(ckpt.path), table.architecture, described, atol or oracle.ATOL, reference.tf_device(device))
         report.phases = phases

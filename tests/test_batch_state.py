@@ -83,8 +83,8 @@ def test_a_state_file_of_the_first_format_resumes(tmp_path, small):
     key = _first_format_key(content, table["digest"], "torch", "model.pth", FIRST_FORMAT_OPTIONS)
     stat = output.stat()
     entry = {"status": "ok", "key": key, "output": "model.pth", "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-             "bytes_read": 1, "verified": None, "max_error": None, "decisions": written["targets"]["torch"]["decisions"],
-             "skipped": {}, "notes": []}
+             "bytes_read": 1, "verified": None, "max_error": None,
+             "decisions": written["targets"]["torch"]["decisions"], "skipped": {}, "notes": []}
     first_format = {"version": __version__, "checkpoint": str(checkpoint), "architecture": "inception_v3",
                     "content": content, "files": files, "mapping": table, "targets": {"torch": entry}}
     (folder / batch.STATE_FILENAME).write_text(json.dumps(first_format, indent=2) + "\n")

@@ -77,7 +77,8 @@ def process_model(job):
         state = _convert_target(job, folder, state, target, name, key)
         seconds[target], worked[target] = time.perf_counter() - started_target, True
     if job.verify:
-        todo = [t for t in model.targets if state.targets[t].status == Status.OK and state.targets[t].verified is not True]
+        todo = [t for t in model.targets
+                if state.targets[t].status == Status.OK and state.targets[t].verified is not True]
         state, shares = _verify(job, folder, state, todo)
         for target, share in shares.items():
             seconds[target] += share

@@ -29,40 +29,46 @@ class Location(click.ParamType):
 
 LOCATION = Location()
 
-# field -> the click options that set it, in the order --help lists them
+
+def _declared(*declarations, **settings):
+    # a click option kept as its arguments: a command may give it its own help (``option_flags(helps=)``)
+    return declarations, settings
+
+
+# field -> the click options that set it (declarations and settings), in the order --help lists them
 CLICK_OPTIONS = {
-    "arch": (click.option("--arch", help="Architecture (a built-in mapping table) instead of detecting it."),),
-    "mapping": (click.option("--mapping", type=click.Path(path_type=pathlib.Path, dir_okay=False),
-                             help="Your own mapping table (YAML)."),),
-    "scope": (click.option("--scope", help="Which network, where a checkpoint holds several: its scope "
-                                           "(FlowerNet, tower_1/InceptionV3). Default: the only one found."),),
-    "ema": (click.option("--ema", is_flag=True, help="Use the /ExponentialMovingAverage shadows (as evaluation did)."),),
+    "arch": (_declared("--arch", help="Architecture (a built-in mapping table) instead of detecting it."),),
+    "mapping": (_declared("--mapping", type=click.Path(path_type=pathlib.Path, dir_okay=False),
+                          help="Your own mapping table (YAML)."),),
+    "scope": (_declared("--scope", help="Which network, where a checkpoint holds several: its scope "
+                                        "(FlowerNet, tower_1/InceptionV3). Default: the only one found."),),
+    "ema": (_declared("--ema", is_flag=True, help="Use the /ExponentialMovingAverage shadows (as evaluation did)."),),
     "background": (
-        click.option("--keep-background", is_flag=True,
-                     help="Keep class 0 even at the released class count (1001 for Inception). By default TF-Slim's "
-                          "background class is dropped only at that count; a fine-tune keeps every class."),
-        click.option("--drop-background", is_flag=True,
-                     help="Drop class 0 as background at any class count (a fine-tune on a dataset with one)."),
+        _declared("--keep-background", is_flag=True,
+                  help="Keep class 0 even at the released class count (1001 for Inception). By default TF-Slim's "
+                       "background class is dropped only at that count; a fine-tune keeps every class."),
+        _declared("--drop-background", is_flag=True,
+                  help="Drop class 0 as background at any class count (a fine-tune on a dataset with one)."),
     ),
-    "aux": (click.option("--no-aux", is_flag=True,
-                         help="Leave out the auxiliary head (torch: aux_logits=False). By default it is kept where "
-                              "the checkpoint has it."),),
-    "input_size": (click.option("--input-size", metavar="H[xW]",
-                                help="Input size the network runs at. Default: inferred from the checkpoint (sizes "
-                                     "some layers were built for), else the architecture's."),),
-    "include_top": (click.option("--no-top", is_flag=True,
-                                 help="Leave out the classifier (keras: include_top=False; torch: no fc, as timm's "
-                                      "num_classes=0); verify: the ports have none."),),
-    "dtype": (click.option("--dtype", type=click.Choice(DTYPES), help="Cast floating tensors on write."),),
-    "strict": (click.option("--lenient", is_flag=True,
-                            help="Skip (and list) variables no mapping row takes instead of failing."),),
-    "opset": (click.option("--opset", type=int, help="onnx: the opset to write."),),
-    "input_layout": (click.option("--input-layout", type=click.Choice(INPUT_LAYOUTS),
-                                  help="onnx: layout of the graph input."),),
-    "outputs": (click.option("--outputs", help="onnx: comma-separated end points to expose as graph outputs."),),
-    "external_data": (click.option("--external-data", is_flag=True,
-                                   help="onnx: weights in a file beside the model (OUTPUT.data), as models past 2 GB "
-                                        "need."),),
+    "aux": (_declared("--no-aux", is_flag=True,
+                      help="Leave out the auxiliary head (torch: aux_logits=False). By default it is kept where "
+                           "the checkpoint has it."),),
+    "input_size": (_declared("--input-size", metavar="H[xW]",
+                             help="Input size the network runs at. Default: inferred from the checkpoint (sizes "
+                                  "some layers were built for), else the architecture's."),),
+    "include_top": (_declared("--no-top", is_flag=True,
+                              help="Leave out the classifier (keras: include_top=False; torch: no fc, as timm's "
+                                   "num_classes=0)."),),
+    "dtype": (_declared("--dtype", type=click.Choice(DTYPES), help="Cast floating tensors on write."),),
+    "strict": (_declared("--lenient", is_flag=True,
+                         help="Skip (and list) variables no mapping row takes instead of failing."),),
+    "opset": (_declared("--opset", type=int, help="onnx: the opset to write."),),
+    "input_layout": (_declared("--input-layout", type=click.Choice(INPUT_LAYOUTS),
+                               help="onnx: layout of the graph input."),),
+    "outputs": (_declared("--outputs", help="onnx: comma-separated end points to expose as graph outputs."),),
+    "external_data": (_declared("--external-data", is_flag=True,
+                                help="onnx: weights in a file beside the model (OUTPUT.data), as models past 2 GB "
+                                     "need."),),
 }
 # batch's --ema: alone, the shadows for every model; ``--ema auto``, for the models whose checkpoint has them
 EMA_AUTO_OPTION = click.option(
@@ -76,14 +82,20 @@ PARAMS = {"arch": ("arch",), "mapping": ("mapping",), "scope": ("scope",), "ema"
 ALL_FIELDS = tuple(FLAGS)
 
 
-def option_flags(*fields, ema_auto=False):
+def option_flags(*fields, ema_auto=False, helps=None):
     """A decorator adding the flags of ``fields`` (default: every field) to a click command.
 
-    ``ema_auto``: ``--ema [auto]`` (a fleet, where some checkpoints have shadows and some not).
+    ``ema_auto``: ``--ema [auto]`` (a fleet, where some checkpoints have shadows and some not);
+    ``helps``: ``{field: help}`` where a command's flag means something more particular.
     """
     declared = []
     for field in fields or ALL_FIELDS:
-        declared += [EMA_AUTO_OPTION] if field == "ema" and ema_auto else list(CLICK_OPTIONS[field])
+        if field == "ema" and ema_auto:
+            declared.append(EMA_AUTO_OPTION)
+            continue
+        for declarations, settings in CLICK_OPTIONS[field]:
+            help_text = (helps or {}).get(field, settings.get("help"))
+            declared.append(click.option(*declarations, **dict(settings, help=help_text)))
 
     def decorate(command):
         for option in reversed(declared):

@@ -15,7 +15,7 @@ from converter.options import VERIFY_FIELDS
 @click.command("verify")
 @click.argument("checkpoint", type=click.Path())
 @click.argument("ported", nargs=-1, type=click.Path())
-@option_flags(*VERIFY_FIELDS)
+@option_flags(*VERIFY_FIELDS, helps={"include_top": "The ports have no classifier (convert --no-top)."})
 @click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False),
               help="An .npy batch (NHWC, in the network's input range) or an image; seeded random input otherwise.")
 @click.option("--batch", default=2, show_default=True, help="Size of the seeded random batch.")
