@@ -116,12 +116,15 @@ class Options:
 
     @classmethod
     def of(cls, options=None, **fields):
-        """``options`` (or the defaults) with ``fields`` replaced: the Python API's keyword arguments.
+        """``options`` (an ``Options``, a dict of its fields, or None: the defaults) with ``fields`` replaced.
 
-        Values take the API's forms and the forms the flags give: ``aux=None`` keeps the head as
-        ``aux=True`` does, ``input_size=224`` or ``"224x192"``, ``outputs="Mixed_6e,Mixed_7c"``,
-        ``mapping`` a path. ConvertError naming an unknown field or a bad value.
+        ``fields`` are the Python API's keyword arguments. Values take the API's forms and the forms the
+        flags give: ``aux=None`` keeps the head as ``aux=True`` does, ``input_size=224`` or
+        ``"224x192"``, ``outputs="Mixed_6e,Mixed_7c"``, ``mapping`` a path. ConvertError naming an
+        unknown field or a bad value.
         """
+        if isinstance(options, dict):
+            options, fields = None, {**options, **fields}
         unknown = sorted(set(fields) - set(FLAGS))
         if unknown:
             raise ConvertError(f"unknown option {', '.join(unknown)}; known: {', '.join(FLAGS)}")

@@ -59,7 +59,8 @@ FIELDS = {
 }
 # the input layout each target's model takes where the writer has no option for it
 LAYOUTS = {"torch": "nchw", "keras": "nhwc", "onnx": "nchw"}
-# the options ``verify`` takes from a record: the flag that sets each, and what a disagreement names
+# the ``Options`` fields ``verify`` takes from a record besides the table (their flags: ``options.FLAGS``),
+# and what a disagreement between ports names
 RECORDED_OPTIONS = ("ema", "aux", "input_size", "include_top")
 LABELS = {"ema": "EMA settings", "aux": "auxiliary heads", "input_size": "input sizes", "include_top": "classifiers",
           "arch": "architectures"}

@@ -49,7 +49,7 @@ def test_flags_keywords_and_manifest_fields_give_the_same_options(tmp_path, tabl
     manifest = tmp_path / "fleet.yaml"
     manifest.write_text(yaml.safe_dump([dict(MANIFEST_ROW, path="model.ckpt", mapping="tables/net.yaml")]))
     (model,) = read_manifest(manifest)
-    assert from_flags == from_api == model.options
+    assert from_flags == from_api == model.options == Options.of(dict(API_KWARGS, mapping=str(table)))
     # every field is set away from its default here: a field without a flag or a manifest name fails
     assert set(from_api.changed()) == set(FLAGS) == {field.name for field in dataclasses.fields(Options)}
     # a CSV manifest's text, and the earlier spellings of two fields, say the same
