@@ -7,10 +7,11 @@
     net = load("model.pth")                                      # the exact TF-semantics torch module
 
 Each name is imported on first use, so ``import converter.api`` loads neither torch nor TensorFlow.
-Keyword names follow the command-line flags: ``--no-aux`` is ``aux=False``, ``--no-top`` is
-``include_top=False`` (``no_top=True`` for ``verify``), ``--lenient`` is ``strict=False``,
-``--keep-background``/``--drop-background`` are ``background="keep"``/``"drop"``, ``--arch`` is
-``arch=``, ``--to`` is ``to=`` (``targets=`` for ``batch``, which takes several).
+Keyword names are the fields of ``converter.options.Options``, the same names a batch manifest's
+fields have: ``--no-aux`` is ``aux=False``, ``--no-top`` is ``include_top=False``, ``--lenient`` is
+``strict=False``, ``--keep-background``/``--drop-background`` are ``background="keep"``/``"drop"``,
+``--arch`` is ``arch=``, ``--mapping`` is ``mapping=``; ``convert`` and ``batch`` also take them as
+one ``options=Options(...)``. ``--to`` is ``to=`` (``targets=`` for ``batch``, which takes several).
 """
 
 import importlib

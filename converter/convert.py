@@ -21,6 +21,7 @@ from converter._atomic import atomic_output
 from converter._text import counted
 from converter.checkpoint import open_checkpoint
 from converter.errors import CheckpointError, ConvertError, GraphError, MappingError, OutputExistsError
+from converter.options import EMA_AUTO, FLAGS, TARGET_OPTIONS, Options
 
 # the file beside a model that holds its weights in ONNX's external-data layout (--external-data)
 EXTERNAL_DATA_SUFFIX = ".data"
@@ -33,22 +34,12 @@ WRITERS = {
     ("onnx", ".onnx"): "converter.writers.onnx:save_onnx",
 }
 DEFAULT_SUFFIXES = {"torch": ".pth", "keras": ".h5", "onnx": ".onnx"}
-# the writer options each target takes, and the flag that sets each: any other is refused the same way
-TARGET_OPTIONS = {"torch": ("include_top",), "keras": ("include_top",),
-                  "onnx": ("include_top", "opset", "input_layout", "outputs", "external_data")}
-OPTION_FLAGS = {"include_top": "--no-top", "opset": "--opset", "input_layout": "--input-layout", "outputs": "--outputs",
-                "external_data": "--external-data"}
 # the pip extra that brings each target's optional dependencies
 EXTRAS = {"torch": "torch", "keras": "keras", "onnx": "onnx"}
-DTYPES = ("float16", "bfloat16")
 SOURCE_FORMATS = ("slim",)
 # the suffix TF-Slim checkpoints conventionally carry; an output replaces it rather than extending it
 CHECKPOINT_SUFFIX = ".ckpt"
-# TF-Slim's name for the classifier end point, which a headless (include_top=False) output leaves out
-HEAD_END_POINT = "Logits"
 TF2_FORMAT = "tf2"
-# ``ema="auto"``: the shadows where the checkpoint has them, the raw values otherwise
-EMA_AUTO = "auto"
 
 
 @dataclasses.dataclass
@@ -147,12 +138,11 @@ def target_of(output):
 
 
 def check_target_options(target, options):
-    """Refuse writer options (given, not None) that ``target`` does not take, naming their flags."""
-    refused = [OPTION_FLAGS.get(key, key) for key, value in options.items()
-               if value is not None and key not in TARGET_OPTIONS.get(target, ())]
+    """Refuse the writer options of ``options`` (an ``Options``) that ``target`` does not take, naming their flags."""
+    refused = options.refused_for(target)
     if refused:
-        takers = sorted({t for key in options for t, taken in TARGET_OPTIONS.items()
-                         if key in taken and OPTION_FLAGS.get(key, key) in refused})
+        named = [name for name, flag in FLAGS.items() if flag in refused]
+        takers = sorted({t for name in named for t, taken in TARGET_OPTIONS.items() if name in taken})
         raise ConvertError(f"{', '.join(refused)} {'does' if len(refused) == 1 else 'do'} not apply to the {target} "
                            f"target (only {', '.join(takers) or 'none'}); drop {'it' if len(refused) == 1 else 'them'}")
 
@@ -203,38 +193,27 @@ def table_for(names, arch=None, mapping=None, *, scope=None, checkpoint="the che
     return tables.load_table(tables.locate(names, scope=scope, path=checkpoint).architecture)
 
 
-def convert(checkpoint, to=None, output=None, *, arch=None, mapping=None, scope=None, ema=False,
-            background=tables.BACKGROUND_AUTO, aux=None, input_size=None, dtype=None, force=False, strict=True,
-            dry_run=False, **options):
+def convert(checkpoint, to=None, output=None, *, options=None, force=False, dry_run=False, **fields):
     """Convert a TF-Slim checkpoint to a ``to`` file (``torch``, ``keras`` or ``onnx``), checking everything first.
 
     Args:
         checkpoint: a checkpoint prefix, ``.index`` file, V1 file or directory.
         to: ``torch``, ``keras`` or ``onnx``; by default the target whose suffix ``output`` has, else ``torch``.
         output: the file to write; default beside the checkpoint with the target's suffix.
-        arch: a built-in architecture, instead of detecting it; ``mapping``: a user's table (YAML path);
-            ``scope``: which network where the checkpoint holds several.
-        ema: use the ``/ExponentialMovingAverage`` shadows; ``"auto"``: where the checkpoint has them (the
-            result's notes say which).
-        background: ``auto`` (drop TF-Slim's background class only at the table's released class count),
-            ``keep`` or ``drop``.
-        aux: the auxiliary head: None keeps it where the checkpoint has it, False leaves it out.
-        input_size: ``(height, width)`` the network runs at; by default inferred from the checkpoint.
-        dtype: ``float16`` or ``bfloat16`` for floating tensors.
-        force: overwrite an existing output; ``strict``: unmapped variables are an error.
-        dry_run: plan and check, write nothing.
-        options: passed to the writer (``include_top``, ``opset``, ``input_layout``, ``outputs``).
+        options: an ``Options`` (how to port); ``fields``: its fields as keyword arguments, over ``options``
+            (``arch``, ``mapping``, ``scope``, ``ema`` (True, False or ``"auto"``: the notes say which was
+            used), ``background``, ``aux``, ``include_top``, ``input_size``, ``dtype``, ``strict``, and the
+            ONNX writer's ``opset``, ``input_layout``, ``outputs``, ``external_data``).
+        force: overwrite an existing output; ``dry_run``: plan and check, write nothing.
 
     Returns:
         a ``ConvertResult``; raises a ``ConvertError`` subclass, having written nothing, on any problem.
     """
     start = time.perf_counter()
+    options = Options.of(options, **fields)
     if to is None:
         to = (target_of(output) if output is not None else None) or "torch"
     check_target_options(to, options)
-    if dtype is not None and dtype not in DTYPES:
-        raise ConvertError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    drop = (HEAD_END_POINT,) if options.get("include_top") is False else ()
     with open_checkpoint(checkpoint) as ckpt:
         if ckpt.format == TF2_FORMAT:
             raise CheckpointError(
@@ -243,38 +222,36 @@ def convert(checkpoint, to=None, output=None, *, arch=None, mapping=None, scope=
             )
         names = ckpt.names()
         notes = []
-        if ema == EMA_AUTO:
-            ema = any(name.endswith(tables.EMA_SUFFIX) for name in names)
-            notes.append("EMA shadows used (--ema auto)" if ema else
+        if options.ema == EMA_AUTO:
+            options = dataclasses.replace(options, ema=any(name.endswith(tables.EMA_SUFFIX) for name in names))
+            notes.append("EMA shadows used (--ema auto)" if options.ema else
                          "no EMA shadows in the checkpoint: raw values used (--ema auto)")
-        elif ema not in (True, False):
-            raise ConvertError(f"ema is {ema!r}; use true, false or auto")
-        table = table_for(names, arch, mapping, scope=scope, checkpoint=ckpt.path)
-        tables.locate(names, table, scope=scope, path=ckpt.path)  # names the file where the network is missing
+        table = table_for(names, options.arch, options.mapping, scope=options.scope, checkpoint=ckpt.path)
+        tables.locate(names, table, scope=options.scope, path=ckpt.path)  # names the file where the network is missing
         infos = [ckpt.info(name) for name in names]
         shapes = {info.name: info.shape for info in infos}
-        plan = tables.plan(shapes, table, to, ema=ema, background=background, aux=aux, drop=drop, strict=strict,
-                           scope=scope, input_size=input_size, dtypes={info.name: info.dtype for info in infos})
+        plan = tables.plan(shapes, table, to, **options.plan_arguments(),
+                           dtypes={info.name: info.dtype for info in infos})
         target = storage.path(output) if output is not None else default_output(ckpt.path, to)
         write = writer_for(to, target)
+        writer_options = options.writer_arguments()
         check = getattr(importlib.import_module(write.__module__), "check", None)
         if check is not None:
-            check(plan, target, dtype=dtype, **options)
+            check(plan, target, dtype=options.dtype, **writer_options)
         size = 0
         if dry_run and target.exists() and not force:
             raise OutputExistsError(f"{target}: already exists; pass --force to overwrite it")
         if not dry_run:
-            plan.record = provenance.make(plan, checkpoint=ckpt.path, ema=ema, background=background, aux=aux,
-                                          dtype=dtype, strict=strict, options=options)
+            plan.record = provenance.make(plan, checkpoint=ckpt.path, options=options)
             with atomic_output(target, force) as temp:
                 ckpt.prefetch([entry.source for entry in plan.entries if entry.source is not None])
-                if options.get("external_data"):  # ONNX weights in a file beside the model, named after it
-                    options["external_data"] = f"{target.name}{EXTERNAL_DATA_SUFFIX}"
-                    with atomic_output(target.parent / options["external_data"], force) as data:
-                        write(plan, ckpt.read, temp, dtype=dtype, external_data_path=data, **options)
+                if writer_options.get("external_data"):  # ONNX weights in a file beside the model, named after it
+                    writer_options["external_data"] = f"{target.name}{EXTERNAL_DATA_SUFFIX}"
+                    with atomic_output(target.parent / writer_options["external_data"], force) as data:
+                        write(plan, ckpt.read, temp, dtype=options.dtype, external_data_path=data, **writer_options)
                         size = data.stat().st_size
                 else:
-                    write(plan, ckpt.read, temp, dtype=dtype, **options)
+                    write(plan, ckpt.read, temp, dtype=options.dtype, **writer_options)
                 size += temp.stat().st_size
     return ConvertResult(
         checkpoint=storage.path(ckpt.path),

@@ -23,6 +23,7 @@ from converter import input_size as sizes
 from converter import mapping as tables
 from converter import storage
 from converter.errors import ConvertError
+from converter.options import FLAGS, Options
 
 # the entry of a .pth state dict's ``_metadata`` that holds the record
 PTH_KEY = "ckpt_convert"
@@ -58,9 +59,10 @@ FIELDS = {
 }
 # the input layout each target's model takes where the writer has no option for it
 LAYOUTS = {"torch": "nchw", "keras": "nhwc", "onnx": "nchw"}
-# the options ``verify`` takes from a record: the flag that sets each, and what a disagreement names
-OPTION_FLAGS = {"ema": "--ema", "aux": "--no-aux", "input_size": "--input-size", "no_top": "--no-top"}
-LABELS = {"ema": "EMA settings", "aux": "auxiliary heads", "input_size": "input sizes", "no_top": "classifiers",
+# the ``Options`` fields ``verify`` takes from a record besides the table (their flags: ``options.FLAGS``),
+# and what a disagreement between ports names
+RECORDED_OPTIONS = ("ema", "aux", "input_size", "include_top")
+LABELS = {"ema": "EMA settings", "aux": "auxiliary heads", "input_size": "input sizes", "include_top": "classifiers",
           "arch": "architectures"}
 
 
@@ -113,19 +115,14 @@ def end_points(plan):
     return found
 
 
-def make(plan, *, checkpoint, ema=False, background=tables.BACKGROUND_AUTO, aux=None, dtype=None, strict=True,
-         options=None):
-    """The record of a port of ``checkpoint`` made by ``plan`` with the convert options given.
-
-    ``options`` are the writer's (``include_top``, ``opset``, ``input_layout``, ``outputs``).
-    """
-    options = options or {}
+def make(plan, *, checkpoint, options):
+    """The record of a port of ``checkpoint`` made by ``plan`` with ``options`` (an ``Options``, ``ema`` resolved)."""
     table = plan.table
     spec = table.facts["input"]
     points = end_points(plan)
     if plan.target == "onnx":
         # the ONNX model outputs its last end point and those --outputs names
-        wanted = set(options.get("outputs") or ()) | {points[-1]} if points else set()
+        wanted = set(options.outputs or ()) | {points[-1]} if points else set()
         points = [name for name in points if name in wanted]
     elif plan.target == "keras":
         points = points[-1:]
@@ -137,22 +134,22 @@ def make(plan, *, checkpoint, ema=False, background=tables.BACKGROUND_AUTO, aux=
         "table_blake2b": file_hash(table.path) if pathlib.Path(table.path).is_file() else "",
         "checkpoint": str(checkpoint) if storage.is_url(checkpoint) else str(pathlib.Path(checkpoint).resolve()),
         "checkpoint_blake2b": checkpoint_hash(checkpoint),
-        "ema": TRUE if ema else FALSE,
-        "background_option": background,
-        "aux": FALSE if aux is False else "auto",
-        "include_top": FALSE if options.get("include_top") is False else TRUE,
-        "dtype": dtype or "float32",
-        "input_layout": options.get("input_layout") or LAYOUTS[plan.target],
+        "ema": TRUE if options.ema else FALSE,
+        "background_option": options.background,
+        "aux": "auto" if options.aux else FALSE,
+        "include_top": TRUE if options.include_top else FALSE,
+        "dtype": options.dtype or "float32",
+        "input_layout": options.input_layout or LAYOUTS[plan.target],
         "input_range": json.dumps(list(spec.get("range", [-1.0, 1.0]))),
         "end_points": ",".join(points),
-        "strict": TRUE if strict else FALSE,
+        "strict": TRUE if options.strict else FALSE,
     })
     if plan.target == "torch":
         record["source_shapes"] = json.dumps(_source_shapes(plan), separators=(",", ":"))
     if plan.target == "onnx":
         from converter.writers.onnx import DEFAULT_OPSET
 
-        record["opset"] = str(options.get("opset") or DEFAULT_OPSET)
+        record["opset"] = str(options.opset or DEFAULT_OPSET)
     return record
 
 
@@ -245,14 +242,14 @@ def options(record):
     if "ema" in record:
         found["ema"] = record["ema"] == TRUE
     if "aux" in record:
-        found["aux"] = False if record["aux"] == FALSE else None
+        found["aux"] = record["aux"] != FALSE
     if record.get("input_size"):
         try:
             found["input_size"] = sizes.parse(record["input_size"])
         except ValueError:
             pass  # a damaged record: the port's own checks judge the file
     if "include_top" in record:
-        found["no_top"] = record["include_top"] == FALSE
+        found["include_top"] = record["include_top"] != FALSE
     return found
 
 
@@ -266,20 +263,22 @@ def _shown(option, value):
         return "x".join(map(str, value))
     if option == "aux":
         return "false" if value is False else "auto"
+    if option == "include_top":
+        return "false" if value is False else "true"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _flag(option, value):
     return {"ema": "--ema" if value else "no --ema", "aux": "--no-aux" if value is False else "no --no-aux",
-            "no_top": "--no-top" if value else "no --no-top"}.get(option, f"{OPTION_FLAGS.get(option, option)} "
-                                                                            f"{_shown(option, value)}")
+            "include_top": "--no-top" if value is False else "no --no-top"}.get(
+        option, f"{FLAGS.get(option, option)} {_shown(option, value)}")
 
 
 def agree(records, given):
     """The options a set of ports was made with, checked against the options ``given`` explicitly.
 
     ``records`` maps a file name to its record (``read``); ``given`` holds only the options the user
-    passed (``arch``, ``mapping``, ``ema``, ``aux``, ``input_size``, ``no_top``). Returns the options to
+    passed (``arch``, ``mapping``, ``ema``, ``aux``, ``input_size``, ``include_top``). Returns the options to
     verify with: the given ones, completed from the records. Raises ``ConvertError`` naming the
     option and the files where the ports disagree with each other or with a flag.
     """
@@ -300,7 +299,7 @@ def agree(records, given):
                 merged["arch"] = named
             elif pathlib.Path(named).is_file():
                 merged["mapping"] = named
-    for option in OPTION_FLAGS:
+    for option in RECORDED_OPTIONS:
         values = {name: found[option] for name, found in implied.items() if option in found}
         if not values:
             continue
@@ -332,11 +331,10 @@ def plan_of(record, table):
                            "ckpt-convert --to torch, or by an older version: convert it again")
     shapes = {name: tuple(shape) for name, shape in json.loads(record["source_shapes"]).items()}
     found = options(record)
-    from converter.convert import HEAD_END_POINT
-
-    background = record.get("background_option", tables.BACKGROUND_AUTO)
-    return tables.plan(shapes, table, "torch", background=background, aux=found.get("aux"),
-                       drop=(HEAD_END_POINT,) if found.get("no_top") else (), input_size=found.get("input_size"))
+    chosen = Options(background=record.get("background_option", tables.BACKGROUND_AUTO),
+                     aux=found.get("aux", True), include_top=found.get("include_top", True),
+                     input_size=found.get("input_size"))
+    return tables.plan(shapes, table, "torch", **chosen.plan_arguments())
 
 
 def table_of(record, mapping=None):

@@ -27,6 +27,7 @@ from converter import mapping as mapping_module
 from converter import oracle
 from converter.checkpoint import open_checkpoint
 from converter.errors import ConvertError
+from converter.options import HEAD_END_POINT, Options
 
 # ported file suffix -> (target, runtime module)
 PORTED = {
@@ -47,8 +48,6 @@ ON_THE_FLY = (
     ("model.onnx", {}, False),
 )
 DEVICES = ("auto", "cpu", "cuda")
-# the classifier end point, which a headless port leaves out
-HEAD_END_POINT = "Logits"
 # numbers an input batch may hold: floats, signed and unsigned integers
 NUMERIC_KINDS = "fiu"
 # an input image larger than a 64-megapixel photo is refused before it is decoded
@@ -403,7 +402,7 @@ def verify(
     background=mapping_module.BACKGROUND_AUTO,
     aux=None,
     input_size=None,
-    no_top=None,
+    include_top=None,
     input_file=None,
     batch=2,
     seed=0,
@@ -421,10 +420,11 @@ def verify(
     Args:
         checkpoint: the TF-Slim checkpoint (any path form the reader takes).
         ported: files to check: ``.pth``, ``.safetensors``, ``.h5``, ``.weights.h5``, ``.onnx``.
-        arch, mapping, scope, ema, background, aux, input_size, no_top: as for ``convert``; ``background``
-            here says what the ports must have done (``auto`` accepts what the class counts show).
-            Those left None are taken from what the ports record (``converter.provenance``); those given
-            must agree with it (ConvertError naming the option and the files otherwise).
+        arch, mapping, scope, ema, background, aux, input_size, include_top: the ``Options`` fields the
+            ports were made with; ``background`` here says what the ports must have done (``auto``
+            accepts what the class counts show). Those left None are taken from what the ports record
+            (``converter.provenance``), else their defaults; those given must agree with it
+            (ConvertError naming the option and the files otherwise).
         input_file: an ``.npy`` batch (NHWC) or an image; seeded random input otherwise.
         device: ``auto``, ``cpu`` or ``cuda`` for every backend and the reference.
         atol: the oracle's relative bound; by default ``oracle.ATOL``, or the reduced-precision bound
@@ -441,12 +441,12 @@ def verify(
     started = time.perf_counter()
     progress = progress or (lambda phase: None)
     preflight.check_verify(ported, input_file=input_file, torch_model=torch_model)
-    given = {"arch": arch, "mapping": mapping, "ema": ema, "aux": aux, "input_size": input_size, "no_top": no_top}
+    given = {"arch": arch, "mapping": mapping, "ema": ema, "aux": aux, "input_size": input_size,
+             "include_top": include_top}
     records = {pathlib.Path(path).name: provenance.read(path) for path in ported}
     resolved = provenance.agree(records, {key: value for key, value in given.items() if value is not None})
-    arch, mapping = resolved.get("arch"), resolved.get("mapping")
-    ema, aux, input_size = bool(resolved.get("ema")), resolved.get("aux"), resolved.get("input_size")
-    no_top = bool(resolved.get("no_top"))
+    chosen = Options.of(**resolved, scope=scope, background=background, strict=False)
+    plan_arguments = chosen.plan_arguments()
 
     from converter import reference
     from converter.convert import table_for
@@ -457,26 +457,26 @@ def verify(
         shapes = {name: ckpt.info(name).shape for name in names}
         if ckpt.format == "tf2":
             raise ConvertError(f"{ckpt.path}: a TF2 object-based checkpoint, not a TF-Slim one; nothing to verify")
-        table = table_for(names, arch, mapping, scope=scope, checkpoint=ckpt.path)
-        options = dict(ema=ema, aux=aux, scope=scope, input_size=input_size, strict=False,
-                       drop=(HEAD_END_POINT,) if no_top else ())
+        table = table_for(names, chosen.arch, chosen.mapping, scope=scope, checkpoint=ckpt.path)
+        options = {key: value for key, value in plan_arguments.items() if key != "background"}
         # the checkpoint's own facts (its network, heads and input size), the same for every target
         facts = mapping_module.plan(shapes, table, next(iter(table.targets)), **options,
                                     background=mapping_module.BACKGROUND_KEEP)
         images, described = make_input(table, input_file=input_file, batch=batch, seed=seed,
                                        size=facts.input_size.hw)
-        end_points = tuple(point for point in table.facts["end_points"] if not (no_top and point == HEAD_END_POINT))
+        end_points = tuple(point for point in table.facts["end_points"]
+                           if chosen.include_top or point != HEAD_END_POINT)
         phases = {"checkpoint": time.perf_counter() - started}
         progress(f"reference: TF-Slim {table.architecture} in TensorFlow on {device}")
         if "meta_graph" in table.facts:  # a network recovered from its .meta: that graph is the reference
             from converter.metagraph import reference as graph_reference
 
-            ref = graph_reference.run(ckpt.path, table, images, ema=ema, device=device)
+            ref = graph_reference.run(ckpt.path, table, images, ema=chosen.ema, device=device)
             phases["reference"] = time.perf_counter() - started - sum(phases.values())
         else:
             ref = reference.run_reference(
-                ckpt.path, images, architecture=table.architecture, end_points=end_points, ema=ema, device=device,
-                scope=scope, phases=phases,
+                ckpt.path, images, architecture=table.architecture, end_points=end_points, ema=chosen.ema,
+                device=device, scope=scope, phases=phases,
             )
         report = Report(str(ckpt.path), table.architecture, described, atol or oracle.ATOL, reference.tf_device(device))
         report.phases = phases
@@ -492,7 +492,7 @@ def verify(
         with tempfile.TemporaryDirectory(prefix="ckpt-convert-verify-") as scratch:
             mark = time.perf_counter()
             jobs = [(pathlib.Path(p), {"model": torch_model}, False) for p in ported] or _convert_on_the_fly(
-                ckpt.path, table, scratch, report, dict(options, background=background), list(ref)
+                ckpt.path, table, scratch, report, chosen, list(ref)
             )
             if not ported:
                 phases["convert"] = time.perf_counter() - mark
@@ -533,19 +533,19 @@ class _Context:
     reference: dict  # TF-Slim's end points, every class
     device: str
     atol: float | None
-    options: dict  # plan options: ema, aux, scope, input_size, strict, drop
+    options: dict  # ``mapping.plan``'s arguments but background (``Options.plan_arguments``)
     background: str
     drifts: dict = dataclasses.field(default_factory=dict)  # (dtype, activations too) -> sensitivity.drift
 
 
 def _convert_on_the_fly(checkpoint, table, scratch, report, options, end_points):
+    # ``options``: an ``Options``, as the ports would have been made
     from converter import preflight
     from converter.convert import convert, third_party_notes
 
     jobs, written = [], {}
-    convert_options = {k: v for k, v in options.items() if k not in ("strict", "drop")}
-    if HEAD_END_POINT in options.get("drop", ()):
-        convert_options["include_top"] = False  # --no-top: headless ports, as the checkpoint's facts were planned
+    # the table already chosen, and every variable outside it skipped: the ports are checked, not the checkpoint
+    options = dataclasses.replace(options, arch=None, mapping=str(table.path), strict=False)
     for name, runtime_options, advisory in ON_THE_FLY:
         target, _ = target_of(name)
         model = runtime_options.get("model")
@@ -561,8 +561,7 @@ def _convert_on_the_fly(checkpoint, table, scratch, report, options, end_points)
             # an ONNX model outputs logits only unless asked for the other end points (those the checkpoint has)
             extra = {"outputs": end_points} if target == "onnx" else {}
             try:
-                result = convert(checkpoint, to=target, output=pathlib.Path(scratch) / name, mapping=table.path,
-                                 strict=False, **convert_options, **extra)
+                result = convert(checkpoint, to=target, output=pathlib.Path(scratch) / name, options=options, **extra)
                 written[name] = (None, third_party_notes(result.plan))
             except ConvertError as error:
                 written[name] = (str(error), [])

@@ -167,7 +167,7 @@ def test_a_rerun_does_nothing(fleet):
     tree, outdir, _ = fleet
     before = _mtimes(outdir)
     report = run_batch([tree], outdir, targets=TARGETS, jobs=2)
-    records = {r["id"]: r for r in report.models}
+    records = {r.id: r.to_dict() for r in report.models}
     for ok in ("v2/model.ckpt", "model_v1.ckpt", "train/model.ckpt-1234"):
         assert records[ok]["status"] == "up to date" and records[ok]["seconds"] == 0.0
     assert records["corrupt/model.ckpt"]["status"] == "failed"  # failures are tried again
@@ -208,7 +208,7 @@ def test_a_changed_checkpoint_is_redone_and_a_touched_one_is_not(tmp_path, small
     _copy_v2(small.train, a)
     data_b = next(b.parent.glob("model.ckpt.data-*"))
     os.utime(data_b, ns=(data_b.stat().st_atime_ns, data_b.stat().st_mtime_ns + 10**9))
-    second = {r["id"]: r for r in run_batch([tree], outdir, jobs=2).models}
+    second = {r.id: r.to_dict() for r in run_batch([tree], outdir, jobs=2).models}
     assert second["a/model.ckpt"]["status"] == "ok"
     assert second["b/model.ckpt"]["status"] == "up to date"
     assert output_b.stat().st_mtime_ns == mtime_b
@@ -217,7 +217,7 @@ def test_a_changed_checkpoint_is_redone_and_a_touched_one_is_not(tmp_path, small
     state_b = json.loads((outdir / "b" / "model.ckpt" / batch.STATE_FILENAME).read_text())
     assert state_b["files"][str(data_b)]["mtime_ns"] == data_b.stat().st_mtime_ns  # the cache moved on
     # different options are a different output: redone
-    third = {r["id"]: r for r in run_batch([tree], outdir, options={"background": "keep"}, jobs=2).models}
+    third = {r.id: r.to_dict() for r in run_batch([tree], outdir, background="keep", jobs=2).models}
     assert third["b/model.ckpt"]["status"] == "ok"
     assert _load(output_b)["fc.weight"].shape[0] == 1001
 
@@ -229,10 +229,10 @@ def test_an_output_the_batch_did_not_write_is_kept_without_force(tmp_path, small
     foreign.parent.mkdir(parents=True)
     foreign.write_bytes(b"someone else's")
     (record,) = run_batch([tree], outdir).models
-    assert record["status"] == "failed" and "pass --force" in record["reason"]
+    assert record.status == "failed" and "pass --force" in record.reason
     assert foreign.read_bytes() == b"someone else's"
     (record,) = run_batch([tree], outdir, force=True).models
-    assert record["status"] == "ok" and "fc.weight" in _load(foreign)
+    assert record.status == "ok" and "fc.weight" in _load(foreign)
 
 
 def test_one_batch_at_a_time_per_output_directory(tmp_path, small):
@@ -311,7 +311,7 @@ def test_yaml_manifest_with_per_model_options(tmp_path, small):
     )
     outdir = tmp_path / "out"
     report = run_batch([manifest], outdir, targets="torch", jobs=2)
-    records = {r["id"]: r for r in report.models}
+    records = {r.id: r.to_dict() for r in report.models}
     assert set(records) == {"inception/plain", "zoo/train", "zoo/missing.ckpt"}
     assert list(records["inception/plain"]["targets"]) == ["onnx"]
     assert (outdir / "inception" / "plain" / "plain.onnx").is_file()
@@ -337,8 +337,8 @@ def test_csv_manifest(tmp_path, small):
                         "old.ckpt,inception_v3,false,,torch;onnx\n"
                         "new/model.ckpt,,,keep,torch\n")
     models = {m.id: m for m in read_manifest(manifest)}
-    assert models["old.ckpt"].targets == ("torch", "onnx") and models["old.ckpt"].options["arch"] == "inception_v3"
-    assert models["new/model.ckpt"].options["background"] == "keep"
+    assert models["old.ckpt"].targets == ("torch", "onnx") and models["old.ckpt"].options.arch == "inception_v3"
+    assert models["new/model.ckpt"].options.background == "keep"
     report = run_batch([manifest], tmp_path / "out", jobs=2)
     assert report.ok, report.models
     assert (tmp_path / "out" / "old.ckpt" / "old.onnx").is_file()
@@ -364,12 +364,12 @@ def test_keras_refuses_depth_multiplied_checkpoints_and_verify_records_errors(tm
     _copy_v2(small.v2, tree / "model.ckpt")
     tf.train.Checkpoint(v=tf.Variable([1.0, 2.0])).write(str(tree / "tf2" / "ckpt"))
     outdir = tmp_path / "out"
-    unverified = {r["id"]: r for r in run_batch([tree], outdir, targets="torch,onnx,keras", jobs=2).models}
+    unverified = {r.id: r.to_dict() for r in run_batch([tree], outdir, targets="torch,onnx,keras", jobs=2).models}
     assert unverified["model.ckpt"]["max_error"] is None
     written = _mtimes(outdir / "model.ckpt")
     # --verify on the same outputs checks them without writing them again
     report = run_batch([tree], outdir, targets="torch,onnx,keras", verify=True, jobs=2)
-    records = {r["id"]: r for r in report.models}
+    records = {r.id: r.to_dict() for r in report.models}
     assert {p: t for p, t in _mtimes(outdir / "model.ckpt").items() if not p.endswith(batch.STATE_FILENAME)} == {
         p: t for p, t in written.items() if not p.endswith(batch.STATE_FILENAME)}
     model = records["model.ckpt"]
@@ -383,7 +383,7 @@ def test_keras_refuses_depth_multiplied_checkpoints_and_verify_records_errors(tm
     assert model["max_error"] == max(model["targets"][t]["max_error"] for t in ("torch", "onnx"))
     assert records["tf2/ckpt"]["status"] == "failed" and "TF2 object-based" in records["tf2/ckpt"]["reason"]
     assert f"{model['max_error']:.2e}" in (outdir / batch.REPORT_MARKDOWN).read_text()
-    again = {r["id"]: r for r in run_batch([tree], outdir, targets="torch,onnx", verify=True, jobs=2).models}
+    again = {r.id: r.to_dict() for r in run_batch([tree], outdir, targets="torch,onnx", verify=True, jobs=2).models}
     assert again["model.ckpt"]["status"] == "up to date" and again["model.ckpt"]["max_error"] == model["max_error"]
 
 
@@ -401,12 +401,12 @@ def test_the_ray_executor_on_a_local_instance(local_ray, tmp_path, small):
     shutil.copy(small.v1, tree / "model_v1.ckpt")
     _corrupt(_copy_v2(small.v2, tree / "bad" / "model.ckpt"))
     report = run_batch([tree], tmp_path / "out", targets=TARGETS, executor="ray")
-    records = {r["id"]: r for r in report.models}
+    records = {r.id: r.to_dict() for r in report.models}
     assert records["a/model.ckpt"]["status"] == "ok" and records["model_v1.ckpt"]["status"] == "ok"
     assert records["bad/model.ckpt"]["status"] == "failed" and "CRC32C" in records["bad/model.ckpt"]["reason"]
     assert "fc.weight" in _load(tmp_path / "out" / "model_v1.ckpt" / "model_v1.pth")
     again = run_batch([tree], tmp_path / "out", targets=TARGETS, executor="ray")
-    assert {r["id"]: r["status"] for r in again.models}["a/model.ckpt"] == "up to date"
+    assert {r.id: r.status for r in again.models}["a/model.ckpt"] == "up to date"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -237,9 +237,9 @@ def test_batch_decides_each_finetune_by_itself(finetune, tmp_path):
         (tree / name).mkdir(parents=True)
         for part in fixture.root.glob("model.ckpt.*"):
             (tree / name / part.name).write_bytes(part.read_bytes())
-    report = run_batch([tree], tmp_path / "out", targets="torch,onnx", options={"strict": False}, jobs=2)
+    report = run_batch([tree], tmp_path / "out", targets="torch,onnx", strict=False, jobs=2)
     assert report.ok, report.models
-    records = {r["id"]: r for r in report.models}
+    records = {r.id: r.to_dict() for r in report.models}
     flowers = records["inception_v3_flowers/model.ckpt"]["decisions"]
     assert (flowers["background"]["port_classes"], flowers["background"]["rule"]) == (5, "fine-tune")
     scoped = records["inception_v3_scoped/model.ckpt"]

@@ -50,16 +50,16 @@ def test_links_never_lead_batch_outputs_out_of_outdir(tmp_path):
     out.mkdir()
     (out / "tiny.ckpt").symlink_to(outside)  # the model's folder, a link out of OUTDIR
     (outside / "precious").write_text("keep")
-    report = batch.run_batch([tmp_path / "zoo"], out, jobs=1, options={"mapping": str(tmp_path / "zoo" / "tiny.yaml")})
+    report = batch.run_batch([tmp_path / "zoo"], out, jobs=1, mapping=str(tmp_path / "zoo" / "tiny.yaml"))
     (record,) = report.models
-    assert record["status"] == "failed" and "a link leads it out of" in record["reason"]
+    assert record.status == "failed" and "a link leads it out of" in record.reason
     assert crafted.files(outside) == ["precious"]
     (out / "tiny.ckpt").unlink()
     (out / "zoo").symlink_to(outside)  # a folder above the model's, nothing created through it
     manifest = tmp_path / "fleet.yaml"
     manifest.write_text(yaml.safe_dump([{"path": "zoo/tiny.ckpt", "id": "zoo/deeper/model"}]))
-    (record,) = batch.run_batch([manifest], out, jobs=1, options={"mapping": str(tmp_path / "zoo" / "tiny.yaml")}).models
-    assert "a link leads it out of" in record["reason"] and crafted.files(outside) == ["precious"]
+    (record,) = batch.run_batch([manifest], out, jobs=1, mapping=str(tmp_path / "zoo" / "tiny.yaml")).models
+    assert "a link leads it out of" in record.reason and crafted.files(outside) == ["precious"]
     (out / "zoo").unlink()
     (out / ".batch.lock").unlink(missing_ok=True)  # a finished batch removes it
     (out / ".batch.lock").symlink_to(outside / "precious")  # opening the lock for writing once truncated it

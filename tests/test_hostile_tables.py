@@ -47,7 +47,7 @@ def test_alias_bombs_and_self_containing_nodes_are_refused(tmp_path):
     assert peak < 300e6 and not list(tmp_path.glob("*.pth"))
     report = batch.run_batch([mapped], tmp_path / "out", jobs=1)
     (record,) = report.models
-    assert record["status"] == "failed" and "graph.yaml: line" in record["reason"] and "expanded" in record["reason"]
+    assert record.status == "failed" and "graph.yaml: line" in record.reason and "expanded" in record.reason
 
 
 def test_aliases_that_expand_to_a_table_of_ordinary_size_load(tmp_path):

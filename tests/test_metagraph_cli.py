@@ -75,7 +75,7 @@ def test_batch_converts_by_the_graph_and_fails_with_the_reason(meta_net, tmp_pat
     _copy(meta_net("residual"), sources / "residual")
     _copy(meta_net("unsupported"), sources / "unsupported")
     report = run_batch([sources], tmp_path / "out", targets=["onnx"], jobs=1)
-    records = {record["id"]: record for record in report.models}
+    records = {record.id: record.to_dict() for record in report.models}
     assert records["residual/model.ckpt"]["status"] == "ok"
     assert records["residual/model.ckpt"]["architecture"] == "recovered from model.ckpt.meta"
     failed = records["unsupported/model.ckpt"]

@@ -328,7 +328,7 @@ def test_detection_backbone_verifies_headless(finetune):
     from converter.verify import verify
 
     fixture = finetune("mobilenet_v2_ssd")
-    report = verify(fixture.v2, [], batch=1, input_size=_size(fixture), no_top=True)
+    report = verify(fixture.v2, [], batch=1, input_size=_size(fixture), include_top=False)
     outputs = {check.name for check in report.checks if check.kind == "output" and check.backend.startswith("onnx")}
     assert outputs == {"expanded_conv_2", "expanded_conv_5", "expanded_conv_12", "expanded_conv_16", "Conv_1"}
     assert report.ok, report.table()
@@ -368,7 +368,7 @@ def test_batch_converts_and_verifies_both(tmp_path):
         for path in (FIXTURES / arch).glob("model.ckpt.*"):
             shutil.copy(path, tree / arch / path.name)
     report = run_batch([tree], tmp_path / "out", targets="torch,onnx,keras", verify=True, jobs=2)
-    records = {record["id"]: record for record in report.models}
+    records = {record.id: record.to_dict() for record in report.models}
     assert set(records) == {f"{arch}/model.ckpt" for arch in ARCHS}
     assert report.ok, records
     for arch in ARCHS:

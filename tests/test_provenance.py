@@ -100,7 +100,7 @@ def test_recorded_options_agree_or_verify_names_the_difference():
     made = {"a.pth": {"architecture": "inception_v3", "table": "inception_v3", "ema": "true", "aux": "false",
                       "include_top": "true", "input_size": "299x299", "heads": "AuxLogits=left out (--no-aux)"}}
     resolved = provenance.agree(made, {})
-    assert resolved == {"arch": "inception_v3", "ema": True, "aux": False, "input_size": (299, 299), "no_top": False}
+    assert resolved == {"arch": "inception_v3", "ema": True, "aux": False, "input_size": (299, 299), "include_top": True}
     assert provenance.agree(made, {"ema": True, "aux": False}) == resolved
     with pytest.raises(ConvertError, match=r"no --ema given, but a.pth was made with --ema"):
         provenance.agree(made, {"ema": False})

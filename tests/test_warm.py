@@ -62,7 +62,7 @@ def _by_checkpoint(report, rows):
     # each record without what names or times it, under its checkpoint
     sources = dict(rows)
     found = {}
-    for record in report.models:
+    for record in (record.to_dict() for record in report.models):
         kept = {key: value for key, value in record.items() if key not in ("id", "seconds")}
         kept["targets"] = {target: {key: value for key, value in entry.items() if key not in ("seconds", "output")}
                            for target, entry in record["targets"].items()}

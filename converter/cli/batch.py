@@ -1,5 +1,6 @@
 """``ckpt-convert batch SRC... -o OUTDIR``: every checkpoint under SRC to each target, in parallel, resumable."""
 
+import dataclasses
 import os
 import pathlib
 import sys
@@ -9,9 +10,9 @@ import click
 from converter import batch
 from converter._text import counted
 from converter.cli import debug_option
-from converter.cli.options import LOCATION, batch_model_options, pop_plan_options
+from converter.cli.options import LOCATION, option_flags, options_from
 from converter.cli.quiet import quiet_tensorflow, silenced_stderr, verbosity_options
-from converter.convert import DTYPES, TARGET_OPTIONS
+from converter.options import FLAGS, TARGET_OPTIONS
 
 
 def _dry_run(sources, targets, options, all_steps):
@@ -19,18 +20,16 @@ def _dry_run(sources, targets, options, all_steps):
     from converter.convert import convert
     from converter.errors import ConvertError
 
-    models = batch.discover(sources, targets=batch._parse_targets(targets), options=options, all_steps=all_steps)
+    models = batch.discover(sources, targets=batch.parse_targets(targets), options=options, all_steps=all_steps)
     click.echo(f"{counted(len(models), 'model')} found; nothing written (--dry-run)")
     for model in models:
         for target in model.targets:
             if model.error:
                 click.echo(f"  {model.id}: {model.error}")
                 break
-            kept = {key: value for key, value in model.options.items()
-                    if key not in batch.WRITER_OPTIONS or key in TARGET_OPTIONS[target]}
             try:
-                result = convert(model.checkpoint, target, f"{model.id}/{batch._output_name(model.id, target)}",
-                                 **kept, dry_run=True, force=True)
+                result = convert(model.checkpoint, target, f"{model.id}/{batch.output_name(model.id, target)}",
+                                 options=model.options.for_target(target), dry_run=True, force=True)
                 notes = "".join(f"; {note}" for note in result.notes)
                 click.echo(f"  {model.id} -> {result.output} ({result.architecture}, "
                            f"{counted(result.tensors, 'tensor')}{notes})")
@@ -69,8 +68,8 @@ class _Progress:
             self._show()
         elif event == "finished":
             self.done += 1
-            if value["id"] in self.running:
-                self.running.remove(value["id"])
+            if value.id in self.running:
+                self.running.remove(value.id)
             if not self.quiet:
                 self._write(self._line(value))
             if self.bar is not None:
@@ -78,11 +77,11 @@ class _Progress:
             self._show()
 
     def _line(self, record):
-        targets = ", ".join(f"{t} {entry['status']}" for t, entry in record["targets"].items())
-        error = f", max error {record['max_error']:.1e}" if record["max_error"] is not None else ""
-        reason = f": {record['reason']}" if record["reason"] else ""
-        return (f"[{self.done}/{self.total}] {record['id']}: {record['status']} ({targets}{error}) "
-                f"{record['seconds']:.1f} s{reason}")
+        targets = ", ".join(f"{t} {entry.status}" for t, entry in record.targets.items())
+        error = f", max error {record.max_error:.1e}" if record.max_error is not None else ""
+        reason = f": {record.reason}" if record.reason else ""
+        return (f"[{self.done}/{self.total}] {record.id}: {record.status} ({targets}{error}) "
+                f"{record.seconds:.1f} s{reason}")
 
     def _write(self, line):
         if self.bar is not None:
@@ -112,11 +111,7 @@ class _Progress:
 @click.option("--executor", type=click.Choice(batch.EXECUTORS), default="process", show_default=True,
               help="process: worker processes here; ray: tasks on a Ray cluster.")
 @click.option("--address", help="ray: the cluster to join (auto, or ray://head:10001). Default: a local instance.")
-@batch_model_options
-@click.option("--lenient", is_flag=True, help="Skip (and list) variables no mapping row takes instead of failing.")
-@click.option("--no-top", is_flag=True, help="Leave out the classifier of every model (as convert --no-top).")
-@click.option("--dtype", type=click.Choice(DTYPES), help="Cast floating tensors on write (as convert --dtype).")
-@click.option("--opset", type=int, help="onnx: the opset to write (as convert --opset).")
+@option_flags(ema_auto=True)
 @click.option("--dry-run", is_flag=True, help="Find the models and check each one's plan; write nothing.")
 @click.option("--force", is_flag=True, help="Replace output files that this batch did not write.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
@@ -124,8 +119,8 @@ class _Progress:
                    "where one is present.")
 @verbosity_options
 @debug_option
-def command(sources, outdir, targets, verify, jobs, all_steps, executor, address, lenient, no_top, dtype, opset,
-            dry_run, force, device, verbose, quiet, debug, **shared):
+def command(sources, outdir, targets, verify, jobs, all_steps, executor, address, dry_run, force, device, verbose,
+            quiet, debug, **flags):
     """Convert every checkpoint under SOURCES to each target, in parallel; write OUTDIR/report.{json,md}.
 
     SOURCES are directories (searched recursively for V1 and V2 checkpoints; of a training run, the
@@ -133,17 +128,17 @@ def command(sources, outdir, targets, verify, jobs, all_steps, executor, address
     OUTDIR may be s3:// or gs:// prefixes (the cloud extra); state and reports then live in the bucket. A rerun skips
     outputs that are up to date and redoes what changed or failed. Exit status 1 when any model failed.
     Each model is decided by its own checkpoint (scope, background class, heads, input size); the
-    options below apply to every model that a manifest does not set otherwise.
+    options below (those of convert) apply to every model that a manifest does not set otherwise.
     """
-    options = dict(pop_plan_options(shared), strict=not lenient)
-    if options["mapping"]:
-        options["mapping"] = str(pathlib.Path(options["mapping"]).resolve())
-    # per-model writer options, only where given (an output's key hashes its options)
-    for key, value in (("include_top", False if no_top else None), ("dtype", dtype), ("opset", opset)):
-        if value is not None:
-            options[key] = value
-    if opset is not None and "onnx" not in batch._parse_targets(targets):
-        raise click.UsageError(f"--opset applies to the onnx target only, and --to is {targets}; drop it")
+    options = options_from(flags)
+    if options.mapping:
+        options = dataclasses.replace(options, mapping=str(pathlib.Path(options.mapping).resolve()))
+    chosen = batch.parse_targets(targets)
+    for name in options.writer_arguments():
+        takers = [target for target, taken in TARGET_OPTIONS.items() if name in taken]
+        if not set(takers) & set(chosen):
+            raise click.UsageError(f"{FLAGS[name]} applies to the {', '.join(takers)} target only, and --to is "
+                                   f"{targets}; drop it")
     if dry_run:
         _dry_run(sources, targets, options, all_steps)
         return

@@ -6,7 +6,7 @@ from converter import convert as conversion
 from converter import mapping as tables
 from converter._text import counted, size
 from converter.cli import debug_option, write_json
-from converter.cli.options import LOCATION, model_options, pop_plan_options
+from converter.cli.options import LOCATION, option_flags, options_from
 
 # skipped-variable reasons that are not a noun for the variables themselves
 NOT_NOUNS = (tables.OUTSIDE, tables.UNMAPPED, "left out")
@@ -55,22 +55,13 @@ def _print_decisions(result):
               help="Target framework. Default: the one the -o suffix names, else torch.")
 @click.option("-o", "--output", type=LOCATION,
               help="Output file (.pth or .safetensors; .h5 or .weights.h5; .onnx). Default: beside the checkpoint.")
-@model_options
-@click.option("--dtype", type=click.Choice(conversion.DTYPES), help="Cast floating tensors on write.")
+@option_flags()
 @click.option("--dry-run", is_flag=True, help="Print the plan (source -> target, shapes, transform); write nothing.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-@click.option("--lenient", is_flag=True, help="Skip (and list) variables no mapping row takes instead of failing.")
-@click.option("--no-top", is_flag=True, help="Leave out the classifier (keras: include_top=False; torch: no fc, as timm's num_classes=0).")
-@click.option("--opset", type=int, help="onnx: the opset to write.")
-@click.option("--input-layout", type=click.Choice(["nchw", "nhwc"]), help="onnx: layout of the graph input.")
-@click.option("--outputs", help="onnx: comma-separated end points to expose as graph outputs.")
-@click.option("--external-data", is_flag=True,
-              help="onnx: weights in a file beside the model (OUTPUT.data), as models past 2 GB need.")
 @click.option("--json", "json_path", is_flag=False, flag_value="-", metavar="FILE",
               help="Write the result (or the plan, with --dry-run) as JSON to FILE; '-' or no FILE: stdout.")
 @debug_option
-def command(checkpoint, source_format, target, output, dtype, dry_run, force, lenient, no_top, opset, input_layout,
-            outputs, external_data, json_path, debug, **shared):
+def command(checkpoint, source_format, target, output, dry_run, force, json_path, debug, **flags):
     """Convert TF-Slim CHECKPOINT (a prefix, .index file, V1 file or directory) to a TARGET file.
 
     CHECKPOINT and the output may be s3:// or gs:// URLs (the cloud extra): only the index and the
@@ -80,21 +71,8 @@ def command(checkpoint, source_format, target, output, dtype, dry_run, force, le
     overwritten without --force. What was decided from the checkpoint (its network's scope, the
     background class, optional heads, the input size, variables outside the network) is printed.
     """
-    options = {}
-    if no_top:
-        options["include_top"] = False
-    if opset is not None:
-        options["opset"] = opset
-    if input_layout is not None:
-        options["input_layout"] = input_layout
-    if outputs is not None:
-        options["outputs"] = tuple(name.strip() for name in outputs.split(",") if name.strip())
-    if external_data:
-        options["external_data"] = True
-    result = conversion.convert(
-        checkpoint, target, output, **pop_plan_options(shared), dtype=dtype, force=force, strict=not lenient,
-        dry_run=dry_run, **options,
-    )
+    options = options_from(flags)
+    result = conversion.convert(checkpoint, target, output, options=options, force=force, dry_run=dry_run)
     if json_path is not None:
         write_json(json_path, result.to_dict())
         if json_path == "-":
@@ -103,5 +81,6 @@ def command(checkpoint, source_format, target, output, dtype, dry_run, force, le
         _print_plan(result)
         return
     click.echo(f"wrote {result.output}: {counted(result.tensors, 'tensor')}, {size(result.bytes)}, "
-               f"{result.seconds:.2f} s ({result.architecture} -> {result.target}{', ' + dtype if dtype else ''})")
+               f"{result.seconds:.2f} s ({result.architecture} -> {result.target}"
+               f"{', ' + options.dtype if options.dtype else ''})")
     _print_decisions(result)

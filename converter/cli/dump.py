@@ -41,16 +41,16 @@ FORMATS = {
 }
 
 
-def _unmapped(ckpt, arch, mapping_path, scope):
+def _unmapped(ckpt, arch, mapping, scope):
     # what a lenient conversion leaves out as outside the network or unmapped in it
-    from converter import mapping
+    from converter import mapping as tables
     from converter.convert import table_for
 
     names = ckpt.names()
-    table = table_for(names, arch, mapping_path, scope=scope, checkpoint=ckpt.path)
+    table = table_for(names, arch, mapping, scope=scope, checkpoint=ckpt.path)
     shapes = {name: ckpt.info(name).shape for name in names}
-    plan = mapping.plan(shapes, table, next(iter(table.targets)), strict=False, scope=scope)
-    return [name for reason in (mapping.OUTSIDE, mapping.UNMAPPED) for name in plan.skipped.get(reason, [])]
+    plan = tables.plan(shapes, table, next(iter(table.targets)), strict=False, scope=scope)
+    return [name for reason in (tables.OUTSIDE, tables.UNMAPPED) for name in plan.skipped.get(reason, [])]
 
 
 @click.command("dump")
@@ -64,11 +64,11 @@ def _unmapped(ckpt, arch, mapping_path, scope):
               help="Only the variables no mapping row takes: those outside the network (a second head, a custom "
                    "layer) and unmapped ones in it, without their optimizer slots.")
 @click.option("--arch", help="With --unmapped: the architecture instead of detecting it.")
-@click.option("--mapping", "mapping_path", type=click.Path(path_type=pathlib.Path, dir_okay=False),
+@click.option("--mapping", type=click.Path(path_type=pathlib.Path, dir_okay=False),
               help="With --unmapped: your own mapping table (YAML).")
 @click.option("--scope", help="With --unmapped: which network, where the checkpoint holds several.")
 @debug_option
-def command(path, output, force, unmapped, arch, mapping_path, scope, debug):
+def command(path, output, force, unmapped, arch, mapping, scope, debug):
     """Export every variable of checkpoint PATH to OUTPUT under its original name.
 
     Tensors the format cannot hold (strings, and complex numbers in safetensors) are skipped with a
@@ -79,7 +79,7 @@ def command(path, output, force, unmapped, arch, mapping_path, scope, debug):
         raise ConvertError(f"{output}: unknown output format {suffix or '(no suffix)'}; name it .safetensors or .npz")
     write, holds, label = FORMATS[suffix]
     with atomic_output(output, force) as temp, open_checkpoint(path) as ckpt:
-        wanted = _unmapped(ckpt, arch, mapping_path, scope) if unmapped else list(ckpt)
+        wanted = _unmapped(ckpt, arch, mapping, scope) if unmapped else list(ckpt)
         infos = [ckpt.info(name) for name in wanted]
         skipped = [info for info in infos if not holds(info.dtype)]
         kept = [info for info in infos if holds(info.dtype)]

@@ -7,19 +7,15 @@ import click
 from converter import oracle, storage
 from converter._atomic import atomic_output
 from converter.cli import debug_option, write_json
-from converter.cli.options import model_options, pop_plan_options
+from converter.cli.options import option_flags, pop_options
 from converter.cli.quiet import progress_printer, quiet_tensorflow, silenced_stderr, verbosity_options
-
-# the options a port records (converter.provenance): passed to verify only when given on the command line
-RECORDED = {"arch": "arch", "mapping_path": "mapping", "ema": "ema", "no_aux": "aux", "input_size": "input_size",
-            "no_top": "no_top"}
+from converter.options import VERIFY_FIELDS
 
 
 @click.command("verify")
 @click.argument("checkpoint", type=click.Path())
 @click.argument("ported", nargs=-1, type=click.Path())
-@model_options
-@click.option("--no-top", is_flag=True, help="The ports have no classifier (convert --no-top).")
+@option_flags(*VERIFY_FIELDS, helps={"include_top": "The ports have no classifier (convert --no-top)."})
 @click.option("--input", "input_file", type=click.Path(exists=True, dir_okay=False),
               help="An .npy batch (NHWC, in the network's input range) or an image; seeded random input otherwise.")
 @click.option("--batch", default=2, show_default=True, help="Size of the seeded random batch.")
@@ -51,24 +47,17 @@ def command(checkpoint, ported, json_path, junit_path, verbose, quiet, debug, **
     """
     from converter import preflight
 
-    context = click.get_current_context()
-    given = {name for name in RECORDED
-             if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
-    plan_options = pop_plan_options(options)
-    for name, key in RECORDED.items():
-        if name not in given and key in plan_options:
-            plan_options[key] = None
-    no_top = options["no_top"] if "no_top" in given else None
+    # the options a port records (converter.provenance) go to verify only where given on the command line
+    given = pop_options(options, *VERIFY_FIELDS, given_only=True)
     preflight.check_verify(ported, input_file=options["input_file"], torch_model=options["torch_model"],
                            reports=(json_path, junit_path))
     quiet_tensorflow(verbose)
     from converter.verify import verify
 
-    options.pop("no_top")
     progress = progress_printer(quiet)
     # TensorFlow's reader takes local files only: checkpoints and ports in a bucket are copied down first
     with silenced_stderr(verbose), storage.local_copies(checkpoint, ported) as (checkpoint, ported):
-        report = verify(checkpoint, ported, **plan_options, no_top=no_top, **options, progress=progress)
+        report = verify(checkpoint, ported, **given, **options, progress=progress)
     if json_path == "-":
         write_json("-", report.to_dict())
     elif quiet:
