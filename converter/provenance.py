@@ -21,7 +21,7 @@ import struct
 from converter import __version__
 from converter import input_size as sizes
 from converter import mapping as tables
-from converter import storage
+from converter import storage, table_schema
 from converter.errors import ConvertError
 
 # the entry of a .pth state dict's ``_metadata`` that holds the record
@@ -37,7 +37,7 @@ FIELDS = {
     "target": "torch, keras or onnx",
     "architecture": "the mapping table's architecture",
     "table": "the mapping table: a built-in name, or the path of the user's table or .meta graph",
-    "table_blake2b": "blake2b (128-bit) of the table file's bytes",
+    "table_blake2b": "blake2b (128-bit) of the table's canonical expanded form (converter.table_schema.digest)",
     "checkpoint": "the source checkpoint's path (absolute)",
     "checkpoint_blake2b": "blake2b (128-bit) over the checkpoint's files (index and data shards, or the V1 file)",
     "scope": "the network's scope in the checkpoint",
@@ -134,7 +134,7 @@ def make(plan, *, checkpoint, ema=False, background=tables.BACKGROUND_AUTO, aux=
         "ckpt_convert_version": __version__,
         "target": plan.target,
         "table": table_name(table),
-        "table_blake2b": file_hash(table.path) if pathlib.Path(table.path).is_file() else "",
+        "table_blake2b": table_schema.digest(table),
         "checkpoint": str(checkpoint) if storage.is_url(checkpoint) else str(pathlib.Path(checkpoint).resolve()),
         "checkpoint_blake2b": checkpoint_hash(checkpoint),
         "ema": TRUE if ema else FALSE,
@@ -354,7 +354,7 @@ def table_of(record, mapping=None):
                                f"pass its new path (mapping=, or --mapping)")
         table = table_for([], mapping=name)
     recorded = record.get("table_blake2b")
-    if recorded and mapping is None and file_hash(table.path) != recorded:
+    if recorded and mapping is None and table_schema.digest(table) != recorded:
         raise ConvertError(f"the mapping table {name} changed since the file was written "
-                           f"(blake2b {recorded}, now {file_hash(table.path)}); convert the checkpoint again")
+                           f"(blake2b {recorded}, now {table_schema.digest(table)}); convert the checkpoint again")
     return table
