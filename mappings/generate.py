@@ -1,20 +1,25 @@
-"""Generate the mapping tables of TF-Slim's ResNets from one description of the family.
+"""Generate the mapping tables of TF-Slim's ResNets from one description of the family; migrate tables.
 
 A ResNet (``tf_slim.nets.resnet_v1``, ``resnet_v2``) is a stem, four blocks of bottleneck units that
 repeat one template, and a classifier; only the number of units per block tells ResNet-50 from
 ResNet-200. Written by hand, the 200-layer tables would be a thousand rows to get wrong, so they are
 generated from the data below and committed, and the test suite fails where a committed table differs
-from what this module generates:
+from what this module generates. The data below spells out each table in the expanded form (schema 1:
+every kind, name and order written out); the file written is its schema 2 form
+(``converter.table_schema.compact``: kinds from ``kinds.yaml``, derived names and order left out):
 
     python -m converter.mappings.generate            # rewrite every generated table
     python -m converter.mappings.generate --check    # name the tables that differ; exit 1 if any
+    python -m converter.mappings.generate --migrate my.yaml -o my_v2.yaml   # a schema 1 table in schema 2
 
-Edit this module, not the tables it writes. Only the standard library is needed.
+Edit this module, not the tables it writes.
 """
 
 import argparse
 import pathlib
 import sys
+
+import yaml
 
 HERE = pathlib.Path(__file__).resolve().parent
 # units per block of tf-slim's resnet_v1_<depth> and resnet_v2_<depth> (resnet_v1.py, resnet_v2.py)
@@ -515,10 +520,18 @@ FAMILIES = {1: resnet_v1, 2: resnet_v2}
 GENERATED = {f"resnet_v{version}_{depth}": (version, depth) for version in FAMILIES for depth in UNITS}
 
 
-def generate(name):
-    """The YAML text of the generated table ``name`` (``resnet_v2_152``)."""
+def expanded(name):
+    """The YAML text of the generated table ``name`` (``resnet_v2_152``) in the expanded form (schema 1)."""
     version, depth = GENERATED[name]
     return FAMILIES[version](depth)
+
+
+def generate(name):
+    """The YAML text of the generated table ``name`` (``resnet_v2_152``), in schema 2."""
+    from converter import table_schema
+
+    text = expanded(name)
+    return table_schema.dump(table_schema.compact(yaml.safe_load(text)), text)
 
 
 def stale(directory=HERE):
@@ -531,7 +544,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a committed table differs")
     parser.add_argument("--out", type=pathlib.Path, default=HERE, help="directory of the tables (default: this one)")
+    parser.add_argument("--migrate", type=pathlib.Path, metavar="FILE",
+                        help="write the schema 1 table FILE in schema 2 (to stdout, or to --output) and nothing else")
+    parser.add_argument("-o", "--output", type=pathlib.Path, help="with --migrate: the file to write")
+    parser.add_argument("--force", action="store_true", help="with --migrate: overwrite --output if it exists")
     args = parser.parse_args(argv)
+    if args.migrate:
+        return _migrate(args.migrate, args.output, args.force)
     if args.check:
         differing = stale(args.out)
         for name in differing:
@@ -540,6 +559,24 @@ def main(argv=None):
     for name in GENERATED:
         (args.out / f"{name}.yaml").write_text(generate(name))
         print(f"wrote {args.out / name}.yaml")
+    return 0
+
+
+def _migrate(path, output, force):
+    from converter import _atomic, table_schema
+    from converter.errors import ConvertError
+
+    try:
+        text = table_schema.migrate(path)
+        if output is None:
+            sys.stdout.write(text)
+            return 0
+        with _atomic.atomic_output(output, force) as temp:
+            temp.write_text(text)
+    except ConvertError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {output} (schema 2)", file=sys.stderr)
     return 0
 
 
