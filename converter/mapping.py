@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from converter import _table_rules, _yaml, names, table_schema, transforms
+from converter import _table_rules, names, table_schema, transforms
 from converter.errors import ConvertError, MappingError, join_problems
 
 SCHEMA = 1

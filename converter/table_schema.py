@@ -49,7 +49,7 @@ SCHEMA = 2
 EXPANDED = 1
 TARGETS = ("torch", "keras", "onnx")
 TOP_KEYS = ("schema", "architecture", "description", "scope", "detect", "detect_absent", "outside", "facts",
-            "targets", "kinds", "graph", "layers")
+            "targets", "kinds", "templates", "graph", "layers")
 ROW_KEYS = ("kind",) + TARGETS
 NODE_KEYS = ("layer", "max_pool", "avg_pool", "concat", "add", "nodes", "flatten", "pad", "scale",
              "name", "scoped", "input", "stride", "padding", "activation", "reduced")
@@ -59,6 +59,12 @@ DEFAULT_NAMES = {"onnx": lambda key: key, "torch": lambda key: key.replace("/", 
 KERAS_SEPARATOR = "/"
 LIBRARY = "kinds.yaml"
 MIGRATE = "python -m converter.mappings.generate --migrate"
+USE_KEYS = ("use", "with", "for")
+# a `{name}` or `{name+1}` in a template's strings: a variable of its `use`, plus or minus a constant
+REFERENCE = re.compile(r"\{(\w+)([+-]\d+)?\}")
+MAX_REPEAT = 4096  # values one `for` range may take
+MAX_NESTING = 8  # templates using templates
+MAX_EXPANDED = 100_000  # graph nodes the templates of one table may make
 
 
 
@@ -117,7 +123,8 @@ def _expand(data, problems):
     for key in data:
         if key not in TOP_KEYS:
             problems.append(f"unknown key {key!r} at the top level (schema 2 has {', '.join(TOP_KEYS)})")
-    shapes = (("targets", dict, {}), ("kinds", dict, {}), ("layers", dict, None), ("graph", list, None))
+    shapes = (("targets", dict, {}), ("kinds", dict, {}), ("templates", dict, {}), ("layers", dict, {}),
+              ("graph", list, None))
     for key, kind, default in shapes:
         if not isinstance(data.get(key, default), kind):
             problems.append(f"`{key}` must be a {'mapping' if kind is dict else 'list'}")
@@ -129,14 +136,23 @@ def _expand(data, problems):
         if isinstance(kind, dict) and isinstance(kind.get("compute"), dict) and "activation" in kind["compute"]:
             problems.append(f"kinds.{name}.compute.activation: schema 2 puts a layer's activation on its graph "
                             f"node ({{layer: ..., activation: {kind['compute']['activation']}}})")
-    graph = copy.deepcopy(data["graph"])
-    activations = {}
-    _strip_activations(graph, "", "graph", activations, problems)
+    made_nodes = [0]
+    graph = _instantiate(data["graph"], data.get("templates", {}), {}, "graph", 0, made_nodes, problems)
+    if made_nodes[0] > MAX_EXPANDED:
+        problems.append(f"graph: its templates make {made_nodes[0]} nodes, more than {MAX_EXPANDED}")
+        return None
+    activations, inline = {}, {}
+    _strip_activations(graph, "", "graph", activations, inline, problems)
+    given = data.get("layers", {})
+    for key in inline:
+        if key in given:
+            problems.append(f"layers.{key}: given both in `layers` and on its graph node; give it once")
+    rows = {**given, **inline}
     skipped = {target: _layers_under(graph, (spec or {}).get("skip", []) if isinstance(spec, dict) else [])
                for target, spec in targets.items()}
     kinds, layers, counters = {}, {}, {}
     made = {}  # expanded kind name -> (kind, activation) it stands for
-    for key, row in data["layers"].items():
+    for key, row in rows.items():
         where = f"layers.{key}"
         if not isinstance(row, dict):
             problems.append(f"{where}: a row must be a mapping (kind, and names per target)")
@@ -161,7 +177,8 @@ def _expand(data, problems):
         layers[key] = _row(key, row, full, kinds[full], targets, skipped, counters, problems)
     if problems:
         return None
-    expanded = {**data, "schema": EXPANDED, "kinds": kinds, "layers": layers, "graph": graph}
+    expanded = {key: value for key, value in data.items() if key != "templates"}
+    expanded.update(schema=EXPANDED, kinds=kinds, layers=layers, graph=graph)
     keras = targets.get("keras")
     if isinstance(keras, dict) and "order" not in keras:
         expanded["targets"] = {**targets, "keras": {**keras, "order": keras_order(graph, layers, kinds,
@@ -169,15 +186,17 @@ def _expand(data, problems):
     return expanded
 
 
-def _strip_activations(nodes, scope, where, activations, problems):
-    # moves each layer node's `activation` into ``activations`` (layer key -> activation), checking node keys
+def _strip_activations(nodes, scope, where, activations, inline, problems):
+    # moves each layer node's `activation` into ``activations`` (layer key -> activation) and a row given on
+    # it (kind and names) into ``inline``, checking node keys
     if not isinstance(nodes, list):
         return
     for index, node in enumerate(nodes):
         if not isinstance(node, dict):
             continue
         at = f"{where}[{index}]" + (f" ({node['name']})" if isinstance(node.get("name"), str) else "")
-        unknown = [key for key in node if key not in NODE_KEYS]
+        allowed = NODE_KEYS + (ROW_KEYS if isinstance(node.get("layer"), str) else ())
+        unknown = [key for key in node if key not in allowed]
         if unknown:
             problems.append(f"{at}: unknown key {unknown[0]!r} in a graph node (a node has {', '.join(NODE_KEYS)})")
         if isinstance(node.get("layer"), str) and "activation" in node:
@@ -186,11 +205,105 @@ def _strip_activations(nodes, scope, where, activations, problems):
                 problems.append(f"{at}: activation {activation!r} of layer {node['layer']} is not one of "
                                 f"{', '.join(ACTIVATIONS)}")
             activations[scope + node["layer"]] = activation
+        if isinstance(node.get("layer"), str) and any(key in node for key in ROW_KEYS):
+            row = {key: node.pop(key) for key in ROW_KEYS if key in node}
+            if scope + node["layer"] in inline:
+                problems.append(f"{at}: layer {scope + node['layer']} has a row on two graph nodes")
+            inline[scope + node["layer"]] = row
         inner = f"{node['name']}/" if isinstance(node.get("name"), str) and node.get("scoped", True) else scope
         for key in ("concat", "add"):
             for number, branch in enumerate(node.get(key) or [] if isinstance(node.get(key), list) else []):
-                _strip_activations(branch, inner, f"{at}.{key}[{number}]", activations, problems)
-        _strip_activations(node.get("nodes"), inner, f"{at}.nodes", activations, problems)
+                _strip_activations(branch, inner, f"{at}.{key}[{number}]", activations, inline, problems)
+        _strip_activations(node.get("nodes"), inner, f"{at}.nodes", activations, inline, problems)
+
+
+def _instantiate(nodes, templates, bound, where, depth, made, problems):
+    # ``nodes`` with every `use` node replaced by its template's nodes, once per value of its `for` variable
+    if not isinstance(nodes, list):
+        return nodes
+    out = []
+    for index, node in enumerate(nodes):
+        at = f"{where}[{index}]"
+        if not isinstance(node, dict):
+            out.append(node)
+        elif "use" in node:
+            out += _use(node, templates, bound, at, depth, made, problems)
+        else:
+            at += f" ({node['name']})" if isinstance(node.get("name"), str) else ""
+            node = dict(node)
+            for key in ("concat", "add"):
+                if isinstance(node.get(key), list):
+                    node[key] = [_instantiate(branch, templates, bound, f"{at}.{key}[{number}]", depth, made,
+                                              problems) for number, branch in enumerate(node[key])]
+            if "nodes" in node:
+                node["nodes"] = _instantiate(node["nodes"], templates, bound, f"{at}.nodes", depth, made, problems)
+            made[0] += 1
+            out.append(node)
+    return out
+
+
+def _use(node, templates, bound, at, depth, made, problems):
+    # the nodes a `use` node stands for: its template's, with its variables' values put in
+    extra = [key for key in node if key not in USE_KEYS]
+    name = node["use"]
+    given, loop = node.get("with", {}), node.get("for", {})
+    if extra:
+        problems.append(f"{at}: unknown key {extra[0]!r} in a `use` node (it has {', '.join(USE_KEYS)})")
+    elif not isinstance(name, str) or not isinstance(templates.get(name), list):
+        known = ", ".join(sorted(templates)) or "none"
+        problems.append(f"{at}.use: unknown template {name!r} (the table's templates: {known})")
+    elif not isinstance(given, dict) or not all(_is_value(value) for value in given.values()):
+        problems.append(f"{at}.with: must map variable names to integers or strings")
+    elif not isinstance(loop, dict) or len(loop) > 1 or not all(_is_range(value) for value in loop.values()):
+        problems.append(f"{at}.for: must give one variable and its range [first, last] (integers, first <= last, "
+                        f"at most {MAX_REPEAT} values), e.g. {{unit: [2, 5]}}")
+    elif depth >= MAX_NESTING:
+        problems.append(f"{at}: templates used more than {MAX_NESTING} deep (does template {name} use itself?)")
+    else:
+        variable, (first, last) = next(iter(loop.items()), (None, (None, None)))
+        out = []
+        for value in range(first, last + 1) if variable else [None]:
+            values = {**bound, **given, **({variable: value} if variable else {})}
+            body = _substitute(templates[name], values)
+            out += _instantiate(body, templates, values, f"templates.{name}", depth + 1, made, problems)
+            if made[0] > MAX_EXPANDED:
+                break
+        return out
+    return []
+
+
+def _is_value(value):
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def _is_range(value):
+    return (isinstance(value, list) and len(value) == 2 and all(isinstance(n, int) and not isinstance(n, bool)
+                                                                for n in value)
+            and 0 <= value[1] - value[0] < MAX_REPEAT)
+
+
+def _substitute(value, values):
+    # a copy of a template's ``value`` with `{name}` and `{name+N}` references to ``values`` filled in; a string
+    # that is one reference alone takes the value itself (an integer stays one); other braces stay (`{kh}`)
+    if isinstance(value, dict):
+        return {_substitute(key, values): _substitute(item, values) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_substitute(item, values) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def fill(match):
+        name, offset = match.group(1), match.group(2)
+        if name not in values:
+            return match.group(0)
+        if offset and isinstance(values[name], int):
+            return str(values[name] + int(offset))
+        return match.group(0) if offset else str(values[name])
+
+    whole = REFERENCE.fullmatch(value)
+    if whole and whole.group(1) in values and not whole.group(2):
+        return values[whole.group(1)]
+    return REFERENCE.sub(fill, value)
 
 
 def _layers_under(graph, names):

@@ -203,3 +203,75 @@ def test_several_problems_are_reported_at_once(tmp_path):
     with pytest.raises(MappingError, match=r"\(2 problems\)") as error:
         mapping.load_table(_tiny(tmp_path, edit))
     assert "unknown kind 'nothing'" in str(error.value) and "unknown key 'tourch'" in str(error.value)
+
+
+# a residual stack: the unit is a template, used once per value of `unit`, its rows given on its nodes
+STACK_V2 = TINY_V2.replace("""  - name: Mixed
+    concat:
+      - [{layer: Branch_0/Conv2d_0a_1x1, activation: relu}]
+      - [{layer: Branch_1/Conv2d_0a_1x1, activation: relu}, {layer: Branch_1/Conv2d_0b_3x3, activation: relu6}]
+""", """  - name: Mixed
+    nodes:
+      - {use: unit, for: {unit: [1, 3]}, with: {stage: 2}}
+""").replace("""  Mixed/Branch_0/Conv2d_0a_1x1: {kind: conv_bn_nogamma}
+  Mixed/Branch_1/Conv2d_0a_1x1: {kind: conv_bn_nogamma, keras: {conv2d: mixed_1_conv}}
+  Mixed/Branch_1/Conv2d_0b_3x3: {kind: conv_bn_nogamma}
+""", "").replace("graph:\n", """templates:
+  unit:
+    - activation: relu
+      add:
+        - []
+        - - {layer: "unit_{unit}/conv", activation: relu, kind: conv_bn_nogamma, torch: "stage{stage}.{unit-1}.conv",
+             keras: {conv2d: "conv{stage}_block{unit}"}}
+          - {layer: "unit_{unit}/conv_{kh}x{kw}", kind: conv_bn_nogamma}
+graph:
+""")
+
+
+def test_a_template_repeats_nodes_and_their_rows(tmp_path):
+    table = mapping.load_table(_write(tmp_path, STACK_V2))
+    units = table.graph[1]["nodes"]
+    assert [node["add"][1][0]["layer"] for node in units] == ["unit_1/conv", "unit_2/conv", "unit_3/conv"]
+    assert all(node == {"activation": "relu", "add": [[], [{"layer": f"unit_{n}/conv"},
+                                                           {"layer": f"unit_{n}/conv_{{kh}}x{{kw}}"}]]}
+               for n, node in enumerate(units, start=1))
+    # rows in graph order: the templates' after the table's own; `{kh}` is a size field, not a variable
+    assert list(table.layers) == ["Conv2d_1a_3x3", "Logits/Conv2d_1c_1x1"] + [
+        f"Mixed/unit_{n}/{layer}" for n in (1, 2, 3) for layer in ("conv", "conv_{kh}x{kw}")]
+    assert table.layers["Mixed/unit_3/conv"]["torch"] == "stage2.2.conv"
+    assert table.layers["Mixed/unit_3/conv"]["keras"]["conv2d"] == "conv2_block3"
+    assert table.layers["Mixed/unit_3/conv_{kh}x{kw}"]["torch"] == "Mixed.unit_3.conv_{kh}x{kw}"
+    assert table.kinds[table.layers["Mixed/unit_1/conv"]["kind"]]["compute"]["activation"] == "relu"
+    assert "activation" not in table.kinds[table.layers["Mixed/unit_1/conv_{kh}x{kw}"]["kind"]]["compute"]
+
+
+def test_a_resnet_152_table_is_as_short_as_a_resnet_50_one():
+    lines = {name: len(mapping.load_table(name).path.read_text().splitlines())
+             for name in ("resnet_v1_50", "resnet_v1_152", "resnet_v2_50", "resnet_v2_152")}
+    assert lines["resnet_v1_152"] == lines["resnet_v1_50"] and lines["resnet_v2_152"] == lines["resnet_v2_50"]
+    assert len(mapping.load_table("resnet_v1_152").layers) == 156 > len(mapping.load_table("resnet_v1_50").layers)
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ("{use: unit, for", "{use: units, for", "graph[1] (Mixed).nodes[0].use: unknown template 'units' (the table's templates: unit)"),
+    ("[1, 3]", "[3, 1]", "graph[1] (Mixed).nodes[0].for: must give one variable and its range [first, last]"),
+    ("[1, 3]", "[1, 5000]", "graph[1] (Mixed).nodes[0].for: must give one variable and its range [first, last]"),
+    ("for: {unit: [1, 3]}", "for: {unit: [1, 3], stage: [1, 2]}", "nodes[0].for: must give one variable"),
+    ("with: {stage: 2}}", "with: {stage: [2]}}", "graph[1] (Mixed).nodes[0].with: must map variable names to integers"),
+    ("with: {stage: 2}}", "with: {stage: 2}, times: 3}", "graph[1] (Mixed).nodes[0]: unknown key 'times' in a `use` node"),
+    ("        - []\n", "        - [{use: unit}]\n", "templates used more than 8 deep (does template unit use itself?)"),
+    ("kind: conv_bn_nogamma, torch: \"stage", "kind: conv_bm, torch: \"stage",
+     "layers.Mixed/unit_1/conv.kind: unknown kind 'conv_bm'"),
+])
+def test_a_bad_repetition_is_an_error_naming_the_file_and_the_node(tmp_path, old, new, message):
+    assert old in STACK_V2
+    path = _write(tmp_path, STACK_V2.replace(old, new, 1))
+    with pytest.raises(MappingError) as error:
+        mapping.load_table(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+def test_a_row_given_twice_is_an_error(tmp_path):
+    text = STACK_V2.replace("layers:\n", "layers:\n  Mixed/unit_2/conv: {kind: conv_bn_nogamma}\n")
+    with pytest.raises(MappingError, match="layers.Mixed/unit_2/conv: given both in `layers` and on its graph node"):
+        mapping.load_table(_write(tmp_path, text))
