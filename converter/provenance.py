@@ -13,7 +13,6 @@ The record is a flat ``{str: str}`` (``FIELDS``), the same for every format:
 ``converter.nets.torch.load`` rebuilds the exact module from it (``plan_of``).
 """
 
-import hashlib
 import json
 import pathlib
 import struct
@@ -28,8 +27,6 @@ from converter.errors import ConvertError
 PTH_KEY = "ckpt_convert"
 # the most of a .safetensors header read for its metadata
 MAX_HEADER = 1 << 26
-DIGEST_SIZE = 16
-HASH_CHUNK = 1 << 20
 TRUE, FALSE = "true", "false"
 # what each field says; every output has every field but source_shapes (torch outputs only)
 FIELDS = {
@@ -62,19 +59,6 @@ LAYOUTS = {"torch": "nchw", "keras": "nhwc", "onnx": "nchw"}
 OPTION_FLAGS = {"ema": "--ema", "aux": "--no-aux", "input_size": "--input-size", "no_top": "--no-top"}
 LABELS = {"ema": "EMA settings", "aux": "auxiliary heads", "input_size": "input sizes", "no_top": "classifiers",
           "arch": "architectures"}
-
-
-def _digest_file(path, digest):
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-
-
-def file_hash(path):
-    """blake2b (128-bit, hex) of one file's bytes."""
-    digest = hashlib.blake2b(digest_size=DIGEST_SIZE)
-    _digest_file(path, digest)
-    return digest.hexdigest()
 
 
 # path -> {size, mtime_ns, digest} of the checkpoint files hashed in this process: a file whose size and

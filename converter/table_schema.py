@@ -67,7 +67,6 @@ MAX_NESTING = 8  # templates using templates
 MAX_EXPANDED = 100_000  # graph nodes the templates of one table may make
 
 
-
 @functools.lru_cache(maxsize=None)
 def library():
     """The shared kinds (``mappings/kinds.yaml``): name -> kind, as a table's own ``kinds`` would give them."""
@@ -161,7 +160,7 @@ def _expand(data, problems):
         if unknown:
             problems.append(f"{where}: unknown key {unknown[0]!r} (a row has {', '.join(ROW_KEYS)})")
         name = row.get("kind")
-        kind = own.get(name) if name in own else library().get(name) if isinstance(name, str) else None
+        kind = (own[name] if name in own else library().get(name)) if isinstance(name, str) else None
         if kind is None:
             problems.append(f"{where}.kind: unknown kind {name!r} (neither the table's kinds nor "
                             f"mappings/{LIBRARY} has it)")
@@ -181,8 +180,11 @@ def _expand(data, problems):
     expanded.update(schema=EXPANDED, kinds=kinds, layers=layers, graph=graph)
     keras = targets.get("keras")
     if isinstance(keras, dict) and "order" not in keras:
-        expanded["targets"] = {**targets, "keras": {**keras, "order": keras_order(graph, layers, kinds,
-                                                                                 keras.get("skip", []))}}
+        try:
+            order = keras_order(graph, layers, kinds, keras.get("skip", []))
+        except (KeyError, TypeError, AttributeError):
+            return expanded  # a graph that does not resolve (an unknown end point or layer): validate names it
+        expanded["targets"] = {**targets, "keras": {**keras, "order": order}}
     return expanded
 
 

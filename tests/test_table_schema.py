@@ -275,3 +275,10 @@ def test_a_row_given_twice_is_an_error(tmp_path):
     text = STACK_V2.replace("layers:\n", "layers:\n  Mixed/unit_2/conv: {kind: conv_bn_nogamma}\n")
     with pytest.raises(MappingError, match="layers.Mixed/unit_2/conv: given both in `layers` and on its graph node"):
         mapping.load_table(_write(tmp_path, text))
+
+
+def test_a_graph_that_does_not_resolve_is_reported_not_a_crash(tmp_path):
+    # the Keras order cannot be derived from it: validation names the node instead
+    path = _tiny(tmp_path, lambda data: data["graph"][2].update(input="Nowhere"))
+    with pytest.raises(MappingError, match="graph: input 'Nowhere' is not an earlier named node"):
+        mapping.load_table(path)

@@ -365,7 +365,7 @@ def test_depthwise_kinds_and_reduced_pools_are_validated():
     broken["graph"][1]["reduced"] = "yes"
     broken["graph"].insert(2, {"avg_pool": "global", "reduced": True})
     joined = "\n".join(mapping.validate(broken))
-    assert "kinds.separable: a separable op takes slim's pointwise_weights: add it to params" in joined
+    assert "kinds.separable_relu: a separable op takes slim's pointwise_weights: add it to params" in joined
     assert "reduced must be true, on a pool with a [kh, kw] window" in joined and joined.count("reduced must") == 2
 
 
