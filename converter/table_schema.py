@@ -165,6 +165,9 @@ def _expand(data, problems):
             problems.append(f"{where}.kind: unknown kind {name!r} (neither the table's kinds nor "
                             f"mappings/{LIBRARY} has it)")
             continue
+        if not isinstance(kind, dict) or not isinstance(kind.get("keras", {}), dict):
+            problems.append(f"kinds.{name}: must be a mapping (compute, params, and a mapping per target)")
+            continue
         activation = activations.get(key)
         full = f"{name}_{activation}" if activation else name
         if made.setdefault(full, (name, activation)) != (name, activation) or (full != name and full in own):
@@ -214,7 +217,7 @@ def _strip_activations(nodes, scope, where, activations, inline, problems):
             inline[scope + node["layer"]] = row
         inner = f"{node['name']}/" if isinstance(node.get("name"), str) and node.get("scoped", True) else scope
         for key in ("concat", "add"):
-            for number, branch in enumerate(node.get(key) or [] if isinstance(node.get(key), list) else []):
+            for number, branch in enumerate(node[key] if isinstance(node.get(key), list) else []):
                 _strip_activations(branch, inner, f"{at}.{key}[{number}]", activations, inline, problems)
         _strip_activations(node.get("nodes"), inner, f"{at}.nodes", activations, inline, problems)
 
@@ -320,11 +323,16 @@ def _layers_under(graph, names):
             if hit and isinstance(node.get("layer"), str):
                 found.add(scope + node["layer"])
             inner = f"{node['name']}/" if isinstance(node.get("name"), str) and node.get("scoped", True) else scope
-            for branch in (node.get("concat") or node.get("add") or []) + [node.get("nodes") or []]:
+            for branch in _branches(node) + [node.get("nodes")]:
                 walk(branch, inner, hit)
 
     walk(graph, "", False)
     return found
+
+
+def _branches(node):
+    joined = node.get("concat") or node.get("add")
+    return joined if isinstance(joined, list) else []
 
 
 def _kind(kind, activation, targets):
