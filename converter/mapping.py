@@ -16,7 +16,7 @@ import re
 
 import numpy as np
 
-from converter import _table_rules, _yaml, names, transforms
+from converter import _table_rules, names, table_schema, transforms
 from converter.errors import ConvertError, MappingError, join_problems
 
 SCHEMA = 1
@@ -61,7 +61,8 @@ def _builtin_dir():
 
 def builtin_tables():
     """Names of the mapping tables shipped with the package."""
-    return sorted(p.name[: -len(".yaml")] for p in _builtin_dir().iterdir() if p.name.endswith(".yaml"))
+    return sorted(p.name[: -len(".yaml")] for p in _builtin_dir().iterdir()
+                  if p.name.endswith(".yaml") and p.name != table_schema.LIBRARY)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +180,7 @@ def _load_builtin(name):
 
 
 def _load_file(path):
-    data = _yaml.load(path, "mapping table", MappingError)
+    data = table_schema.read(path)  # a schema 2 file expanded into the form validated here
     try:
         problems = validate(data)
     except (TypeError, AttributeError, KeyError) as error:

@@ -13,7 +13,6 @@ The record is a flat ``{str: str}`` (``FIELDS``), the same for every format:
 ``converter.nets.torch.load`` rebuilds the exact module from it (``plan_of``).
 """
 
-import hashlib
 import json
 import pathlib
 import struct
@@ -21,7 +20,7 @@ import struct
 from converter import __version__
 from converter import input_size as sizes
 from converter import mapping as tables
-from converter import storage
+from converter import storage, table_schema
 from converter.errors import ConvertError
 from converter.options import FLAGS, Options
 
@@ -29,8 +28,6 @@ from converter.options import FLAGS, Options
 PTH_KEY = "ckpt_convert"
 # the most of a .safetensors header read for its metadata
 MAX_HEADER = 1 << 26
-DIGEST_SIZE = 16
-HASH_CHUNK = 1 << 20
 TRUE, FALSE = "true", "false"
 # what each field says; every output has every field but source_shapes (torch outputs only)
 FIELDS = {
@@ -38,7 +35,7 @@ FIELDS = {
     "target": "torch, keras or onnx",
     "architecture": "the mapping table's architecture",
     "table": "the mapping table: a built-in name, or the path of the user's table or .meta graph",
-    "table_blake2b": "blake2b (128-bit) of the table file's bytes",
+    "table_blake2b": "blake2b (128-bit) of the table's canonical expanded form (converter.table_schema.digest)",
     "checkpoint": "the source checkpoint's path (absolute)",
     "checkpoint_blake2b": "blake2b (128-bit) over the checkpoint's files (index and data shards, or the V1 file)",
     "scope": "the network's scope in the checkpoint",
@@ -64,19 +61,6 @@ LAYOUTS = {"torch": "nchw", "keras": "nhwc", "onnx": "nchw"}
 RECORDED_OPTIONS = ("ema", "aux", "input_size", "include_top")
 LABELS = {"ema": "EMA settings", "aux": "auxiliary heads", "input_size": "input sizes", "include_top": "classifiers",
           "arch": "architectures"}
-
-
-def _digest_file(path, digest):
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-
-
-def file_hash(path):
-    """blake2b (128-bit, hex) of one file's bytes."""
-    digest = hashlib.blake2b(digest_size=DIGEST_SIZE)
-    _digest_file(path, digest)
-    return digest.hexdigest()
 
 
 # path -> {size, mtime_ns, digest} of the checkpoint files hashed in this process: a file whose size and
@@ -131,7 +115,7 @@ def make(plan, *, checkpoint, options):
         "ckpt_convert_version": __version__,
         "target": plan.target,
         "table": table_name(table),
-        "table_blake2b": file_hash(table.path) if pathlib.Path(table.path).is_file() else "",
+        "table_blake2b": table_schema.digest(table),
         "checkpoint": str(checkpoint) if storage.is_url(checkpoint) else str(pathlib.Path(checkpoint).resolve()),
         "checkpoint_blake2b": checkpoint_hash(checkpoint),
         "ema": TRUE if options.ema else FALSE,
@@ -352,7 +336,7 @@ def table_of(record, mapping=None):
                                f"pass its new path (mapping=, or --mapping)")
         table = table_for([], mapping=name)
     recorded = record.get("table_blake2b")
-    if recorded and mapping is None and file_hash(table.path) != recorded:
+    if recorded and mapping is None and table_schema.digest(table) != recorded:
         raise ConvertError(f"the mapping table {name} changed since the file was written "
-                           f"(blake2b {recorded}, now {file_hash(table.path)}); convert the checkpoint again")
+                           f"(blake2b {recorded}, now {table_schema.digest(table)}); convert the checkpoint again")
     return table

@@ -1,15 +1,17 @@
-"""Generate the mapping tables of TF-Slim's ResNets from one description of the family.
+"""Generate the mapping tables of TF-Slim's ResNets from one description of the family; migrate tables.
 
 A ResNet (``tf_slim.nets.resnet_v1``, ``resnet_v2``) is a stem, four blocks of bottleneck units that
 repeat one template, and a classifier; only the number of units per block tells ResNet-50 from
 ResNet-200. Written by hand, the 200-layer tables would be a thousand rows to get wrong, so they are
 generated from the data below and committed, and the test suite fails where a committed table differs
-from what this module generates:
+from what this module generates. Each table is written in schema 2: its units are templates, each
+block uses them once per unit (``for: {unit: [2, 22]}``), so a ResNet-200 is as long as a ResNet-50:
 
     python -m converter.mappings.generate            # rewrite every generated table
     python -m converter.mappings.generate --check    # name the tables that differ; exit 1 if any
+    python -m converter.mappings.generate --migrate my.yaml -o my_v2.yaml   # a schema 1 table in schema 2
 
-Edit this module, not the tables it writes. Only the standard library is needed.
+Edit this module, not the tables it writes.
 """
 
 import argparse
@@ -28,22 +30,10 @@ KERAS = {50: "ResNet50V2", 101: "ResNet101V2", 152: "ResNet152V2"}
 # slim's model zoo released these (resnet_v1: converted from the original models; resnet_v2: 2017-04-14)
 RELEASED = (50, 101, 152)
 END_POINTS = ("block1", "block3", "block4", "Logits")
-# the keras layers of a resnet_v2 unit, in model.layers order (Keras's topological order); 0_conv is
-# the projection shortcut of a block's first unit
-KERAS_UNIT_ORDER = ("preact_bn", "1_conv", "1_bn", "2_conv", "2_bn", "0_conv", "3_conv")
-ORDER_WIDTH = 110  # wrap targets.keras.order's flow list at this column
 
 
 def _unit(version):
     return f"bottleneck_v{version}"
-
-
-def _units(depth):
-    """``(block, unit, projection, stride)`` for every unit, in network order (block and unit from 1)."""
-    for block, (count, stride) in enumerate(zip(UNITS[depth], STRIDES), start=1):
-        for unit in range(1, count + 1):
-            # the first unit of a block changes the channel count, so its shortcut is a 1x1 projection
-            yield block, unit, unit == 1, stride if unit == count else 1
 
 
 def _detect(version, depth):
@@ -70,145 +60,74 @@ def _reference(version, depth):
 """
 
 
-def _wrap(items, indent, width=ORDER_WIDTH):
-    # a YAML flow list broken into lines of at most ``width`` columns
-    lines, line = [], "["
-    for i, item in enumerate(items):
-        piece = item + ("]" if i == len(items) - 1 else ",")
-        if len(line) + len(piece) + 1 + indent > width and line != "[":
-            lines.append(line)
-            line = " " + piece
-        else:
-            line += ("" if line == "[" else " ") + piece
-    lines.append(line)
-    return ("\n" + " " * indent).join(lines)
-
-
-def _flow(value):
-    # a YAML flow value: a name, or a mapping (of role to name) in one line
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{key}: {_flow(item)}" for key, item in value.items()) + "}"
-    return value
-
-
-def _row(kind, torch, onnx, keras=None):
-    # one row of `layers`: its kind and its name per target; keras only where the table has that target
-    return _flow({"kind": kind, "torch": torch, "onnx": onnx, **({"keras": keras} if keras else {})})
-
-
-def _rows(rows):
-    # the layers section: one flow mapping per layer, keys aligned
-    width = max(len(layer) for layer, _ in rows) + 2
-    return "layers:\n" + "".join(f"  {(layer + ':').ljust(width)} {row}\n" for layer, row in rows)
-
-
-def _residual_branch(version, block_unit, stride, preact):
-    # conv1 -> conv2 (resnet_utils.conv2d_same: with a stride, an explicit pad then VALID) -> conv3
-    prefix = f"{block_unit}/{_unit(version)}"
-    nodes = [f"{{layer: {prefix}/preact}}"] if preact else []
-    nodes.append(f"{{layer: {prefix}/conv1}}")
-    if stride > 1:
-        nodes += ["{pad: [[1, 1], [1, 1]]}", f"{{layer: {prefix}/conv2, stride: {stride}, padding: VALID}}"]
-    else:
-        nodes.append(f"{{layer: {prefix}/conv2}}")
-    nodes.append(f"{{layer: {prefix}/conv3}}")
-    return "[" + ", ".join(nodes) + "]"
-
-
-def _shortcut(version, block_unit, projection, stride):
-    if projection:
-        options = f", stride: {stride}" if stride > 1 else ""
-        return f"[{{layer: {block_unit}/{_unit(version)}/shortcut{options}}}]"
-    # resnet_utils.subsample: the input itself, or a 1x1 max pool with the stride
-    return f"[{{max_pool: [1, 1], stride: {stride}}}]" if stride > 1 else "[]"
-
-
-def _kind_of_shortcut(projection, stride):
-    return "projection shortcut" if projection else ("subsampled shortcut" if stride > 1 else "identity shortcut")
-
-
-CONV_BN_PARAMS = """\
-    params:
-      weights: [kh, kw, in, out]
-      BatchNorm/gamma: [out]
-      BatchNorm/beta: [out]
-      BatchNorm/moving_mean: [out]
-      BatchNorm/moving_variance: [out]
-    torch:
-      conv.weight: {from: weights, transform: hwio_to_oihw}      # [kh, kw, in, out] -> [out, in, kh, kw]
-      bn.weight: {from: BatchNorm/gamma}
-      bn.bias: {from: BatchNorm/beta}
-      bn.running_mean: {from: BatchNorm/moving_mean}
-      bn.running_var: {from: BatchNorm/moving_variance}
-      bn.num_batches_tracked: {fill: 0, shape: [], dtype: int64}
-"""
-KERAS_CONV_BN = """\
-    keras:
-      conv2d/kernel: {from: weights}                             # [kh, kw, in, out] both sides
-      batch_normalization/gamma: {from: BatchNorm/gamma}
-      batch_normalization/beta: {from: BatchNorm/beta}
-      batch_normalization/moving_mean: {from: BatchNorm/moving_mean}
-      batch_normalization/moving_variance: {from: BatchNorm/moving_variance}
-"""
-ONNX_CONV_BN = """\
-    onnx:
-      weights: {from: weights, transform: hwio_to_oihw}          # [kh, kw, in, out] -> [out, in, kh, kw]
-      BatchNorm/gamma: {from: BatchNorm/gamma}
-      BatchNorm/beta: {from: BatchNorm/beta}
-      BatchNorm/moving_mean: {from: BatchNorm/moving_mean}
-      BatchNorm/moving_variance: {from: BatchNorm/moving_variance}
-"""
-
-
-def _conv_bn_kind(name, comment, compute, keras=False):
-    """A kind of slim.conv2d + slim.batch_norm(scale=True): no conv bias, a trained gamma (YAML text)."""
-    return (f"  {name}:\n    # {comment}\n    compute: {compute}\n" + CONV_BN_PARAMS
-            + (KERAS_CONV_BN if keras else "") + ONNX_CONV_BN)
+def _blocks(depth, version):
+    # the four blocks: a projection unit, identity units, and a last unit that strides (block4's does not)
+    text = ""
+    for block, (count, stride) in enumerate(zip(UNITS[depth], STRIDES), start=1):
+        last = "strided_unit" if stride > 1 else "identity_unit"
+        text += (f"  - name: block{block}\n    nodes:\n"
+                 f"      - {{use: projection_unit, with: {{block: {block}, unit: 1}}}}\n"
+                 f"      - {{use: identity_unit, with: {{block: {block}}}, for: {{unit: [2, {count - 1}]}}}}\n"
+                 f"      - {{use: {last}, with: {{block: {block}, unit: {count}"
+                 + (f", stride: {stride}" if stride > 1 else "") + "}}\n")
+    return text
 
 
 # ---------------------------------------------------------------------------------------------------
 # ResNet-v1: conv -> batch norm (scale=True) -> ReLU everywhere but conv3 and the shortcut, whose ReLU
-# follows the residual sum
+# follows the residual sum. Kinds from mappings/kinds.yaml: conv_bn (a trained gamma), logits.
 
-V1_LOGITS_KIND = """\
-
-  logits:
-    # slim.conv2d 1x1 with biases on the globally pooled 1x1 map, no batch norm, no activation
-    compute: {op: linear}
-    params:
-      weights: [1, 1, in, classes]
-      biases: [classes]
-    torch:
-      weight: {from: weights, transform: conv1x1_to_linear, classes: 0}    # [1, 1, in, classes] -> [classes, in]
-      bias: {from: biases, classes: 0}
-    onnx:
-      weights: {from: weights, transform: conv1x1_to_linear, classes: 0}   # [1, 1, in, classes] -> [classes, in]
-      biases: {from: biases, classes: 0}
+V1_UNIT = """\
+    - {layer: "unit_{unit}/bottleneck_v1/conv1", activation: relu, kind: conv_bn,
+       torch: {conv: "layer{block}.{unit-1}.conv1", bn: "layer{block}.{unit-1}.bn1"}}
+    - {layer: "unit_{unit}/bottleneck_v1/conv2", activation: relu, kind: conv_bn,
+       torch: {conv: "layer{block}.{unit-1}.conv2", bn: "layer{block}.{unit-1}.bn2"}}
+    - {layer: "unit_{unit}/bottleneck_v1/conv3", kind: conv_bn,
+       torch: {conv: "layer{block}.{unit-1}.conv3", bn: "layer{block}.{unit-1}.bn3"}}
 """
 
-V1_KINDS = (
-    "kinds:\n"
-    + _conv_bn_kind(
-        "conv_bn_relu",
-        "slim.conv2d + slim.batch_norm(scale=True): no conv bias, a trained gamma; ReLU after",
-        "{op: conv, batch_norm: true, activation: relu}")
-    + "\n"
-    + _conv_bn_kind(
-        "conv_bn",
-        "the same without the ReLU (a unit's conv3 and projection shortcut: the ReLU follows the sum)",
-        "{op: conv, batch_norm: true}")
-    + V1_LOGITS_KIND
-)
+V1_TEMPLATES = """\
+# A unit (bottleneck_v1) adds its shortcut to conv1 -> conv2 -> conv3, then applies ReLU. Its layers' torch
+# names are torchvision's (layer{block}.{unit - 1}.conv1 and bn1, ..., downsample.0 and .1).
+templates:
+  # a block's first unit: the channel count changes, so its shortcut is a 1x1 projection
+  projection_unit:
+    - activation: relu
+      add:
+        - - {layer: "unit_{unit}/bottleneck_v1/shortcut", kind: conv_bn,
+             torch: {conv: "layer{block}.{unit-1}.downsample.0", bn: "layer{block}.{unit-1}.downsample.1"}}
+        - - {use: residual}
+  # the shortcut is the unit's input itself
+  identity_unit:
+    - activation: relu
+      add:
+        - []
+        - - {use: residual}
+  # a block's last unit carries its stride: conv2 pads explicitly, then convolves VALID
+  # (resnet_utils.conv2d_same), and the shortcut subsamples (a 1x1 max pool with the stride)
+  strided_unit:
+    - activation: relu
+      add:
+        - - {max_pool: [1, 1], stride: "{stride}"}
+        - - {layer: "unit_{unit}/bottleneck_v1/conv1", activation: relu, kind: conv_bn,
+             torch: {conv: "layer{block}.{unit-1}.conv1", bn: "layer{block}.{unit-1}.bn1"}}
+          - {pad: [[1, 1], [1, 1]]}
+          - {layer: "unit_{unit}/bottleneck_v1/conv2", stride: "{stride}", padding: VALID, activation: relu,
+             kind: conv_bn, torch: {conv: "layer{block}.{unit-1}.conv2", bn: "layer{block}.{unit-1}.bn2"}}
+          - {layer: "unit_{unit}/bottleneck_v1/conv3", kind: conv_bn,
+             torch: {conv: "layer{block}.{unit-1}.conv3", bn: "layer{block}.{unit-1}.bn3"}}
+  # conv1 -> conv2 -> conv3 of a unit that does not stride
+  residual:
+""" + V1_UNIT
 
 V1_GRAPH_HEAD = """\
 # resnet_utils.conv2d_same with stride > 1 pads explicitly, (k - 1) // 2 before and the rest after
 # whatever the input size (3 and 3 for the 7x7 conv1, 1 and 1 for 3x3), then convolves VALID; with
 # stride 1 it is a 'SAME' convolution. pool1 is max_pool2d 3x3 stride 2 'SAME' (resnet_arg_scope).
-# A unit (bottleneck_v1) adds its shortcut to conv1 -> conv2 -> conv3, then applies ReLU; the block's
-# stride is on its last unit, whose shortcut subsamples (a 1x1 max pool with the stride).
+# Each block is a projection unit, identity units, and a last unit that carries the block's stride.
 graph:
   - {pad: [[3, 3], [3, 3]]}
-  - {layer: conv1, stride: 2, padding: VALID}
+  - {layer: conv1, stride: 2, padding: VALID, activation: relu, kind: conv_bn, torch: {conv: conv1, bn: bn1}}
   - {max_pool: [3, 3], stride: 2}                   # pool1
 """
 
@@ -218,8 +137,9 @@ LOGITS_NODE = """\
     nodes:
       - {avg_pool: global}         # pool5: the mean over the map
       - {flatten: true}
-      - {layer: logits}
+      - {layer: logits, kind: logits, torch: fc}
 """
+LOGITS_NODE_KERAS = LOGITS_NODE.replace("torch: fc}", "torch: fc, keras: {dense: predictions}}")
 
 
 def resnet_v1(depth):
@@ -249,7 +169,7 @@ def resnet_v1(depth):
 # TF-Slim ResNet-v1-{depth} (tf_slim.nets.resnet_v1.{scope}) -> PyTorch (the exact module; keys as
 # torchvision's ResNets) and ONNX. Schema: mappings/README.md.
 # Generated by mappings/generate.py (python -m converter.mappings.generate): edit the generator, not this file.
-schema: 1
+schema: 2
 architecture: {scope}
 description: TF-Slim ResNet-v1-{depth}, {released}
 scope: {scope}
@@ -269,121 +189,92 @@ facts:
 targets:
 {torch}  onnx: {{}}
 
-{V1_KINDS}
+{V1_TEMPLATES}
 {V1_GRAPH_HEAD}"""
-    rows = [("conv1", _row("conv_bn_relu", {"conv": "conv1", "bn": "bn1"}, "conv1"))]
-    blocks = {}
-    for block, unit, projection, stride in _units(depth):
-        prefix = f"block{block}/unit_{unit}/{_unit(1)}"
-        module = f"layer{block}.{unit - 1}"
-        lines = blocks.setdefault(block, [])
-        lines.append(f"      - activation: relu   # {_kind_of_shortcut(projection, stride)}\n"
-                     f"        add:\n"
-                     f"          - {_shortcut(1, f'unit_{unit}', projection, stride)}\n"
-                     f"          - {_residual_branch(1, f'unit_{unit}', stride, preact=False)}\n")
-        if projection:
-            torch = {"conv": f"{module}.downsample.0", "bn": f"{module}.downsample.1"}
-            rows.append((f"{prefix}/shortcut", _row("conv_bn", torch, f"{prefix}/shortcut")))
-        for conv in (1, 2, 3):
-            torch = {"conv": f"{module}.conv{conv}", "bn": f"{module}.bn{conv}"}
-            kind = "conv_bn" if conv == 3 else "conv_bn_relu"
-            rows.append((f"{prefix}/conv{conv}", _row(kind, torch, f"{prefix}/conv{conv}")))
-    for block, lines in blocks.items():
-        text += f"  - name: block{block}\n    nodes:\n" + "".join(lines)
-    rows.append(("logits", _row("logits", "fc", "logits")))
-    return text + LOGITS_NODE + "\n" + _rows(rows)
+    return text + _blocks(depth, 1) + LOGITS_NODE
 
 
 # ---------------------------------------------------------------------------------------------------
 # ResNet-v2 (pre-activation): every unit starts with a batch norm + ReLU (preact); conv3 and the
 # projection shortcut have biases and no batch norm; nothing follows the residual sum; the stem's conv1
-# has biases and no batch norm; a batch norm + ReLU (postnorm) follows block4
+# has biases and no batch norm; a batch norm + ReLU (postnorm) follows block4. Kinds from
+# mappings/kinds.yaml: norm (a batch norm alone), conv_bn, conv (with biases), logits.
 
-V2_NORM_AND_LOGITS_KINDS = """\
+V2_LAYERS = {
+    # layer -> (its node's options, kind, torch name, keras roles and their names' suffix)
+    "preact": ("activation: relu, ", "norm", '"layer{block}.{unit-1}.preact"', {"batch_normalization": "preact_bn"}),
+    "shortcut": ("", "conv", '"layer{block}.{unit-1}.shortcut"', {"conv2d": "0_conv"}),
+    "conv1": ("activation: relu, ", "conv_bn", '{conv: "layer{block}.{unit-1}.conv1", bn: "layer{block}.{unit-1}.bn1"}',
+              {"conv2d": "1_conv", "batch_normalization": "1_bn"}),
+    "conv2": ("activation: relu, ", "conv_bn", '{conv: "layer{block}.{unit-1}.conv2", bn: "layer{block}.{unit-1}.bn2"}',
+              {"conv2d": "2_conv", "batch_normalization": "2_bn"}),
+    "conv3": ("", "conv", '"layer{block}.{unit-1}.conv3"', {"conv2d": "3_conv"}),
+}
 
-  norm_relu:
-    # slim.batch_norm(scale=True) + ReLU on its own (preact, postnorm): its variables lie directly under
-    # the layer's scope (preact/gamma, not preact/BatchNorm/gamma)
-    compute: {op: batch_norm, activation: relu}
-    params:
-      gamma: [channels]
-      beta: [channels]
-      moving_mean: [channels]
-      moving_variance: [channels]
-    torch:
-      weight: {from: gamma}
-      bias: {from: beta}
-      running_mean: {from: moving_mean}
-      running_var: {from: moving_variance}
-      num_batches_tracked: {fill: 0, shape: [], dtype: int64}
-    keras:
-      batch_normalization/gamma: {from: gamma}
-      batch_normalization/beta: {from: beta}
-      batch_normalization/moving_mean: {from: moving_mean}
-      batch_normalization/moving_variance: {from: moving_variance}
-    onnx:
-      gamma: {from: gamma}
-      beta: {from: beta}
-      moving_mean: {from: moving_mean}
-      moving_variance: {from: moving_variance}
 
-  logits:
-    # slim.conv2d 1x1 with biases on the globally pooled 1x1 map, no batch norm, no activation
-    compute: {op: linear}
-    params:
-      weights: [1, 1, in, classes]
-      biases: [classes]
-    torch:
-      weight: {from: weights, transform: conv1x1_to_linear, classes: 0}    # [1, 1, in, classes] -> [classes, in]
-      bias: {from: biases, classes: 0}
-    keras:
-      dense/kernel: {from: weights, transform: conv1x1_to_dense, classes: 1}  # [1, 1, in, classes] -> [in, classes]
-      dense/bias: {from: biases, classes: 0}
-    onnx:
-      weights: {from: weights, transform: conv1x1_to_linear, classes: 0}   # [1, 1, in, classes] -> [classes, in]
-      biases: {from: biases, classes: 0}
+def _keras_name(block, unit, layer):
+    return f"conv{block + 1}_block{unit}_{layer}"
+
+
+def _v2_layer(layer, keras, options=""):
+    # a layer node of a resnet_v2 unit, with its row; keras names as keras.applications' ResNetV2 gives them
+    activation, kind, torch, roles = V2_LAYERS[layer]
+    names = ", ".join(f'{role}: "conv{{block+1}}_block{{unit}}_{suffix}"' for role, suffix in roles.items())
+    return (f'{{layer: "unit_{{unit}}/bottleneck_v2/{layer}", {options}{activation}kind: {kind},\n'
+            f'             torch: {torch}' + (f",\n             keras: {{{names}}}" if keras else "") + "}")
+
+
+def _v2_templates(keras):
+    """The templates of a resnet_v2 table: its units, their rows with names per target (keras where it has it)."""
+    def layer(name, options=""):
+        return _v2_layer(name, keras, options)
+    return f"""\
+# A unit (bottleneck_v2) starts with preact (batch norm + ReLU). Its residual branch is preact -> conv1 ->
+# conv2 -> conv3; its shortcut is a projection of preact in a block's first unit, else the unit's *input*
+# itself (subsampled by a 1x1 max pool in the strided last unit), never preact. Nothing follows the sum.
+# Torch names follow torchvision's layout (layer{{block}}.{{unit - 1}}.conv1 and bn1, ...) with slim's names
+# for what torchvision lacks (preact, shortcut){"; Keras names are keras.applications' (conv2_block1_1_conv)" if keras else ""}.
+templates:
+  # a block's first unit: preact feeds both branches
+  projection_unit:
+    - {layer("preact")}
+    - add:
+        - - {layer("shortcut")}
+        - - {{use: residual}}
+  identity_unit:
+    - add:
+        - []
+        - - {layer("preact")}
+          - {{use: residual}}
+  # a block's last unit carries its stride: conv2 pads explicitly, then convolves VALID
+  strided_unit:
+    - add:
+        - - {{max_pool: [1, 1], stride: "{{stride}}"}}
+        - - {layer("preact")}
+          - {layer("conv1")}
+          - {{pad: [[1, 1], [1, 1]]}}
+          - {layer("conv2", 'stride: "{stride}", padding: VALID, ')}
+          - {layer("conv3")}
+  # conv1 -> conv2 -> conv3 of a unit that does not stride
+  residual:
+    - {layer("conv1")}
+    - {layer("conv2")}
+    - {layer("conv3")}
 """
 
-V2_CONV_BIAS_KIND = """\
-  conv_bias:
-    # slim.conv2d with biases, no batch norm, no activation (normalizer_fn=None, activation_fn=None):
-    # the stem's conv1, a unit's conv3 and its projection shortcut
-    compute: {op: conv}
-    params:
-      weights: [kh, kw, in, out]
-      biases: [out]
-    torch:
-      weight: {from: weights, transform: hwio_to_oihw}           # [kh, kw, in, out] -> [out, in, kh, kw]
-      bias: {from: biases}
-    keras:
-      conv2d/kernel: {from: weights}                             # [kh, kw, in, out] both sides
-      conv2d/bias: {from: biases}
-    onnx:
-      weights: {from: weights, transform: hwio_to_oihw}          # [kh, kw, in, out] -> [out, in, kh, kw]
-      biases: {from: biases}
-"""
 
-V2_KINDS = (
-    "kinds:\n"
-    + V2_CONV_BIAS_KIND
-    + "\n"
-    + _conv_bn_kind(
-        "conv_bn_relu",
-        "slim.conv2d + slim.batch_norm(scale=True): no conv bias, a trained gamma; ReLU after (conv1, conv2)",
-        "{op: conv, batch_norm: true, activation: relu}", keras=True)
-    + V2_NORM_AND_LOGITS_KINDS
-)
+def _v2_graph_head(keras):
+    return V2_GRAPH_HEAD.replace(", KERAS}", ", keras: {conv2d: conv1_conv}}" if keras else "}")
+
 
 V2_GRAPH_HEAD = """\
 # The stem's conv1 is resnet_utils.conv2d_same (7x7 stride 2: an explicit pad of 3 and 3, then VALID)
-# with biases and nothing after it; pool1 is max_pool2d 3x3 stride 2 'SAME'. A unit (bottleneck_v2)
-# starts with preact (batch norm + ReLU). Its residual branch is preact -> conv1 -> conv2 -> conv3; its
-# shortcut is a projection of preact in a block's first unit, else the unit's *input* itself (subsampled
-# by a 1x1 max pool in the strided last unit), never preact. Nothing follows the sum. postnorm (batch
-# norm + ReLU) follows block4, whose end point is the sum before it, as tf-slim's end_points give it.
+# with biases and nothing after it; pool1 is max_pool2d 3x3 stride 2 'SAME'. Each block is a projection
+# unit, identity units, and a last unit that carries the block's stride (block4's does not). postnorm
+# (batch norm + ReLU) follows block4, whose end point is the sum before it, as tf-slim's end_points give it.
 graph:
   - {pad: [[3, 3], [3, 3]]}
-  - {layer: conv1, stride: 2, padding: VALID}
+  - {layer: conv1, stride: 2, padding: VALID, kind: conv, torch: conv1, KERAS}
   - {max_pool: [3, 3], stride: 2}                   # pool1
 """
 
@@ -396,37 +287,14 @@ V2_TORCH = """\
 """
 
 
-def _without_keras(kinds):
-    # the kinds of a table without a Keras target: every `keras` column (a key and its indented entries) dropped
-    lines, dropping = [], False
-    for line in kinds.splitlines(keepends=True):
-        if line == "    keras:\n":
-            dropping = True
-        elif dropping and not line.startswith("      "):
-            dropping = False
-        if not dropping:
-            lines.append(line)
-    return "".join(lines)
-
-
-def _keras_name(block, unit, layer):
-    return f"conv{block + 1}_block{unit}_{layer}"
-
-
 def resnet_v2(depth):
     """The mapping table of TF-Slim's ``resnet_v2_<depth>``, as YAML text."""
     scope = f"resnet_v2_{depth}"
     application = KERAS.get(depth)
     released = f"the slim model zoo's {scope}.ckpt (2017-04-14) and its fine-tunes" if depth in RELEASED else \
         f"checkpoints trained with tf_slim.nets.resnet_v2.{scope} (the zoo released none)"
-    units = list(_units(depth))
     keras = ""
     if application:
-        order = ["conv1_conv"]
-        for block, unit, projection, _ in units:
-            order += [_keras_name(block, unit, layer) for layer in KERAS_UNIT_ORDER
-                      if layer != "0_conv" or projection]
-        order += ["post_bn", "predictions"]
         last = UNITS[depth]
         points = (f"{{block1: {_keras_name(1, last[0], 'out')}, block3: {_keras_name(3, last[2], 'out')}, "
                   f"block4: {_keras_name(4, last[3], 'out')}, Logits: predictions}}")
@@ -441,17 +309,12 @@ def resnet_v2(depth):
     # epsilon is 1.001e-5 (slim: 1e-5), which moves nothing measurably.
     drift: "keras.applications.{application} zero-pads its stem max pool 1 on every side, where TF-Slim's 'SAME' pool pads with -inf and, at inputs of 4k or 4k + 3 pixels (224, 299), only after: close, not equivalent"
     end_points: {points}   # -> keras layer
-    # Layers with weights, by name, in `model.layers` order: the stem's conv1_conv, then per unit
-    # preact_bn, 1_conv, 1_bn, 2_conv, 2_bn, 0_conv (a block's first unit: the projection shortcut), 3_conv,
-    # then post_bn and predictions. The legacy .h5 loader matches layers by this position, the
-    # .weights.h5 loader by class and index in it.
-    order: {_wrap(order, 11)}
 """
     text = f"""\
 # TF-Slim ResNet-v2-{depth} (tf_slim.nets.resnet_v2.{scope}, pre-activation) -> PyTorch (the exact module),
 # {f"keras.applications.{application}, " if application else ""}and ONNX. Schema: mappings/README.md.
 # Generated by mappings/generate.py (python -m converter.mappings.generate): edit the generator, not this file.
-schema: 1
+schema: 2
 architecture: {scope}
 description: TF-Slim ResNet-v2-{depth}, {released}
 scope: {scope}
@@ -473,41 +336,13 @@ facts:
 targets:
 {V2_TORCH}{keras}  onnx: {{}}
 
-{V2_KINDS if application else _without_keras(V2_KINDS)}
-{V2_GRAPH_HEAD}"""
-    def keras(**roles):  # a row's keras layers by role, where the table has a Keras target
-        return roles if application else None
-
-    rows = [("conv1", _row("conv_bias", "conv1", "conv1", keras(conv2d="conv1_conv")))]
-    blocks = {}
-    for block, unit, projection, stride in units:
-        prefix = f"block{block}/unit_{unit}/{_unit(2)}"
-        module = f"layer{block}.{unit - 1}"
-        lines = blocks.setdefault(block, [])
-        branch = f"unit_{unit}"
-        if projection:  # preact feeds both branches
-            lines.append(f"      - {{layer: {branch}/{_unit(2)}/preact}}\n")
-        lines.append(f"      - add:               # {_kind_of_shortcut(projection, stride)}\n"
-                     f"          - {_shortcut(2, branch, projection, stride)}\n"
-                     f"          - {_residual_branch(2, branch, stride, preact=not projection)}\n")
-        name = {layer: _keras_name(block, unit, layer) for layer in KERAS_UNIT_ORDER}
-        rows.append((f"{prefix}/preact", _row("norm_relu", f"{module}.preact", f"{prefix}/preact",
-                                              keras(batch_normalization=name["preact_bn"]))))
-        if projection:
-            rows.append((f"{prefix}/shortcut", _row("conv_bias", f"{module}.shortcut", f"{prefix}/shortcut",
-                                                    keras(conv2d=name["0_conv"]))))
-        for conv in (1, 2):
-            torch = {"conv": f"{module}.conv{conv}", "bn": f"{module}.bn{conv}"}
-            rows.append((f"{prefix}/conv{conv}", _row("conv_bn_relu", torch, f"{prefix}/conv{conv}", keras(
-                conv2d=name[f"{conv}_conv"], batch_normalization=name[f"{conv}_bn"]))))
-        rows.append((f"{prefix}/conv3", _row("conv_bias", f"{module}.conv3", f"{prefix}/conv3",
-                                             keras(conv2d=name["3_conv"]))))
-    for block, lines in blocks.items():
-        text += f"  - name: block{block}\n    nodes:\n" + "".join(lines)
-    text += "  - {name: postnorm, layer: postnorm}     # not an end point of tf-slim's; a headless port ends here\n"
-    rows.append(("postnorm", _row("norm_relu", "postnorm", "postnorm", keras(batch_normalization="post_bn"))))
-    rows.append(("logits", _row("logits", "fc", "logits", keras(dense="predictions"))))
-    return text + LOGITS_NODE + "\n" + _rows(rows)
+{_v2_templates(bool(application))}
+{_v2_graph_head(bool(application))}"""
+    text += _blocks(depth, 2)
+    text += ("  - {name: postnorm, layer: postnorm, activation: relu, kind: norm, torch: postnorm"
+             + (", keras: {batch_normalization: post_bn}" if application else "")
+             + "}   # not an end point of tf-slim's; a headless port ends here\n")
+    return text + (LOGITS_NODE_KERAS if application else LOGITS_NODE)
 
 
 FAMILIES = {1: resnet_v1, 2: resnet_v2}
@@ -531,7 +366,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a committed table differs")
     parser.add_argument("--out", type=pathlib.Path, default=HERE, help="directory of the tables (default: this one)")
+    parser.add_argument("--migrate", type=pathlib.Path, metavar="FILE",
+                        help="write the schema 1 table FILE in schema 2 (to stdout, or to --output) and nothing else")
+    parser.add_argument("-o", "--output", type=pathlib.Path, help="with --migrate: the file to write")
+    parser.add_argument("--force", action="store_true", help="with --migrate: overwrite --output if it exists")
     args = parser.parse_args(argv)
+    if args.migrate:
+        return _migrate(args.migrate, args.output, args.force)
     if args.check:
         differing = stale(args.out)
         for name in differing:
@@ -540,6 +381,24 @@ def main(argv=None):
     for name in GENERATED:
         (args.out / f"{name}.yaml").write_text(generate(name))
         print(f"wrote {args.out / name}.yaml")
+    return 0
+
+
+def _migrate(path, output, force):
+    from converter import _atomic, table_schema
+    from converter.errors import ConvertError
+
+    try:
+        text = table_schema.migrate(path)
+        if output is None:
+            sys.stdout.write(text)
+            return 0
+        with _atomic.atomic_output(output, force) as temp:
+            temp.write_text(text)
+    except ConvertError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {output} (schema 2)", file=sys.stderr)
     return 0
 
 

@@ -144,7 +144,7 @@ def write_v1(path, tensors):
 
 TINY_SCOPE = "Tiny"
 TINY_TABLE = """
-schema: 1
+schema: 2
 architecture: tiny
 scope: Tiny
 detect: [Conv2d_1a_3x3/weights]
@@ -160,7 +160,7 @@ targets:
   keras: {application: Tiny, order: [conv2d, batch_normalization, predictions]}
 kinds:
   conv_bn:
-    compute: {op: conv, batch_norm: true, activation: relu}
+    compute: {op: conv, batch_norm: true}
     params:
       weights: [kh, kw, in, out]
       BatchNorm/beta: [out]
@@ -199,7 +199,7 @@ kinds:
       weights: {from: weights, transform: conv1x1_to_linear, classes: 0}  # [1, 1, in, classes] -> [classes, in]
       biases: {from: biases, classes: 0}
 graph:
-  - {name: Conv, layer: Conv2d_1a_3x3, stride: 2}
+  - {name: Conv, layer: Conv2d_1a_3x3, stride: 2, activation: relu}
   - {avg_pool: global}
   - name: Logits
     nodes:

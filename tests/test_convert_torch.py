@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from converter import mapping, oracle
+from converter import mapping, oracle, table_schema
 from converter.checkpoint import open_checkpoint
 from converter.cli import main
 from converter.convert import convert, default_output
@@ -137,7 +137,7 @@ def test_converted_file_matches_tf_golden(small, tmp_path, kind, ema):
 
 
 def _modified_table(tmp_path, edit):
-    data = yaml.safe_load(mapping.load_table("inception_v3").path.read_text())
+    data = table_schema.read(mapping.load_table("inception_v3").path)
     edit(data)
     path = tmp_path / "modified.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -179,7 +179,7 @@ def test_two_swapped_same_shape_rows_are_caught(small, tmp_path):
 
 def test_a_skipped_transpose_is_caught(small, tmp_path):
     def skip(data):
-        data["kinds"]["conv_bn"]["torch"]["conv.weight"]["transform"] = "identity"
+        data["kinds"]["conv_bn_nogamma_relu"]["torch"]["conv.weight"]["transform"] = "identity"
 
     good = convert(small.v2, "torch", tmp_path / "good.pth")
     bad = convert(small.v2, "torch", tmp_path / "bad.pth", mapping=_modified_table(tmp_path, skip))

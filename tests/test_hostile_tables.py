@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import crafted
-from converter import batch, mapping
+from converter import batch, mapping, table_schema
 from converter._yaml import MAX_DEPTH
 from converter.errors import MappingError
 
@@ -176,8 +176,8 @@ def test_integer_weights_are_refused_for_every_target(tmp_path, dtype):
 
 def test_a_large_table_validates_in_linear_time_with_a_capped_error(tmp_path):
     layers = 30_000  # each in the graph, each without the keras name its kind needs: one problem each
-    data = yaml.safe_load(crafted.TINY_TABLE)
-    data["layers"].update({f"L{i}": {"kind": "conv_bn", "torch": f"m{i}", "onnx": f"L{i}"} for i in range(layers)})
+    data = table_schema.expand(yaml.safe_load(crafted.TINY_TABLE), "tiny.yaml")  # the form validate() reads
+    data["layers"].update({f"L{i}": {"kind": "conv_bn_relu", "torch": f"m{i}", "onnx": f"L{i}"} for i in range(layers)})
     data["graph"][1:1] = [{"layer": f"L{i}"} for i in range(layers)]
     started = time.perf_counter()
     assert len(mapping.validate(data)) == layers

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from converter import mapping, oracle, reference
+from converter import mapping, oracle, reference, table_schema
 from converter.checkpoint import open_checkpoint
 from converter.cli import main
 
@@ -61,7 +61,7 @@ def _convert(*args):
 def outputs(tmp_path_factory, full, table):
     """Variant -> the file ckpt-convert wrote for it."""
     root = tmp_path_factory.mktemp("keras")
-    raw = yaml.safe_load(table.path.read_text())
+    raw = table_schema.read(table.path)
     first, second = (raw["layers"][layer] for layer in SWAPPED)
     first["keras"], second["keras"] = second["keras"], first["keras"]
     (root / "swapped.yaml").write_text(yaml.safe_dump(raw))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from converter import mapping, transforms
+from converter import mapping, table_schema, transforms
 from converter.checkpoint import open_checkpoint
 from converter.errors import MappingError
 
@@ -18,7 +18,7 @@ def table():
 
 @pytest.fixture(scope="module")
 def raw_table(table):
-    return yaml.safe_load(table.path.read_text())
+    return table_schema.read(table.path)
 
 
 def _shapes(path):
@@ -34,7 +34,7 @@ def shapes(small):
 def test_builtin_tables_load_and_validate():
     assert "inception_v3" in mapping.builtin_tables()
     for name in mapping.builtin_tables():
-        assert mapping.validate(yaml.safe_load(mapping.load_table(name).path.read_text())) == []
+        assert mapping.validate(table_schema.read(mapping.load_table(name).path)) == []
 
 
 @pytest.mark.parametrize(
@@ -60,7 +60,7 @@ def test_torch_keys_and_shapes_equal_torchvision(table):
 
 def test_validation_reports_every_problem_at_once(raw_table):
     broken = copy.deepcopy(raw_table)
-    broken["kinds"]["conv_bn"]["torch"]["conv.weight"]["transform"] = "hwio_to_ohwi"
+    broken["kinds"]["conv_bn_nogamma_relu"]["torch"]["conv.weight"]["transform"] = "hwio_to_ohwi"
     broken["kinds"]["logits"]["torch"]["bias"] = {"from": "bias"}
     broken["layers"]["Mixed_5b/Branch_0/Conv2d_0a_1x1"]["kind"] = "conv"
     del broken["layers"]["Conv2d_2a_3x3"]
@@ -162,7 +162,7 @@ def test_transforms_refuse_layouts_they_do_not_take():
         (lambda t: t["facts"].__setitem__("end_points", 5), "facts.end_points must be a list"),
         (lambda t: t["facts"].__setitem__("input", [299, 299]), "facts.input must be a mapping"),
         (lambda t: t.__setitem__("targets", ["torch"]), "`targets` must be a mapping"),
-        (lambda t: t["kinds"]["conv_bn"].__setitem__("compute", "conv"), "compute.op must be one of"),
+        (lambda t: t["kinds"]["conv_bn_nogamma_relu"].__setitem__("compute", "conv"), "compute.op must be one of"),
         (lambda t: t["graph"].append({"layer": 3}), "invalid mapping table"),
         (lambda t: t["layers"]["Conv2d_1a_3x3"].__setitem__("keras", "conv2d"), "must map each role"),
     ],

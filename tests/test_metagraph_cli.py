@@ -9,7 +9,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from converter import mapping
+from converter import mapping, table_schema
 from converter.batch import run_batch
 from converter.cli import cli
 from converter.convert import convert
@@ -37,7 +37,7 @@ def test_map_writes_a_table_that_converts_as_the_graph_does(meta_net, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"wrote {table}: 5 layers" in result.output and "Logits = Net/logits/BiasAdd" in result.output
     assert "is_training placeholders fed False: is_training" in result.output
-    data = yaml.safe_load(table.read_text())
+    data = table_schema.read(table)
     assert mapping.validate(data) == [] and table.read_text().startswith("# Recovered by ckpt-convert")
     # reviewed and reused on a checkpoint with no .meta beside it
     checkpoint = _copy(fixture, tmp_path / "bare")

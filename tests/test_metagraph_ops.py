@@ -15,7 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from converter import oracle
+from converter import oracle, table_schema
 from converter.cli import cli
 from converter.convert import convert
 from converter.errors import GraphError, MappingError
@@ -157,7 +157,7 @@ def test_map_takes_the_input_range(meta_net, tmp_path):
     table = tmp_path / "net.yaml"
     result = CliRunner().invoke(cli, ["map", str(fixture.checkpoint), "-o", str(table), "--input-range", "0,255"])
     assert result.exit_code == 0, result.output
-    data = yaml.safe_load(table.read_text())
+    data = table_schema.read(table)
     assert data["facts"]["input"]["range"] == [0.0, 255.0] and "is assumed" not in data["description"]
     assert "input range: [0, 255]: the input range was given" in result.output
     bad = CliRunner().invoke(cli, ["map", str(fixture.checkpoint), "--input-range", "255,0"])

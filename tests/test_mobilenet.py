@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import FIXTURES, Fixture
-from converter import mapping, oracle
+from converter import mapping, oracle, table_schema
 from converter.checkpoint import open_checkpoint
 from converter.errors import ConvertError, MappingError
 from converter.slim_nets import mobilenet_v1, mobilenet_v2
@@ -241,7 +241,7 @@ def test_torchvision_mobilenet_v2_is_close_and_why():
 def test_a_missing_relu6_is_caught(tmp_path):
     # the same table with plain ReLU where slim has ReLU6: every shape fits, the outputs do not
     fixture, table = _fixture("mobilenet_v1"), mapping.load_table("mobilenet_v1")
-    raw = yaml.safe_load(table.path.read_text())
+    raw = table_schema.read(table.path)
     broken = copy.deepcopy(raw)
     for kind in broken["kinds"].values():
         if kind["compute"].get("activation") == "relu6":
@@ -256,7 +256,7 @@ def test_a_missing_relu6_is_caught(tmp_path):
 def test_a_missing_residual_sum_is_caught(tmp_path):
     # V2's residual sums without activation: a table that forgets one is off from that block on
     fixture, table = _fixture("mobilenet_v2"), mapping.load_table("mobilenet_v2")
-    raw = yaml.safe_load(table.path.read_text())
+    raw = table_schema.read(table.path)
     broken = copy.deepcopy(raw)
     node = next(node for node in broken["graph"] if node.get("name") == "expanded_conv_2")
     node["nodes"] = node.pop("add")[1]
@@ -341,12 +341,12 @@ def test_detection_backbone_verifies_headless(finetune):
     (lambda raw: raw["targets"]["keras"].update(width=1.0), "targets.keras.width must be a name"),
     (lambda raw: raw["targets"]["keras"].update(classifier=["conv_preds"]), "targets.keras.classifier must be a name"),
     (lambda raw: raw["targets"]["torch"]["torchvision"].update(width=2), "aux and width (names)"),
-    (lambda raw: raw["kinds"]["conv_bn_relu6"]["compute"].update(activation="relu7"),
+    (lambda raw: raw["kinds"]["conv_norm_relu6"]["compute"].update(activation="relu7"),
      "compute.activation must be one of relu, relu6"),
 ])
 def test_schema_additions_are_validated(change, message):
     # each on its own: a table's type errors stop validation before the cross-checks
-    raw = yaml.safe_load(mapping.load_table("mobilenet_v2").path.read_text())
+    raw = table_schema.read(mapping.load_table("mobilenet_v2").path)
     assert not mapping.validate(raw)
     change(raw)
     assert message in "\n".join(mapping.validate(raw))

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import batch_verify_tree
-from converter import mapping, oracle
+from converter import mapping, oracle, table_schema
 from converter.checkpoint import open_checkpoint
 from converter.mappings import generate
 
@@ -52,7 +52,7 @@ def test_committed_tables_are_the_generated_ones(tmp_path):
 
 
 def test_the_schema_additions_are_validated():
-    raw = yaml.safe_load(mapping.load_table("resnet_v2_50").path.read_text())
+    raw = table_schema.read(mapping.load_table("resnet_v2_50").path)
 
     def problems(change):
         broken = copy.deepcopy(raw)
@@ -78,7 +78,7 @@ def test_a_batch_norm_layer_names_what_each_target_needs(zoo, tmp_path):
     from converter.writers import onnx as writer
 
     fixture = zoo("resnet_v2_50")
-    raw = yaml.safe_load(mapping.load_table("resnet_v2_50").path.read_text())
+    raw = table_schema.read(mapping.load_table("resnet_v2_50").path)
     kind = raw["kinds"]["norm_relu"]
     kind["onnx"] = {f"BatchNorm/{key}": spec for key, spec in kind["onnx"].items()}  # a conv_bn kind's names
     kind["torch"] = {f"bn.{key}" if key != "weight" else key: spec for key, spec in kind["torch"].items()}
@@ -188,7 +188,7 @@ def test_a_wrong_pre_activation_wiring_is_caught(zoo, tmp_path, wiring):
     fixture, table = zoo("resnet_v2_50"), mapping.load_table("resnet_v2_50")
     size = (fixture.meta["image_size"],) * 2
     mutate, first_wrong = WIRINGS[wiring]
-    raw = yaml.safe_load(table.path.read_text())
+    raw = table_schema.read(table.path)
     mutate(raw)
     assert mapping.validate(raw) == [], "the wrong wiring is a valid table: only the outputs can tell"
     (tmp_path / "wrong.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -241,7 +241,7 @@ def test_keras_resnet_v2_drifts_only_by_its_stem_pool(zoo, tmp_path):
     result = convert(fixture.v2, to="keras", output=tmp_path / "model.h5", input_size=size)
     keras_outputs, _ = runtime.run(result.output, result.plan, fixture.input)
     # TF-Slim's network with Keras's stem pool: zero padding 1 on every side, then a VALID 3x3 max pool
-    raw = yaml.safe_load(table.path.read_text())
+    raw = table_schema.read(table.path)
     pool = raw["graph"].index({"max_pool": [3, 3], "stride": 2})
     raw["graph"][pool:pool + 1] = [{"pad": [[1, 1], [1, 1]]}, {"max_pool": [3, 3], "stride": 2, "padding": "VALID"}]
     (tmp_path / "keras_stem.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

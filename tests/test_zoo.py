@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import GENERATED, batch_verify_tree
-from converter import mapping, oracle, transforms
+from converter import mapping, oracle, table_schema, transforms
 from converter.checkpoint import open_checkpoint
 from converter.errors import MappingError
 
@@ -266,7 +266,7 @@ def _same_shape_layers(table, shapes):
 def test_swapped_rows_are_caught(fixture, arch, table, shapes, torch_port, tmp_path):
     _structure_shown_elsewhere(arch)
     first, second = _same_shape_layers(table, shapes)
-    raw = yaml.safe_load(table.path.read_text())
+    raw = table_schema.read(table.path)
     swapped = copy.deepcopy(raw)
     for target in ("torch", "onnx", "keras"):
         if target in raw["layers"][first]:
@@ -342,9 +342,9 @@ def test_a_depthwise_kernel_in_the_wrong_layout_is_refused(zoo, tmp_path):
     from converter.writers import onnx as writer
 
     shapes = _shapes(zoo("inception_v2").v2)
-    raw = yaml.safe_load(mapping.load_table("inception_v2").path.read_text())
+    raw = table_schema.read(mapping.load_table("inception_v2").path)
     for target, key in (("torch", "depthwise.weight"), ("onnx", "depthwise_weights")):
-        raw["kinds"]["separable"][target][key]["transform"] = "hwio_to_oihw"
+        raw["kinds"]["separable_relu"][target][key]["transform"] = "hwio_to_oihw"
     path = tmp_path / "wrong.yaml"
     path.write_text(yaml.safe_dump(raw))
     table = mapping.load_table(path)
@@ -356,16 +356,16 @@ def test_a_depthwise_kernel_in_the_wrong_layout_is_refused(zoo, tmp_path):
 
 
 def test_depthwise_kinds_and_reduced_pools_are_validated():
-    raw = yaml.safe_load(mapping.load_table("inception_v2").path.read_text())
+    raw = table_schema.read(mapping.load_table("inception_v2").path)
     broken = copy.deepcopy(raw)
-    del broken["kinds"]["separable"]["params"]["pointwise_weights"]
+    del broken["kinds"]["separable_relu"]["params"]["pointwise_weights"]
     for target in ("torch", "onnx"):
-        broken["kinds"]["separable"][target] = {k: v for k, v in broken["kinds"]["separable"][target].items()
+        broken["kinds"]["separable_relu"][target] = {k: v for k, v in broken["kinds"]["separable_relu"][target].items()
                                                 if v.get("from") != "pointwise_weights"}
     broken["graph"][1]["reduced"] = "yes"
     broken["graph"].insert(2, {"avg_pool": "global", "reduced": True})
     joined = "\n".join(mapping.validate(broken))
-    assert "kinds.separable: a separable op takes slim's pointwise_weights: add it to params" in joined
+    assert "kinds.separable_relu: a separable op takes slim's pointwise_weights: add it to params" in joined
     assert "reduced must be true, on a pool with a [kh, kw] window" in joined and joined.count("reduced must") == 2
 
 
@@ -481,7 +481,7 @@ def test_verify_passes_every_target(fixture, arch, table, request):
 
 
 def test_residual_and_pad_nodes_are_validated():
-    raw = yaml.safe_load(mapping.load_table("resnet_v1_50").path.read_text()) if "resnet_v1_50" in ZOO else None
+    raw = table_schema.read(mapping.load_table("resnet_v1_50").path) if "resnet_v1_50" in ZOO else None
     if raw is None:
         pytest.skip("no resnet_v1_50 table")
     broken = copy.deepcopy(raw)

@@ -6,7 +6,7 @@ import pathlib
 import click
 import yaml
 
-from converter import mapping
+from converter import mapping, table_schema
 from converter._atomic import atomic_output
 from converter._text import counted
 from converter.checkpoint import open_checkpoint
@@ -39,10 +39,10 @@ _TableDumper.add_representer(list, _flow_list_if_flat)
 
 
 def dump(data, source):
-    """The table ``data`` as YAML text, with a header saying where it came from."""
+    """The table ``data`` (the expanded form) as YAML text in schema 2, with a header saying where it came from."""
     header = (f"# Recovered by ckpt-convert from {source} (a TF1 MetaGraphDef): review it, then convert with\n"
               f"# `--mapping` this file. Schema: mappings/README.md.\n")
-    return header + yaml.dump(data, Dumper=_TableDumper, sort_keys=False, width=120)
+    return header + yaml.dump(table_schema.compact(data), Dumper=_TableDumper, sort_keys=False, width=120)
 
 
 def _meta_and_checkpoint(path):
