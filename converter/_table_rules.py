@@ -268,7 +268,7 @@ def entry_problems(table, rows, entries, shapes, layer_scopes, dtypes=None):
     largest = {}  # layer -> elements of its largest checkpoint tensor
     for row in rows:
         if row.layer not in largest:
-            params = table.kinds[table.layers[row.layer]["kind"]]["params"]
+            params = table.kind_of(row.layer).params
             scope = layer_scopes[row.layer]
             sizes = [math.prod(shapes[f"{scope}{p}"]) for p in params if f"{scope}{p}" in shapes]
             largest[row.layer] = max([1, *sizes])

@@ -103,15 +103,15 @@ def third_party_notes(plan):
     another input size (a smaller auxiliary kernel) or width binds others.
     """
     notes = []
-    spec = plan.table.targets.get(plan.target, {})
-    for name, model in spec.items():
-        if not isinstance(model, dict) or "dims" not in model:
+    spec = plan.table.targets.get(plan.target)
+    for name, model in (spec.third_party if spec is not None else {}).items():
+        if not model.dims:
             continue
-        mismatches = tables.dims_mismatches(plan, model["dims"])
+        mismatches = tables.dims_mismatches(plan, model.dims)
         if mismatches:
-            optional = tables.group_layers(plan.table.graph, spec.get("optional", []))
+            optional = plan.table.group_layers(spec.optional)
             fix = f"; convert with --no-aux for {name}" if set(mismatches) <= optional else ""
-            notes.append(f"loads into the exact module, not {name}'s {model.get('model', name)}: "
+            notes.append(f"loads into the exact module, not {name}'s {model.model}: "
                          f"{'; '.join(mismatches.values())}{fix}")
     return notes
 

@@ -18,7 +18,7 @@ import json
 import pathlib
 import struct
 
-from converter import __version__
+from converter import __version__, graph
 from converter import input_size as sizes
 from converter import mapping as tables
 from converter import storage
@@ -102,15 +102,8 @@ def table_name(table):
 
 def end_points(plan):
     """The table's end points the plan holds, in graph order."""
-    found = []
-
-    def visit(node, scope):
-        if node.get("name") in plan.table.facts["end_points"] and all(
-                layer in plan.dims for layer in tables.layers_under(node, scope)):
-            found.append(node["name"])
-
-    tables.walk(plan.table.graph, visit)
-    return found
+    return [node.name for node, scope in graph.walk(plan.table.graph)
+            if node.name in plan.table.facts.end_points and plan.keeps(node, scope)]
 
 
 def make(plan, *, checkpoint, ema=False, background=tables.BACKGROUND_AUTO, aux=None, dtype=None, strict=True,
@@ -121,7 +114,7 @@ def make(plan, *, checkpoint, ema=False, background=tables.BACKGROUND_AUTO, aux=
     """
     options = options or {}
     table = plan.table
-    spec = table.facts["input"]
+    spec = table.facts.input
     points = end_points(plan)
     if plan.target == "onnx":
         # the ONNX model outputs its last end point and those --outputs names
@@ -143,7 +136,7 @@ def make(plan, *, checkpoint, ema=False, background=tables.BACKGROUND_AUTO, aux=
         "include_top": FALSE if options.get("include_top") is False else TRUE,
         "dtype": dtype or "float32",
         "input_layout": options.get("input_layout") or LAYOUTS[plan.target],
-        "input_range": json.dumps(list(spec.get("range", [-1.0, 1.0]))),
+        "input_range": json.dumps(list(spec.range)),
         "end_points": ",".join(points),
         "strict": TRUE if strict else FALSE,
     })

@@ -21,7 +21,7 @@ def _models(table, target):
     spec = table.targets.get(target)
     if spec is None:
         return NONE
-    return ", ".join(f"`{model}`" for model in spec.get("models", [])) or "yes"
+    return ", ".join(f"`{model}`" for model in spec.models) or "yes"
 
 
 def _restrictions(table):
@@ -32,36 +32,37 @@ def restrictions(table):
     """What a table's ports cannot do or do differently, one sentence each."""
     notes = []
     for target, spec in table.targets.items():
-        for group in spec.get("optional", []):
+        for group in spec.optional:
             notes.append(f"{target}: {group} kept where the checkpoint has it, `--no-aux` leaves it out")
-        for group in spec.get("skip", []):
+        for group in spec.skip:
             notes.append(f"{target}: no {group}")
-        if spec.get("dims"):
+        if spec.dims:
             notes.append(f"{target}: full size only (depth_multiplier 1.0)")
-        notes += [f"{target}: {note}" for note in spec.get("restrictions", [])]
-        if spec.get("drift"):
-            notes.append(f"{target}: {spec['drift']}")
-    if not mapping.group_layers(table.graph, (HEAD,)):
+        notes += [f"{target}: {note}" for note in spec.restrictions]
+        if spec.drift:
+            notes.append(f"{target}: {spec.drift}")
+    if not table.group_layers((HEAD,)):
         notes.append("`--no-top` not supported")
     if table.outside:
         scopes = ", ".join(f"`{pattern}`" for pattern in table.outside)
         notes.append(f"detection backbones: `--no-top`, their extra layers ({scopes}) listed outside the network")
-    if table.facts.get("preprocessing"):
-        notes.append(f"input: {table.facts['preprocessing']}")
+    if table.facts.preprocessing:
+        notes.append(f"input: {table.facts.preprocessing}")
     return notes
 
 
 def row(table):
     """The matrix row of one ``mapping.Table``, as cell strings in ``COLUMNS`` order."""
-    spec = table.facts["input"]
-    low, high = spec["range"]
+    spec = table.facts.input
+    low, high = spec.range
     background = table.background_class
     classes = f"{table.num_classes}" + (f" (class {background} background, dropped at {table.num_classes} only; "
                                         f"fine-tunes keep every class)" if background is not None else "")
-    torch = "exact module" + (f"; {_models(table, 'torch')}" if table.targets.get("torch", {}).get("models") else "")
+    torch = "exact module" + (f"; {_models(table, 'torch')}" if "torch" in table.targets and table.targets["torch"].models
+                              else "")
     return (
         f"`{table.architecture}`",
-        f"{spec['height']}x{spec['width']} (or the checkpoint's), [{low:g}, {high:g}]",
+        f"{spec.height}x{spec.width} (or the checkpoint's), [{low:g}, {high:g}]",
         classes,
         torch if "torch" in table.targets else NONE,
         _models(table, "keras"),
@@ -80,19 +81,19 @@ def render(names=None):
 
 def entry(table):
     """The support of one ``mapping.Table`` as data (``ckpt-convert list --json``)."""
-    spec = table.facts["input"]
+    spec = table.facts.input
     targets = {}
     for target, found in table.targets.items():
         targets[target] = {"suffixes": [suffix for (t, suffix) in _writers() if t == target],
-                           "models": list(found.get("models", [])), "drift": found.get("drift")}
+                           "models": list(found.models), "drift": found.drift or None}
     return {
         "architecture": table.architecture,
-        "input": {"height": spec["height"], "width": spec["width"], "channels": spec["channels"],
-                  "range": list(spec["range"])},
+        "input": {"height": spec.height, "width": spec.width, "channels": spec.channels,
+                  "range": list(spec.range)},
         "classes": table.num_classes,
         "background_class": table.background_class,
-        "end_points": list(table.facts["end_points"]),
-        "headless": bool(mapping.group_layers(table.graph, (HEAD,))),
+        "end_points": list(table.facts.end_points),
+        "headless": bool(table.group_layers((HEAD,))),
         "targets": targets,
         "restrictions": restrictions(table),
     }

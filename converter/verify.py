@@ -196,10 +196,10 @@ def make_input(table, *, input_file=None, batch=2, seed=0, size=None):
 
     ``size`` is ``(height, width)``, by default the table's.
     """
-    spec = table.facts["input"]
-    height, width = size or (spec["height"], spec["width"])
-    shape = (height, width, spec["channels"])
-    low, high = spec.get("range", [-1.0, 1.0])
+    spec = table.facts.input
+    height, width = size or (spec.height, spec.width)
+    shape = (height, width, spec.channels)
+    low, high = spec.range
     if input_file is None:
         images = np.random.default_rng(seed).uniform(low, high, (batch, *shape)).astype(np.float32)
         return images, f"seeded uniform [{low}, {high}] batch {batch}x{'x'.join(map(str, shape))} (seed {seed})"
@@ -207,7 +207,7 @@ def make_input(table, *, input_file=None, batch=2, seed=0, size=None):
     if path.suffix == ".npy":
         images = _load_npy(path, shape)
         return images, f"{path.name} ({images.shape[0]}x{'x'.join(map(str, shape))})"
-    mean = spec.get("mean")
+    mean = list(spec.mean) if spec.mean is not None else None
     scaled = f"RGB in [0, 255] minus the channel means {mean}" if mean else f"scaled to [{low}, {high}]"
     return (_load_image(path, shape, low, high, mean),
             f"image {path.name} (central crop 87.5%, bilinear {shape[0]}x{shape[1]}, {scaled})")
@@ -462,10 +462,10 @@ def verify(
                                     background=mapping_module.BACKGROUND_KEEP)
         images, described = make_input(table, input_file=input_file, batch=batch, seed=seed,
                                        size=facts.input_size.hw)
-        end_points = tuple(point for point in table.facts["end_points"] if not (no_top and point == HEAD_END_POINT))
+        end_points = tuple(point for point in table.facts.end_points if not (no_top and point == HEAD_END_POINT))
         phases = {"checkpoint": time.perf_counter() - started}
         progress(f"reference: TF-Slim {table.architecture} in TensorFlow on {device}")
-        if "meta_graph" in table.facts:  # a network recovered from its .meta: that graph is the reference
+        if table.facts.meta_graph is not None:  # a network recovered from its .meta: that graph is the reference
             from converter.metagraph import reference as graph_reference
 
             ref = graph_reference.run(ckpt.path, table, images, ema=ema, device=device)
@@ -478,7 +478,7 @@ def verify(
         report = Report(str(ckpt.path), table.architecture, described, atol or oracle.ATOL, reference.tf_device(device))
         report.phases = phases
         report.decisions = [f"{topic}: {sentence}" for topic, sentence in facts.decisions() if topic != "classes"]
-        if "meta_graph" in table.facts:
+        if table.facts.meta_graph is not None:
             report.decisions.append(f"reference: {graph_reference.describe(table)}")
         report.decisions += _provenance_decisions(records, ckpt.path)
         adopted = {key: value for key, value in resolved.items() if given.get(key) is None}
@@ -545,7 +545,7 @@ def _convert_on_the_fly(checkpoint, table, scratch, report, options, end_points)
     for name, runtime_options, advisory in ON_THE_FLY:
         target, _ = target_of(name)
         model = runtime_options.get("model")
-        if target not in table.targets or (model not in (None, "exact") and model not in table.targets[target]):
+        if target not in table.targets or (model not in (None, "exact") and model not in table.targets[target].third_party):
             continue  # a target or third-party model the table does not port to
         unavailable = preflight.skipped_runtime(target, model if model != "exact" else None)
         if unavailable:
@@ -576,7 +576,8 @@ def _convert_on_the_fly(checkpoint, table, scratch, report, options, end_points)
 
 def _drift(table, target):
     # why the model a target's output loads into is close, not equivalent (the table's targets.<target>.drift)
-    return table.targets.get(target, {}).get("drift", "")
+    spec = table.targets.get(target)
+    return spec.drift if spec is not None else ""
 
 
 def _check_file(report, context, path, runtime_options, advisory):

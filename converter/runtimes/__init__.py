@@ -11,7 +11,7 @@ Each module has the same public names:
 
 import numpy as np
 
-from converter import mapping
+from converter import graph, mapping
 
 from converter.transforms import NCHW_TO_NHWC
 
@@ -30,20 +30,11 @@ def end_point_modules(table):
     """
     modules = {}
     for node in table.graph:
-        name = node.get("name")
-        if name not in table.facts["end_points"]:
+        if node.name not in table.facts.end_points:
             continue
-        last = _last_layer(node, "")
-        modules[name] = (name, last and table.layers[last]["torch"], node.get("input"))
+        last = graph.last_layer(node)
+        modules[node.name] = (node.name, last and table.layers[last].name("torch"), node.input)
     return modules
-
-
-def _last_layer(node, scope):
-    if "layer" in node:
-        return scope + node["layer"]
-    inner = mapping.inner_scope(node, scope)
-    children = node.get("nodes") or (node.get("concat") or node.get("add") or [[]])[-1]
-    return _last_layer(children[-1], inner) if children else None
 
 
 def width_option(plan, argument):
