@@ -12,7 +12,6 @@ The report passes only when every check passes; it renders as a table, JSON, or 
 """
 
 import dataclasses
-import importlib
 import json
 import pathlib
 import tempfile
@@ -24,18 +23,10 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from converter import mapping as mapping_module
-from converter import oracle
+from converter import backends, oracle
 from converter.checkpoint import open_checkpoint
 from converter.errors import ConvertError
 
-# ported file suffix -> (target, runtime module)
-PORTED = {
-    ".weights.h5": ("keras", "converter.runtimes.keras"),
-    ".h5": ("keras", "converter.runtimes.keras"),
-    ".pth": ("torch", "converter.runtimes.torch"),
-    ".safetensors": ("torch", "converter.runtimes.torch"),
-    ".onnx": ("onnx", "converter.runtimes.onnx"),
-}
 # what `verify` converts on the fly when no ported file is given: (file name, runtime options, advisory).
 # torchvision's Inception3 averages padding into its pools where TF-Slim does not: its drift is
 # reported, but only decides the verdict when asked for (--torch-model torchvision). A target whose
@@ -182,13 +173,12 @@ class Report:
         return any(b.advisory and b.name == check.backend for b in self.backends)
 
 
-def target_of(path):
-    """``(target, runtime module)`` for a ported file, by suffix."""
-    name = pathlib.Path(path).name
-    for suffix, found in PORTED.items():
-        if name.endswith(suffix):
-            return found
-    raise ConvertError(f"{path}: cannot verify this kind of file; known suffixes: {', '.join(PORTED)}")
+def format_of(path):
+    """The ``backends.Format`` of a ported file, by suffix."""
+    found = backends.by_name(path)
+    if found is None:
+        raise ConvertError(f"{path}: cannot verify this kind of file; known suffixes: {', '.join(backends.suffixes())}")
+    return found
 
 
 def make_input(table, *, input_file=None, batch=2, seed=0, size=None):
@@ -494,7 +484,7 @@ def verify(
             if not ported:
                 phases["convert"] = time.perf_counter() - mark
             for path, runtime_options, advisory in jobs:
-                progress(f"checking {path.name} ({target_of(path)[0]}, {runtime_options.get('model') or 'runtime'})")
+                progress(f"checking {path.name} ({format_of(path).target}, {runtime_options.get('model') or 'runtime'})")
                 mark = time.perf_counter()
                 _check_file(report, context, path, runtime_options, advisory)
                 phases[report.backends[-1].name] = time.perf_counter() - mark
@@ -543,7 +533,7 @@ def _convert_on_the_fly(checkpoint, table, scratch, report, options, end_points)
     if HEAD_END_POINT in options.get("drop", ()):
         convert_options["include_top"] = False  # --no-top: headless ports, as the checkpoint's facts were planned
     for name, runtime_options, advisory in ON_THE_FLY:
-        target, _ = target_of(name)
+        target = format_of(name).target
         model = runtime_options.get("model")
         if target not in table.targets or (model not in (None, "exact") and model not in table.targets[target].third_party):
             continue  # a target or third-party model the table does not port to
@@ -581,8 +571,8 @@ def _drift(table, target):
 
 
 def _check_file(report, context, path, runtime_options, advisory):
-    target, module_name = target_of(path)
-    runtime = importlib.import_module(module_name)
+    found = format_of(path)
+    target, runtime = found.target, found.runtime()
     label = f"{runtime.describe(path, **runtime_options)} ({path.name})"
     backend = Backend(label, str(path), target, advisory=advisory, note=_drift(context.table, target))
     report.backends.append(backend)
@@ -594,7 +584,7 @@ def _check_file(report, context, path, runtime_options, advisory):
     plan = mapping_module.plan(context.shapes, table, target, **context.options,
                                background=mapping_module.BACKGROUND_KEEP)
     try:
-        found = runtime.load_weights(path, plan) if target == "keras" else runtime.load_weights(path)
+        found = runtime.load_weights(path, plan)
     except Exception as error:  # torch, onnx and h5py each raise their own errors on a damaged file
         report.checks.append(Check(label, "weights", str(path), False, f"{path}: cannot read ({_one_line(error)})"))
         return

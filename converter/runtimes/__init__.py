@@ -1,9 +1,11 @@
 """Runtimes that load and run ported files for the verifier, one module per framework.
 
-Each module has the same public names:
+Each module is a ``converter.backends.Runtime``, found through the format registry (``backends.FORMATS``),
+with the same public names:
 
 - ``describe(path, **options) -> str``: what runs the file, for the report;
-- ``load_weights(path) -> {key: np.ndarray}``: every tensor of the file under its key, in the file's dtype;
+- ``load_weights(path, plan=None) -> {key: np.ndarray}``: every tensor of the file under its key, in the
+  file's dtype (a Keras 3 ``.weights.h5`` needs the plan to name its tensors);
 - ``run(path, plan, images, *, device, **options) -> ({end point: np.ndarray}, device)``: the outputs
   on ``images`` (NHWC, as TF-Slim takes them), feature maps returned NHWC so that every backend
   compares with the reference in one layout.

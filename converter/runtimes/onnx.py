@@ -13,7 +13,7 @@ def describe(path, **_):
     return "onnxruntime"
 
 
-def load_weights(path):
+def load_weights(path, plan=None):
     """Every initializer of the model, by name."""
     try:
         import onnx

@@ -41,7 +41,7 @@ def _load_state(torch, path):
                            "which is never run; it is not a state dict of tensors") from None
 
 
-def load_weights(path):
+def load_weights(path, plan=None):
     """Every tensor of a ``.pth`` (loaded with ``weights_only=True``) or ``.safetensors`` file, as numpy."""
     torch = _torch()
     return {key: _to_numpy(torch, value) for key, value in _load_state(torch, path).items()}
