@@ -304,12 +304,7 @@ def _load_builtin(name):
 
 def _load_file(path):
     data = _yaml.load(path, "mapping table", MappingError)
-    try:
-        problems = validate(data)
-    except (TypeError, AttributeError, KeyError) as error:
-        # a value of a type no rule expects (a list where a mapping belongs, ...): name it rather than crash
-        raise MappingError(f"{path}: invalid mapping table: a value has the wrong type ({error}); "
-                           f"see mappings/README.md for the schema") from None
+    problems = validate(data)
     if problems:
         raise MappingError(f"{path}: invalid mapping table ({len(problems)} problems):\n  " + join_problems(problems))
     return table_from_data(path, data)
@@ -428,8 +423,9 @@ def validate(data):
     for layer in data["layers"]:
         if uses[layer] != 1:
             problems.append(f"layers: {layer} is used {uses[layer]} times in the graph (must be once)")
-    classifier = (data["facts"].get("reference") or {}).get("classifier")
-    if classifier is not None and classifier not in data["layers"]:
+    reference = data["facts"].get("reference")
+    classifier = reference.get("classifier") if isinstance(reference, dict) else None
+    if isinstance(classifier, str) and classifier not in data["layers"]:
         problems.append(f"facts.reference.classifier: {classifier} is not a row of layers")
     for point in data["facts"].get("end_points", []):
         if point not in names:
@@ -522,10 +518,12 @@ def _validate_kernels(where, kind):
 
 def _validate_row(layer, row, kinds, skips):
     where = f"layers.{layer}"
-    if not isinstance(row, dict) or row.get("kind") not in kinds:
+    if not isinstance(row, dict) or not isinstance(row.get("kind"), str) or row["kind"] not in kinds:
         return [f"{where}: `kind` must name one of kinds ({', '.join(kinds)})"]
     problems = []
     kind = kinds[row["kind"]]
+    if not isinstance(kind, dict) or not isinstance(kind.get("params"), dict):
+        return []  # the kind's own problem is named under kinds
     dims = {d for shape in kind["params"].values() if isinstance(shape, list) for d in shape if isinstance(d, str)}
     for name in [layer] + [row[t] for t in TARGETS if isinstance(row.get(t), str)]:
         unknown = sorted(set(SIZE_FIELD.findall(name)) - dims)
