@@ -85,7 +85,7 @@ def main():
             runs = [(f"torch {dtype}", dtype, lambda dtype=dtype: torch_outputs(
                 convert(found.v2, output=pathlib.Path(scratch) / f"{name}-{dtype}.pth", dtype=dtype).output, images))
                 for dtype in TORCH_DTYPES]
-            points = tuple(point for point in golden if point in mapping.load_table(name).facts["end_points"])
+            points = tuple(point for point in golden if point in mapping.load_table(name).facts.end_points)
             runs.append(("onnx float16", "float16", lambda: onnx_outputs(
                 convert(found.v2, output=pathlib.Path(scratch) / f"{name}.onnx", dtype="float16", outputs=points,
                         input_layout="nhwc", input_size=images.shape[1:3]).output, images)))

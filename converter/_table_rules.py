@@ -53,6 +53,12 @@ def _is_string_map(value):
     return isinstance(value, dict) and all(isinstance(item, str) for item in value.values())
 
 
+def _is_dims(value):
+    # {layer: {dimension: size}}, sizes a model builds
+    return isinstance(value, dict) and all(isinstance(sizes, dict) and all(_is_int(size, 1) for size in sizes.values())
+                                           for sizes in value.values())
+
+
 def _short(value):
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -128,9 +134,7 @@ def _target(target, spec):
             problems.append(f"{where}.{key} must be a name")
     if not _is_string_map(spec.get("end_points", {})):
         problems.append(f"{where}.end_points must map end points to names")
-    dims = spec.get("dims", {})
-    if not isinstance(dims, dict) or not all(
-            isinstance(sizes, dict) and all(_is_int(size, 1) for size in sizes.values()) for sizes in dims.values()):
+    if not _is_dims(spec.get("dims", {})):
         problems.append(f"{where}.dims must map layers to {{dimension: size}}")
     for model in THIRD_PARTY:
         if model in spec:
@@ -140,6 +144,8 @@ def _target(target, spec):
                     and isinstance(entry.get("width", ""), str) and _is_string_map(entry.get("end_points", {}))):
                 problems.append(f"{where}.{model} must give model (a name), and may give options (a mapping), "
                                 f"aux and width (names) and end_points (a mapping)")
+            elif not _is_dims(entry.get("dims", {})):
+                problems.append(f"{where}.{model}.dims must map layers to {{dimension: size}}")
     return problems
 
 
@@ -268,7 +274,7 @@ def entry_problems(table, rows, entries, shapes, layer_scopes, dtypes=None):
     largest = {}  # layer -> elements of its largest checkpoint tensor
     for row in rows:
         if row.layer not in largest:
-            params = table.kinds[table.layers[row.layer]["kind"]]["params"]
+            params = table.kind_of(row.layer).params
             scope = layer_scopes[row.layer]
             sizes = [math.prod(shapes[f"{scope}{p}"]) for p in params if f"{scope}{p}" in shapes]
             largest[row.layer] = max([1, *sizes])

@@ -1,22 +1,19 @@
 """One checkpoint to one target file: read, plan, check everything, then write atomically.
 
 ``convert`` is what ``ckpt-convert --from slim --to TARGET`` runs. The writer for a target and an
-output suffix comes from ``WRITERS``, a table of import paths: a target is added by adding a row.
-Every writer has the signature ``writer(plan, read, path, *, dtype=None, **options)``, where
-``read(name) -> np.ndarray`` reads a checkpoint variable and ``path`` is a temporary file that is
-renamed into place only once the writer returns. A writer's module may also define
-``check(plan, path, *, dtype=None, **options)``: what only that format constrains, checked before
-anything is written and on a dry run.
+output suffix comes from the format registry (``converter.backends``): a ``Writer`` whose ``check``
+(what only that format constrains) runs before anything is written and on a dry run, and whose
+``write(plan, read, path, *, dtype=None, **options)`` gets ``read(name) -> np.ndarray`` for a checkpoint
+variable and a temporary ``path`` that is renamed into place only once it returns.
 """
 
 import dataclasses
-import importlib
 import pathlib
 import time
 
 # imported as ``tables``: ``convert``'s argument ``mapping`` (a user's table) would shadow the module
 from converter import mapping as tables
-from converter import provenance, storage
+from converter import backends, provenance, storage
 from converter._atomic import atomic_output
 from converter._text import counted
 from converter.checkpoint import open_checkpoint
@@ -25,17 +22,7 @@ from converter.options import EMA_AUTO, FLAGS, TARGET_OPTIONS, Options
 
 # the file beside a model that holds its weights in ONNX's external-data layout (--external-data)
 EXTERNAL_DATA_SUFFIX = ".data"
-# (target, output suffix) -> "module:function" of the writer
-WRITERS = {
-    ("torch", ".pth"): "converter.writers.torch:save_pth",
-    ("torch", ".safetensors"): "converter.writers.torch:save_safetensors_state",
-    ("keras", ".h5"): "converter.writers.keras:save_h5",
-    ("keras", ".weights.h5"): "converter.writers.keras:save_weights_h5",
-    ("onnx", ".onnx"): "converter.writers.onnx:save_onnx",
-}
 DEFAULT_SUFFIXES = {"torch": ".pth", "keras": ".h5", "onnx": ".onnx"}
-# the pip extra that brings each target's optional dependencies
-EXTRAS = {"torch": "torch", "keras": "keras", "onnx": "onnx"}
 SOURCE_FORMATS = ("slim",)
 # the suffix TF-Slim checkpoints conventionally carry; an output replaces it rather than extending it
 CHECKPOINT_SUFFIX = ".ckpt"
@@ -95,46 +82,28 @@ def third_party_notes(plan):
     another input size (a smaller auxiliary kernel) or width binds others.
     """
     notes = []
-    spec = plan.table.targets.get(plan.target, {})
-    for name, model in spec.items():
-        if not isinstance(model, dict) or "dims" not in model:
+    spec = plan.table.targets.get(plan.target)
+    for name, model in (spec.third_party if spec is not None else {}).items():
+        if not model.dims:
             continue
-        mismatches = tables.dims_mismatches(plan, model["dims"])
+        mismatches = tables.dims_mismatches(plan, model.dims)
         if mismatches:
-            optional = tables.group_layers(plan.table.graph, spec.get("optional", []))
+            optional = plan.table.group_layers(spec.optional)
             fix = f"; convert with --no-aux for {name}" if set(mismatches) <= optional else ""
-            notes.append(f"loads into the exact module, not {name}'s {model.get('model', name)}: "
+            notes.append(f"loads into the exact module, not {name}'s {model.model}: "
                          f"{'; '.join(mismatches.values())}{fix}")
     return notes
 
 
 def writer_for(target, output):
-    """The writer function for ``target`` and ``output``'s suffix; ConvertError naming the known ones."""
-    suffixes = [suffix for (t, suffix) in WRITERS if t == target]
-    if not suffixes:
-        known = sorted({t for t, _ in WRITERS})
-        raise ConvertError(f"unknown target {target!r}; choose one of {', '.join(known)}")
-    name = storage.path(output).name
-    matching = [suffix for suffix in suffixes if name.endswith(suffix)]
-    if not matching:
-        raise ConvertError(f"{output}: the {target} target writes {', '.join(suffixes)} files; rename the output")
-    spec = WRITERS[(target, max(matching, key=len))]
-    module_name, _, function = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ConvertError(
-            f"the {target} target is not available ({error}); "
-            f"install it with: pip install 'ckpt-convert[{EXTRAS[target]}]'"
-        ) from None
-    return getattr(module, function)
+    """The ``backends.Writer`` for ``target`` and ``output``'s suffix; ConvertError naming the known ones."""
+    return backends.get(target, output, storage.path(output).name).writer()
 
 
 def target_of(output):
     """The target whose writer takes ``output``'s suffix (the longest that matches), or None."""
-    name = pathlib.Path(output).name
-    matching = [(suffix, target) for (target, suffix) in WRITERS if name.endswith(suffix)]
-    return max(matching, key=lambda pair: len(pair[0]))[1] if matching else None
+    found = backends.by_name(output)
+    return found.target if found is not None else None
 
 
 def check_target_options(target, options):
@@ -233,11 +202,9 @@ def convert(checkpoint, to=None, output=None, *, options=None, force=False, dry_
         plan = tables.plan(shapes, table, to, **options.plan_arguments(),
                            dtypes={info.name: info.dtype for info in infos})
         target = storage.path(output) if output is not None else default_output(ckpt.path, to)
-        write = writer_for(to, target)
+        writer = writer_for(to, target)
         writer_options = options.writer_arguments()
-        check = getattr(importlib.import_module(write.__module__), "check", None)
-        if check is not None:
-            check(plan, target, dtype=options.dtype, **writer_options)
+        writer.check(plan, target, dtype=options.dtype, **writer_options)
         size = 0
         if dry_run and target.exists() and not force:
             raise OutputExistsError(f"{target}: already exists; pass --force to overwrite it")
@@ -248,10 +215,10 @@ def convert(checkpoint, to=None, output=None, *, options=None, force=False, dry_
                 if writer_options.get("external_data"):  # ONNX weights in a file beside the model, named after it
                     writer_options["external_data"] = f"{target.name}{EXTERNAL_DATA_SUFFIX}"
                     with atomic_output(target.parent / writer_options["external_data"], force) as data:
-                        write(plan, ckpt.read, temp, dtype=options.dtype, external_data_path=data, **writer_options)
+                        writer.write(plan, ckpt.read, temp, dtype=options.dtype, external_data_path=data, **writer_options)
                         size = data.stat().st_size
                 else:
-                    write(plan, ckpt.read, temp, dtype=options.dtype, **writer_options)
+                    writer.write(plan, ckpt.read, temp, dtype=options.dtype, **writer_options)
                 size += temp.stat().st_size
     return ConvertResult(
         checkpoint=storage.path(ckpt.path),

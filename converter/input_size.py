@@ -9,17 +9,16 @@ sizes fit and, where one does not, why.
 """
 
 import dataclasses
+import functools
 import math
 
-from converter import mapping
+from converter import graph, mapping
 
 # a kind's kernel dimensions, by name in its params ([kh, kw, in, out])
 KERNEL_DIMS = ("kh", "kw")
 # ops that slide a window over the map: a depthwise kernel's kh x kw (a separable layer's pointwise
 # convolution after it is 1x1, stride 1, VALID, and keeps the size)
 CONVOLUTIONS = ("conv", *mapping.OP_KERNELS)
-DEFAULT_STRIDE = 1
-DEFAULT_PADDING = "SAME"
 # how far above the table's default size inference looks for sizes that fit
 SEARCH_FACTOR = 2
 # inferred sizes are the roundest that fit: a multiple of the first of these that any fitting size is
@@ -78,8 +77,8 @@ def check(table, dims, size):
 
 def fitting(table, dims, *, limit=None):
     """Square sizes from 1 to ``limit`` (default: twice the table's default) that fit, ascending."""
-    spec = table.facts["input"]
-    limit = limit or SEARCH_FACTOR * max(spec["height"], spec["width"])
+    spec = table.facts.input
+    limit = limit or SEARCH_FACTOR * max(spec.height, spec.width)
     walk = _Walk(table, dims)
     return [size for size in range(1, limit + 1) if walk.fits((size, size))]
 
@@ -91,8 +90,8 @@ def infer(table, dims):
     size below the default that is a multiple of the largest of ``ROUND`` it can be (training sizes
     are round numbers: 160, 192). Raises ``SizeError`` when no size fits.
     """
-    spec = table.facts["input"]
-    default = (spec["height"], spec["width"])
+    spec = table.facts.input
+    default = (spec.height, spec.width)
     walk = _Walk(table, dims)
     try:
         walk.run(default)
@@ -103,7 +102,7 @@ def infer(table, dims):
     if not sizes:
         raise SizeError(f"no input size up to {SEARCH_FACTOR}x the default fits this checkpoint "
                         f"(at {default[0]}x{default[1]}: {ruled_out})")
-    preferred = [s for s in spec.get("sizes", []) if s in sizes]
+    preferred = [s for s in spec.sizes if s in sizes]
     below = [s for s in sizes if s <= default[0]] or sizes
     rounded = next(([s for s in below if s % step == 0] for step in ROUND if any(s % step == 0 for s in below)), below)
     chosen = preferred[0] if preferred else rounded[-1]
@@ -148,61 +147,28 @@ class _Walk:
     def run(self, size):
         if min(size) < 1:
             raise SizeError(f"input size {size[0]}x{size[1]} is empty")
-        self._nodes(self.table.graph, tuple(size), "", {})
+        self.nodes(self.table.graph, tuple(size), "", {})
 
-    def _planned(self, node, scope):
-        return all(layer in self.dims for layer in mapping.layers_under(node, scope))
-
-    def _nodes(self, nodes, value, scope, points):
+    def nodes(self, nodes, value, scope, points):
         for node in nodes:
-            if "name" in node and not self._planned(node, scope):
+            if not graph.kept(node, scope, self.dims):
                 continue  # a group the checkpoint or plan leaves out constrains nothing
-            if "input" in node:
-                value = points[node["input"]]
-            value = self._node(node, value, scope, mapping.inner_scope(node, scope), points)
-            if "name" in node:
-                points[node["name"]] = value
+            if node.input is not None:
+                value = points[node.input]
+            value = _size(node, self, value, scope, points)
+            if node.name is not None:
+                points[node.name] = value
         return value
 
-    def _node(self, node, value, scope, inner, points):
-        stride, padding = node.get("stride", DEFAULT_STRIDE), node.get("padding", DEFAULT_PADDING)
-        if "layer" in node:
-            return self._layer(scope + node["layer"], value, stride, padding)
-        if "max_pool" in node or "avg_pool" in node:
-            kernel = node.get("max_pool", node.get("avg_pool"))
-            if kernel == "global":
-                return (1, 1)
-            if node.get("reduced") and not isinstance(value, _Flat):
-                kernel = [min(k, n) for k, n in zip(kernel, value)]  # TF-Slim shrinks the window to a smaller map
-            return self._spatial(value, tuple(kernel), stride, padding, f"{scope}pool")
-        if "scale" in node:
-            return value
-        if "pad" in node:
-            (top, bottom), (left, right) = node["pad"]
-            return value[0] + top + bottom, value[1] + left + right
-        if "flatten" in node:
-            if node["flatten"] is True and value != (1, 1):
-                where = scope.rstrip("/") or "the graph"
-                raise SizeError(f"{where} flattens a {value[0]}x{value[1]} map where it needs 1x1")
-            return _Flat(value)
-        if "nodes" in node:
-            return self._nodes(node["nodes"], value, inner, points)
-        branches = node.get("concat") or node.get("add")
-        outputs = {self._nodes(branch, value, inner, points) if branch else value for branch in branches}
-        if len(outputs) > 1:
-            raise SizeError(f"{node.get('name', scope or 'a node')}: its branches give maps of different sizes "
-                            f"({', '.join(sorted(map(str, outputs)))})")
-        return outputs.pop()
-
-    def _layer(self, layer, value, stride, padding):
+    def layer(self, layer, value, stride, padding):
         kernel = self.kernels.get(layer)
-        op = self.table.kinds[self.table.layers[layer]["kind"]]["compute"]["op"]
+        op = self.table.kind_of(layer).compute.op
         if op == mapping.BATCH_NORM_OP:
             return value  # a batch norm alone keeps the size of what it normalizes
         if op in CONVOLUTIONS:
             if isinstance(value, _Flat):
                 raise SizeError(f"{layer} convolves a flattened input")
-            return self._spatial(value, kernel or (1, 1), stride, padding, layer)
+            return self.spatial(value, kernel or (1, 1), stride, padding, layer)
         # a fully connected layer: on a flat input; one with a kernel consumes the whole map it flattened
         if not isinstance(value, _Flat):
             raise SizeError(f"{layer} needs a flattened input, got a {value[0]}x{value[1]} map")
@@ -212,12 +178,66 @@ class _Walk:
         return _Flat((1, 1))
 
     @staticmethod
-    def _spatial(value, kernel, stride, padding, where):
+    def spatial(value, kernel, stride, padding, where):
         if isinstance(value, _Flat):
             raise SizeError(f"{where} pools a flattened input")
         height = _window(value[0], kernel[0], stride, padding, where)
         width = _window(value[1], kernel[1], stride, padding, where)
         return height, width
+
+
+# the size after each node type: one function per converter.graph node class
+@functools.singledispatch
+def _size(node, walk, value, scope, points):
+    raise TypeError(f"no input-size rule for graph node {type(node).__name__}")
+
+
+@_size.register
+def _(node: graph.Layer, walk, value, scope, points):
+    return walk.layer(scope + node.layer, value, node.stride, node.padding)
+
+
+@_size.register
+def _(node: graph.Pool, walk, value, scope, points):
+    if node.is_global:
+        return (1, 1)
+    kernel = node.window if isinstance(value, _Flat) else node.window_for(value)
+    return walk.spatial(value, tuple(kernel), node.stride, node.padding, f"{scope}pool")
+
+
+@_size.register
+def _(node: graph.Scale, walk, value, scope, points):
+    return value
+
+
+@_size.register
+def _(node: graph.Pad, walk, value, scope, points):
+    (top, bottom), (left, right) = node.pads
+    return value[0] + top + bottom, value[1] + left + right
+
+
+@_size.register
+def _(node: graph.Flatten, walk, value, scope, points):
+    if node.order is graph.FLATTEN_1X1 and value != (1, 1):
+        where = scope.rstrip("/") or "the graph"
+        raise SizeError(f"{where} flattens a {value[0]}x{value[1]} map where it needs 1x1")
+    return _Flat(value)
+
+
+@_size.register
+def _(node: graph.Sequence, walk, value, scope, points):
+    return walk.nodes(node.nodes, value, node.inner_scope(scope), points)
+
+
+@_size.register(graph.Concat)
+@_size.register(graph.Add)
+def _(node, walk, value, scope, points):
+    inner = node.inner_scope(scope)
+    outputs = {walk.nodes(branch, value, inner, points) if branch else value for branch in node.branches}
+    if len(outputs) > 1:
+        raise SizeError(f"{node.name or scope or 'a node'}: its branches give maps of different sizes "
+                        f"({', '.join(sorted(map(str, outputs)))})")
+    return outputs.pop()
 
 
 def same_pads_vary(kernel, stride):
@@ -237,20 +257,13 @@ def runtime_pads(kernel, stride):
 def pads_depend_on_size(table, dims):
     """Whether a graph needs a fixed input size: a ``reduced`` window (it shrinks with the map), or a 'SAME'
     window whose pads vary with the size and that a runtime cannot pad as TensorFlow does (``runtime_pads``)."""
-    found, bound = [], kernels(table, dims)
-
-    def visit(node, scope):
-        if node.get("reduced"):
-            found.append(node)  # its window is the map's size where that is smaller: a model per input size
-        stride = node.get("stride", DEFAULT_STRIDE)
-        if node.get("padding", DEFAULT_PADDING) != "SAME":
-            return
-        if "layer" in node:
-            kernel = bound.get(scope + node["layer"], (1, 1))
-        else:
-            kernel = node.get("max_pool", node.get("avg_pool"))
-        if kernel != "global" and same_pads_vary(kernel, stride) and not runtime_pads(kernel, stride):
-            found.append(node)
-
-    mapping.walk(table.graph, visit)
-    return bool(found)
+    bound = kernels(table, dims)
+    for node, scope in graph.walk(table.graph):
+        if isinstance(node, graph.Pool) and node.reduced:
+            return True  # its window is the map's size where that is smaller: a model per input size
+        if not isinstance(node, (graph.Layer, graph.Pool)) or node.padding != graph.SAME:
+            continue
+        kernel = bound.get(scope + node.layer, (1, 1)) if isinstance(node, graph.Layer) else node.window
+        if kernel != graph.GLOBAL and same_pads_vary(kernel, node.stride) and not runtime_pads(kernel, node.stride):
+            return True
+    return False

@@ -7,6 +7,7 @@ cannot fill, and shapes that disagree are all gathered into one error.
 """
 
 import collections
+import collections.abc
 import dataclasses
 import fnmatch
 import functools
@@ -16,7 +17,7 @@ import re
 
 import numpy as np
 
-from converter import _table_rules, names, table_schema, transforms
+from converter import _table_rules, _yaml, graph, names, table_schema, transforms
 from converter.errors import ConvertError, MappingError, join_problems
 
 SCHEMA = 1
@@ -80,78 +81,202 @@ class Row:
 
 
 @dataclasses.dataclass(frozen=True)
+class Tensor:
+    """One target tensor of a kind (``kinds.NAME.<target>.KEY``): from a slim parameter, or a fill."""
+
+    key: str  # joined to a row's target name (``conv.weight``, ``conv2d/kernel``)
+    source: str | None  # the kind's param it is taken from (``weights``, ``BatchNorm/beta``); None for a fill
+    transform: str = "identity"
+    classes: int | None = None  # axis that holds the classes
+    fill: float | None = None
+    shape: tuple = ()  # a fill's dimension names or sizes
+    dtype: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Compute:
+    """What a kind computes (``kinds.NAME.compute``)."""
+
+    op: str  # one of COMPUTE_OPS
+    batch_norm: bool = False
+    activation: str | None = None
+    epsilon: float | None = None  # the kind's own batch norm epsilon, else the table's
+
+
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """A layer kind: its slim params (``{param: (dimension name or size, ...)}``), op and target tensors."""
+
+    name: str
+    params: dict
+    compute: Compute
+    columns: dict  # target -> {key: Tensor}, in the table's order
+
+    def column(self, target):
+        """The target tensors of ``target`` in the table's order (empty where the kind has none)."""
+        return tuple(self.columns.get(target, {}).values())
+
+    def sources(self, target, param):
+        """The keys of ``target``'s tensors taken from slim param ``param``."""
+        return [tensor.key for tensor in self.column(target) if tensor.source == param]
+
+    @property
+    def dims(self):
+        """Every dimension name its params bind."""
+        return {dim for shape in self.params.values() for dim in shape if isinstance(dim, str)}
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerRow:
+    """A row of ``layers``: a slim layer scope, its kind and its name in each target."""
+
+    layer: str
+    kind: Kind
+    names: dict  # target -> a prefix, or {role: layer name}
+
+    def name(self, target):
+        """The row's ``target`` name (a prefix or ``{role: name}``), None where it has none."""
+        return self.names.get(target)
+
+    def key(self, target, key, dims=None):
+        """The target key of a kind's ``key`` in this row, sizes in it bound from ``dims``."""
+        joined = join_key(target, self.names[target], key)
+        return bind_name(joined, dims) if dims is not None else joined
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """``facts.input``: the default size, channels and value range the network takes."""
+
+    height: int
+    width: int
+    channels: int
+    range: tuple = (-1.0, 1.0)
+    mean: tuple | None = None
+    sizes: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Facts(collections.abc.Mapping):
+    """``facts``: what is true of the architecture. Also reads as the YAML mapping it was parsed from, for
+    the reference builders that take TF-Slim's options from it (``converter.reference``)."""
+
+    num_classes: int
+    background_class: int | None
+    input: InputSpec
+    end_points: tuple
+    batch_norm_epsilon: float | None
+    preprocessing: str | None
+    reference: dict | None  # module, network, arg_scope, classifier, end_points, squeeze, heads
+    meta_graph: dict | None  # a table recovered from a .meta: what its reference needs
+    data: dict = dataclasses.field(repr=False, compare=False)
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def __len__(self):
+        return len(self.data)
+
+    @property
+    def classifier(self):
+        """The layer whose class count is the checkpoint's (``reference.classifier``), or None."""
+        return (self.reference or {}).get("classifier")
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A third-party model a target's output loads into (``targets.torch.torchvision``, ``...timm``)."""
+
+    library: str
+    model: str
+    options: dict
+    aux: str | None  # the option that builds the auxiliary head
+    width: str | None  # the option that takes the width multiplier
+    end_points: dict  # end point -> module path
+    dims: dict  # {layer: {dimension: size}} it builds
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """``targets.<target>``: what the table says of one target."""
+
+    name: str
+    skip: tuple = ()  # groups the target never has
+    optional: tuple = ()  # groups kept where the checkpoint has them
+    order: tuple | None = None  # keras: layers with weights in model.layers order
+    models: tuple = ()
+    restrictions: tuple = ()
+    drift: str = ""
+    application: str | None = None
+    width: str | None = None
+    classifier: str | None = None
+    end_points: dict = dataclasses.field(default_factory=dict)
+    dims: dict = dataclasses.field(default_factory=dict)
+    third_party: dict = dataclasses.field(default_factory=dict)  # library -> Model
+
+
+@dataclasses.dataclass(frozen=True)
 class Table:
-    """A validated mapping table."""
+    """A validated mapping table, parsed once into typed parts (``table_from_data``)."""
 
     path: pathlib.Path
     architecture: str
     scope: str
     detect: tuple
     detect_absent: tuple  # variables whose presence rules the architecture out (a deeper network)
-    facts: dict
-    targets: dict
-    kinds: dict
-    layers: dict
-    graph: list
+    facts: Facts
+    targets: dict  # target -> Target
+    kinds: dict  # name -> Kind
+    layers: dict  # layer scope -> LayerRow
+    graph: tuple  # converter.graph nodes
     outside: tuple = ()  # scope patterns under the root that are not the network (a detector's extra layers)
+    digest: str = ""  # blake2b of the table's meaning (``table_schema.digest``): the same whatever its layout
 
     @property
     def num_classes(self):
-        return self.facts["num_classes"]
+        return self.facts.num_classes
 
     @property
     def background_class(self):
-        return self.facts.get("background_class")
+        return self.facts.background_class
+
+    def kind_of(self, layer):
+        """The ``Kind`` of a table layer."""
+        return self.layers[layer].kind
 
     def groups(self, target):
         """Graph end points whose layers ``target`` never has (its ``skip``)."""
-        return tuple(self.targets.get(target, {}).get("skip", []))
+        spec = self.targets.get(target)
+        return spec.skip if spec is not None else ()
+
+    def group_layers(self, groups):
+        """The layers under the graph nodes named in ``groups``."""
+        return graph.group_layers(self.graph, groups)
 
     def rows(self, target, *, skip=()):
         """Every target tensor of every layer, in table order, leaving out layers under ``skip`` groups."""
         rows = []
-        left_out = group_layers(self.graph, skip)
+        left_out = self.group_layers(skip)
         for layer, row in self.layers.items():
             if layer in left_out:
                 continue
-            kind = self.kinds[row["kind"]]
-            for key, spec in kind.get(target, {}).items():
+            for tensor in row.kind.column(target):
                 rows.append(
                     Row(
                         layer=layer,
-                        key=join_key(target, row[target], key),
-                        source=spec.get("from"),
-                        transform=spec.get("transform", "identity"),
-                        classes=spec.get("classes"),
-                        fill=spec.get("fill"),
-                        fill_shape=tuple(spec.get("shape", ())),
-                        dtype=spec.get("dtype"),
+                        key=row.key(target, tensor.key),
+                        source=tensor.source,
+                        transform=tensor.transform,
+                        classes=tensor.classes,
+                        fill=tensor.fill,
+                        fill_shape=tensor.shape,
+                        dtype=tensor.dtype,
                     )
                 )
         return rows
-
-
-def inner_scope(node, scope):
-    """The scope of layer references inside ``node``: its name, unless it has none or ``scoped: false``."""
-    return f"{node['name']}/" if "name" in node and node.get("scoped", True) else scope
-
-
-def group_layers(graph, groups):
-    """The layers (scopes) used under the graph nodes named in ``groups``."""
-    found = set()
-
-    def walk(nodes, scope, inside):
-        for node in nodes if isinstance(nodes, list) else ():
-            if not isinstance(node, dict):
-                continue
-            hit = inside or node.get("name") in groups
-            if hit and isinstance(node.get("layer"), str):
-                found.add(scope + node["layer"])
-            for branch in branches(node) + [node.get("nodes", [])]:
-                walk(branch, inner_scope(node, scope), hit)
-
-    walk(graph, "", False)
-    return found
 
 
 def join_key(target, name, key):
@@ -181,12 +306,7 @@ def _load_builtin(name):
 
 def _load_file(path):
     data = table_schema.read(path)  # a schema 2 file expanded into the form validated here
-    try:
-        problems = validate(data)
-    except (TypeError, AttributeError, KeyError) as error:
-        # a value of a type no rule expects (a list where a mapping belongs, ...): name it rather than crash
-        raise MappingError(f"{path}: invalid mapping table: a value has the wrong type ({error}); "
-                           f"see mappings/README.md for the schema") from None
+    problems = validate(data)
     if problems:
         raise MappingError(f"{path}: invalid mapping table ({len(problems)} problems):\n  " + join_problems(problems))
     return table_from_data(path, data)
@@ -194,6 +314,7 @@ def _load_file(path):
 
 def table_from_data(path, data):
     """A ``Table`` of validated table ``data`` (parsed YAML, or a recovered graph's), read from ``path``."""
+    kinds = {name: _kind(name, kind) for name, kind in data["kinds"].items()}
     return Table(
         path=path,
         architecture=data["architecture"],
@@ -201,12 +322,53 @@ def table_from_data(path, data):
         detect=tuple(data["detect"]),
         detect_absent=tuple(data.get("detect_absent", ())),
         outside=tuple(data.get("outside", ())),
-        facts=data["facts"],
-        targets=data.get("targets", {}),
-        kinds=data["kinds"],
-        layers=data["layers"],
-        graph=data["graph"],
+        facts=_facts(data["facts"]),
+        targets={target: _target(target, spec) for target, spec in data.get("targets", {}).items()},
+        kinds=kinds,
+        layers={layer: LayerRow(layer, kinds[row["kind"]], {t: row[t] for t in TARGETS if row.get(t) is not None})
+                for layer, row in data["layers"].items()},
+        graph=graph.parse(data["graph"]),
+        digest=table_schema.digest(data),
     )
+
+
+def _kind(name, kind):
+    compute = kind["compute"]
+    columns = {target: {key: Tensor(key, spec.get("from"), spec.get("transform", "identity"), spec.get("classes"),
+                                    spec.get("fill"), tuple(spec.get("shape", ())), spec.get("dtype"))
+                        for key, spec in kind[target].items()}
+               for target in TARGETS if kind.get(target)}
+    return Kind(name, {param: tuple(dims) for param, dims in kind["params"].items()},
+                Compute(compute["op"], bool(compute.get("batch_norm", False)), compute.get("activation"),
+                        compute.get("epsilon")), columns)
+
+
+def _facts(facts):
+    spec = facts["input"]
+    return Facts(
+        num_classes=facts["num_classes"],
+        background_class=facts.get("background_class"),
+        input=InputSpec(spec["height"], spec["width"], spec["channels"], tuple(spec.get("range", (-1.0, 1.0))),
+                        tuple(spec["mean"]) if spec.get("mean") is not None else None, tuple(spec.get("sizes", ()))),
+        end_points=tuple(facts.get("end_points") or ()),
+        batch_norm_epsilon=facts.get("batch_norm_epsilon"),
+        preprocessing=facts.get("preprocessing"),
+        reference=facts.get("reference"),
+        meta_graph=facts.get("meta_graph"),
+        data=facts,
+    )
+
+
+def _target(target, spec):
+    third_party = {library: Model(library, model["model"], dict(model.get("options", {})), model.get("aux"),
+                                  model.get("width"), dict(model.get("end_points", {})), dict(model.get("dims", {})))
+                   for library, model in spec.items() if library in _table_rules.THIRD_PARTY}
+    order = spec.get("order")
+    return Target(target, tuple(spec.get("skip", ())), tuple(spec.get("optional", ())),
+                  tuple(order) if order is not None else None, tuple(spec.get("models", ())),
+                  tuple(spec.get("restrictions", ())), spec.get("drift", ""), spec.get("application"),
+                  spec.get("width"), spec.get("classifier"), dict(spec.get("end_points", {})),
+                  dict(spec.get("dims", {})), third_party)
 
 
 def validate(data):
@@ -253,7 +415,7 @@ def validate(data):
     if normed and (not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or epsilon <= 0):
         problems.append(f"facts.batch_norm_epsilon must be a positive number: kinds {', '.join(normed)} "
                         f"have a batch norm")
-    skips = {target: group_layers(data["graph"], spec.get("skip", [])) for target, spec in targets.items()
+    skips = {target: _raw_group_layers(data["graph"], spec.get("skip", [])) for target, spec in targets.items()
              if isinstance(spec, dict)}
     for layer, row in data["layers"].items():
         problems += _validate_row(layer, row, data["kinds"], skips)
@@ -264,8 +426,9 @@ def validate(data):
     for layer in data["layers"]:
         if uses[layer] != 1:
             problems.append(f"layers: {layer} is used {uses[layer]} times in the graph (must be once)")
-    classifier = (data["facts"].get("reference") or {}).get("classifier")
-    if classifier is not None and classifier not in data["layers"]:
+    reference = data["facts"].get("reference")
+    classifier = reference.get("classifier") if isinstance(reference, dict) else None
+    if isinstance(classifier, str) and classifier not in data["layers"]:
         problems.append(f"facts.reference.classifier: {classifier} is not a row of layers")
     for point in data["facts"].get("end_points", []):
         if point not in names:
@@ -308,7 +471,8 @@ def _validate_facts(facts):
 
 def batch_norm_epsilon(table, kind):
     """The epsilon of ``kind``'s batch norm: its ``compute.epsilon``, else the table's ``facts.batch_norm_epsilon``."""
-    return float(kind["compute"].get("epsilon", table.facts.get("batch_norm_epsilon")))
+    epsilon = kind.compute.epsilon
+    return float(epsilon if epsilon is not None else table.facts.batch_norm_epsilon)
 
 
 def _has_batch_norm(kind):
@@ -357,10 +521,12 @@ def _validate_kernels(where, kind):
 
 def _validate_row(layer, row, kinds, skips):
     where = f"layers.{layer}"
-    if not isinstance(row, dict) or row.get("kind") not in kinds:
+    if not isinstance(row, dict) or not isinstance(row.get("kind"), str) or row["kind"] not in kinds:
         return [f"{where}: `kind` must name one of kinds ({', '.join(kinds)})"]
     problems = []
     kind = kinds[row["kind"]]
+    if not isinstance(kind, dict) or not isinstance(kind.get("params"), dict):
+        return []  # the kind's own problem is named under kinds
     dims = {d for shape in kind["params"].values() if isinstance(shape, list) for d in shape if isinstance(d, str)}
     for name in [layer] + [row[t] for t in TARGETS if isinstance(row.get(t), str)]:
         unknown = sorted(set(SIZE_FIELD.findall(name)) - dims)
@@ -412,7 +578,7 @@ def _validate_nodes(nodes, scope, used, names, layers):
             problems.append(f"graph: flatten {node['flatten']!r} must be true (a 1x1 map), spatial or hwc")
         if "scoped" in node and ("name" not in node or not isinstance(node["scoped"], bool)):
             problems.append(f"graph: scoped must be true or false, on a named node (got {node})")
-        inner = inner_scope(node, scope)
+        inner = _raw_inner_scope(node, scope)
         if "layer" in node:
             layer = scope + node["layer"]
             used.append(layer)
@@ -440,38 +606,37 @@ def _is_pads(pads):
     return isinstance(pads, list) and len(pads) == 2 and all(amounts(pair) for pair in pads)
 
 
-def branches(node):
-    """The branches of a ``concat`` or ``add`` node (each a list of nodes on the node's input); [] otherwise."""
-    return node.get("concat") or node.get("add") or []
+def _raw_inner_scope(node, scope):
+    # validation reads the YAML before it is parsed; the typed graph's rule is converter.graph.Node.inner_scope
+    return f"{node['name']}/" if "name" in node and node.get("scoped", True) else scope
 
 
-def walk(graph, visit, scope=""):
-    """Call ``visit(node, scope)`` on every graph node, depth first; ``scope`` is what its layer references are relative to."""
-    for node in graph:
-        visit(node, scope)
-        inner = inner_scope(node, scope)
-        for branch in branches(node):
-            walk(branch, visit, inner)
-        walk(node.get("nodes", []), visit, inner)
+def _raw_group_layers(nodes, groups):
+    # the layers under the YAML graph's nodes named in ``groups``, for validation (typed: graph.group_layers)
+    found = set()
+
+    def visit(nodes, scope, inside):
+        for node in nodes if isinstance(nodes, list) else ():
+            if not isinstance(node, dict):
+                continue
+            hit = inside or node.get("name") in groups
+            if hit and isinstance(node.get("layer"), str):
+                found.add(scope + node["layer"])
+            for branch in (node.get("concat") or node.get("add") or []) + [node.get("nodes", [])]:
+                visit(branch, _raw_inner_scope(node, scope), hit)
+
+    visit(nodes, "", False)
+    return found
 
 
 def class_end_points(table):
     """The graph end points whose output holds the classes: those whose layers bind a ``classes`` dimension."""
     found = set()
-    def visit(node, scope):
-        if node.get("name") in table.facts["end_points"]:
-            for layer in layers_under(node, scope):
-                params = table.kinds[table.layers[layer]["kind"]]["params"].values()
-                if any(CLASSES_DIM in shape for shape in params):
-                    found.add(node["name"])
-    walk(table.graph, visit)
-    return found
-
-
-def layers_under(node, scope=""):
-    """The layers (scopes relative to the model scope) under one graph node, in graph order."""
-    found = []
-    walk([node], lambda child, at: found.append(at + child["layer"]) if "layer" in child else None, scope)
+    for node, scope in graph.walk(table.graph):
+        if node.name in table.facts.end_points:
+            for layer in graph.layers(node, scope):
+                if any(CLASSES_DIM in shape for shape in table.kind_of(layer).params.values()):
+                    found.add(node.name)
     return found
 
 
@@ -554,10 +719,9 @@ def _taken(names, table, root):
     relative = [name[len(root):] for name in names if name.startswith(root)]
     count = 0
     for layer, row in table.layers.items():
-        kind = table.kinds[row["kind"]]
-        scope, _ = _resolve(layer, kind, relative, [])
+        scope, _ = _resolve(layer, row.kind, relative, [])
         if scope is not None:
-            count += sum(f"{root}{scope}/{param}" in names for param in kind["params"])
+            count += sum(f"{root}{scope}/{param}" in names for param in row.kind.params)
     return count
 
 
@@ -713,6 +877,16 @@ class Plan:
     def root(self):
         return self.network.root
 
+    def keeps(self, node, scope=""):
+        """Whether the port holds graph ``node`` (at ``scope``): every layer under it is in the plan
+        (``graph.kept``); the one rule by which every writer, module and runtime leaves groups out."""
+        return graph.kept(node, scope, self.dims)
+
+    def holds(self, end_point):
+        """Whether the port holds the named graph node ``end_point``."""
+        found = graph.named(self.table.graph).get(end_point)
+        return found is not None and self.keeps(*found)
+
     def source_scope(self, layer):
         """A table layer's full scope in the checkpoint (``tower_0/FlowerNet/AuxLogits/Conv2d_2a_3x3``)."""
         return self.root + self.scopes.get(layer, layer)
@@ -739,9 +913,10 @@ class Plan:
         for group, status in self.heads.items():
             lines.append(("head", f"{group} {status}"))
         lines.append(("input", f"{self.input_size} ({self.input_size.reason})"))
-        if "meta_graph" in self.table.facts and self.table.facts.get("preprocessing"):
-            low, high = self.table.facts["input"]["range"]
-            lines.append(("input range", f"[{low:g}, {high:g}]: {self.table.facts['preprocessing']}"))
+        facts = self.table.facts
+        if facts.meta_graph is not None and facts.preprocessing:
+            low, high = facts.input.range
+            lines.append(("input range", f"[{low:g}, {high:g}]: {facts.preprocessing}"))
         for scope, found in self.outside().items():
             lines.append(("not converted", f"{len(found)} variable{'s' if len(found) != 1 else ''} under {scope}/ "
                                            f"(no row of {self.table.path.name} takes them)"))
@@ -810,7 +985,7 @@ def _resolve(layer, kind, relative, problems):
     pattern = layer_pattern(layer)
     if pattern is None:
         return layer, {}
-    first = names.SEPARATOR + next(iter(kind["params"]))
+    first = names.SEPARATOR + next(iter(kind.params))
     found = {}
     for name in relative:
         match = pattern.fullmatch(name[: -len(first)]) if name.endswith(first) else None
@@ -828,7 +1003,7 @@ def _bind(table, shapes, root):
     relative = [name[len(root):] for name in shapes if name.startswith(root)]
     scopes, dims, present, problems = {}, {}, {}, {}
     for layer, row in table.layers.items():
-        kind = table.kinds[row["kind"]]
+        kind = row.kind
         found = problems.setdefault(layer, [])
         scope, bound = _resolve(layer, kind, relative, found)
         if scope is None:
@@ -836,19 +1011,19 @@ def _bind(table, shapes, root):
             continue
         scopes[layer] = scope
         named = dict(bound)
-        sources = {param: f"{root}{scope}/{param}" for param in kind["params"]}
+        sources = {param: f"{root}{scope}/{param}" for param in kind.params}
         present[layer] = [source for source in sources.values() if source in shapes]
         missing = [param for param, source in sources.items() if source not in shapes]
         if missing:
             found.append(f"missing variable{'s' if len(missing) > 1 else ''} {root}{scope}/"
                          f"{{{', '.join(missing)}}}" if len(missing) > 1 else f"missing variable {sources[missing[0]]}")
-        for param, wanted in kind["params"].items():
+        for param, wanted in kind.params.items():
             name = sources[param]
             if name not in shapes:
                 continue
             shape = tuple(shapes[name])
             if len(shape) != len(wanted):
-                found.append(f"{name}: shape {list(shape)} does not fit {wanted}")
+                found.append(f"{name}: shape {list(shape)} does not fit {list(wanted)}")
                 continue
             for dim, size in zip(wanted, shape):
                 if isinstance(dim, int):
@@ -883,10 +1058,10 @@ def plan(shapes, table, target, *, ema=False, background=BACKGROUND_AUTO, aux=No
         a ``Plan``; raises ``MappingError`` listing every problem at once.
     """
     network = locate(shapes, table, scope=scope)
-    if not any(kind.get(target) for kind in table.kinds.values()):
+    if not any(kind.column(target) for kind in table.kinds.values()):
         raise MappingError(f"mapping {table.architecture} has no {target} target (its kinds give no {target} column)")
     for group in drop:
-        if not group_layers(table.graph, (group,)):
+        if not table.group_layers((group,)):
             raise MappingError(f"mapping {table.architecture} has no layers under {group} to leave out "
                                f"(a headless output is not supported for it)")
     if ema and not any(name.endswith(EMA_SUFFIX) for name in shapes):
@@ -894,7 +1069,7 @@ def plan(shapes, table, target, *, ema=False, background=BACKGROUND_AUTO, aux=No
     root = network.root
     scopes, found_dims, present, layer_problems = _bind(table, shapes, root)
     heads, optional, problems = _heads(table, target, present, aux)
-    left_out = group_layers(table.graph, table.groups(target) + optional + tuple(drop))
+    left_out = table.group_layers(table.groups(target) + optional + tuple(drop))
     headless = _headless(table, present, left_out)
     if headless:
         problems.append(f"the checkpoint has no {TOP} ({', '.join(root + layer for layer in sorted(headless))}): "
@@ -946,7 +1121,7 @@ def plan(shapes, table, target, *, ema=False, background=BACKGROUND_AUTO, aux=No
 
 def _headless(table, present, left_out):
     # the classifier's layers where the checkpoint holds none of them and the plan keeps them: one problem, not one per layer
-    top = group_layers(table.graph, (TOP,)) - left_out
+    top = table.group_layers((TOP,)) - left_out
     if not top or any(present[layer] for layer in top) or not any(present.values()):
         return set()
     return top
@@ -955,8 +1130,8 @@ def _headless(table, present, left_out):
 def _heads(table, target, present, aux):
     # each optional group of the target: kept where the checkpoint has all of it, left out where it has none
     heads, optional, problems = {}, [], []
-    for group in table.targets.get(target, {}).get("optional", []):
-        layers = sorted(group_layers(table.graph, (group,)))
+    for group in (table.targets[target].optional if target in table.targets else ()):
+        layers = sorted(table.group_layers((group,)))
         holding = [layer for layer in layers if present[layer]]
         if aux is False:
             heads[group] = HEAD_LEFT_OUT
@@ -978,7 +1153,7 @@ def _heads(table, target, present, aux):
 def _classes(table, dims, problems):
     # the checkpoint's class count: the classifier's (facts.reference.classifier), else any layer's `classes`
     counts = {layer: bound[CLASSES_DIM] for layer, bound in dims.items() if CLASSES_DIM in bound}
-    classifier = (table.facts.get("reference") or {}).get("classifier")
+    classifier = table.facts.classifier
     if len(set(counts.values())) > 1:
         listed = ", ".join(f"{layer} {count}" for layer, count in counts.items())
         problems.append(f"the classifier layers disagree on the class count ({listed})")

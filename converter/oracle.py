@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from converter import graph
+
 # max |delta| allowed, relative to max(1, max|ref|); DESIGN's bound is 1e-4, float32 ports land near 1e-5
 ATOL = 1e-4
 # the same for ports stored in float16 or bfloat16 where the network's depth is not known
@@ -61,21 +63,18 @@ def atol_for(dtypes, depth=None):
     return max(ATOL, REDUCED_PRECISION_FACTOR * max(units) * math.sqrt(depth))
 
 
-def depth(graph):
+def depth(nodes):
     """Weight layers on the longest path through a mapping table's ``graph`` (branches: the deepest)."""
 
     def nodes_depth(nodes):
         return sum(node_depth(node) for node in nodes)
 
     def node_depth(node):
-        if "layer" in node:
+        if isinstance(node, graph.Layer):
             return 1
-        branches = node.get("concat") or node.get("add")
-        if branches:
-            return max(nodes_depth(branch) for branch in branches)
-        return nodes_depth(node.get("nodes", []))
+        return max((nodes_depth(branch) for branch in node.parts()), default=0)
 
-    return nodes_depth(graph)
+    return nodes_depth(nodes)
 
 
 def bound(reference, atol=ATOL, floor=0.0):

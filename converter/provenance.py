@@ -17,7 +17,7 @@ import json
 import pathlib
 import struct
 
-from converter import __version__
+from converter import __version__, graph
 from converter import input_size as sizes
 from converter import mapping as tables
 from converter import storage, table_schema
@@ -88,21 +88,14 @@ def table_name(table):
 
 def end_points(plan):
     """The table's end points the plan holds, in graph order."""
-    found = []
-
-    def visit(node, scope):
-        if node.get("name") in plan.table.facts["end_points"] and all(
-                layer in plan.dims for layer in tables.layers_under(node, scope)):
-            found.append(node["name"])
-
-    tables.walk(plan.table.graph, visit)
-    return found
+    return [node.name for node, scope in graph.walk(plan.table.graph)
+            if node.name in plan.table.facts.end_points and plan.keeps(node, scope)]
 
 
 def make(plan, *, checkpoint, options):
     """The record of a port of ``checkpoint`` made by ``plan`` with ``options`` (an ``Options``, ``ema`` resolved)."""
     table = plan.table
-    spec = table.facts["input"]
+    spec = table.facts.input
     points = end_points(plan)
     if plan.target == "onnx":
         # the ONNX model outputs its last end point and those --outputs names
@@ -115,7 +108,7 @@ def make(plan, *, checkpoint, options):
         "ckpt_convert_version": __version__,
         "target": plan.target,
         "table": table_name(table),
-        "table_blake2b": table_schema.digest(table),
+        "table_blake2b": table.digest,
         "checkpoint": str(checkpoint) if storage.is_url(checkpoint) else str(pathlib.Path(checkpoint).resolve()),
         "checkpoint_blake2b": checkpoint_hash(checkpoint),
         "ema": TRUE if options.ema else FALSE,
@@ -124,7 +117,7 @@ def make(plan, *, checkpoint, options):
         "include_top": TRUE if options.include_top else FALSE,
         "dtype": options.dtype or "float32",
         "input_layout": options.input_layout or LAYOUTS[plan.target],
-        "input_range": json.dumps(list(spec.get("range", [-1.0, 1.0]))),
+        "input_range": json.dumps(list(spec.range)),
         "end_points": ",".join(points),
         "strict": TRUE if options.strict else FALSE,
     })
@@ -336,7 +329,7 @@ def table_of(record, mapping=None):
                                f"pass its new path (mapping=, or --mapping)")
         table = table_for([], mapping=name)
     recorded = record.get("table_blake2b")
-    if recorded and mapping is None and table_schema.digest(table) != recorded:
+    if recorded and mapping is None and table.digest != recorded:
         raise ConvertError(f"the mapping table {name} changed since the file was written "
-                           f"(blake2b {recorded}, now {table_schema.digest(table)}); convert the checkpoint again")
+                           f"(blake2b {recorded}, now {table.digest}); convert the checkpoint again")
     return table

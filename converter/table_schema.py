@@ -25,22 +25,23 @@ DIGEST_SIZE = 16
 MEANING = ("architecture", "scope", "detect", "detect_absent", "outside", "facts", "targets", "graph")
 
 
-def canonical(table):
-    """The meaning of an expanded table (a ``mapping.Table``) as plain data, kinds inlined into their rows.
+def canonical(data):
+    """The meaning of an expanded table (its validated data) as plain data, kinds inlined into their rows.
 
     Kind names are labels: a row holds its kind's definition, so renaming a kind changes nothing.
     """
-    data = {key: getattr(table, key) for key in MEANING}
-    data["detect"], data["detect_absent"], data["outside"] = (
-        list(data["detect"]), list(data["detect_absent"]), list(data["outside"]))
-    data["layers"] = {layer: {**{k: v for k, v in row.items() if k != "kind"}, "kind": table.kinds[row["kind"]]}
-                      for layer, row in table.layers.items()}
-    return data
+    meaning = {key: data.get(key, {} if key == "targets" else []) for key in MEANING}
+    meaning["layers"] = {layer: {**{k: v for k, v in row.items() if k != "kind"}, "kind": data["kinds"][row["kind"]]}
+                         for layer, row in data["layers"].items()}
+    return meaning
 
 
-def digest(table):
-    """blake2b (128-bit, hex) of the table's canonical form as sorted, compact JSON."""
-    text = json.dumps(canonical(table), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def digest(data):
+    """blake2b (128-bit, hex) of an expanded table's canonical form as sorted, compact JSON.
+
+    A loaded ``mapping.Table`` keeps it as ``table.digest``.
+    """
+    text = json.dumps(canonical(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.blake2b(text.encode("utf-8"), digest_size=DIGEST_SIZE).hexdigest()
 
 

@@ -12,7 +12,6 @@ The report passes only when every check passes; it renders as a table, JSON, or 
 """
 
 import dataclasses
-import importlib
 import json
 import pathlib
 import tempfile
@@ -24,19 +23,11 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from converter import mapping as mapping_module
-from converter import oracle
+from converter import backends, oracle
 from converter.checkpoint import open_checkpoint
 from converter.errors import ConvertError
 from converter.options import HEAD_END_POINT, Options
 
-# ported file suffix -> (target, runtime module)
-PORTED = {
-    ".weights.h5": ("keras", "converter.runtimes.keras"),
-    ".h5": ("keras", "converter.runtimes.keras"),
-    ".pth": ("torch", "converter.runtimes.torch"),
-    ".safetensors": ("torch", "converter.runtimes.torch"),
-    ".onnx": ("onnx", "converter.runtimes.onnx"),
-}
 # what `verify` converts on the fly when no ported file is given: (file name, runtime options, advisory).
 # torchvision's Inception3 averages padding into its pools where TF-Slim does not: its drift is
 # reported, but only decides the verdict when asked for (--torch-model torchvision). A target whose
@@ -181,13 +172,12 @@ class Report:
         return any(b.advisory and b.name == check.backend for b in self.backends)
 
 
-def target_of(path):
-    """``(target, runtime module)`` for a ported file, by suffix."""
-    name = pathlib.Path(path).name
-    for suffix, found in PORTED.items():
-        if name.endswith(suffix):
-            return found
-    raise ConvertError(f"{path}: cannot verify this kind of file; known suffixes: {', '.join(PORTED)}")
+def format_of(path):
+    """The ``backends.Format`` of a ported file, by suffix."""
+    found = backends.by_name(path)
+    if found is None:
+        raise ConvertError(f"{path}: cannot verify this kind of file; known suffixes: {', '.join(backends.suffixes())}")
+    return found
 
 
 def make_input(table, *, input_file=None, batch=2, seed=0, size=None):
@@ -195,10 +185,10 @@ def make_input(table, *, input_file=None, batch=2, seed=0, size=None):
 
     ``size`` is ``(height, width)``, by default the table's.
     """
-    spec = table.facts["input"]
-    height, width = size or (spec["height"], spec["width"])
-    shape = (height, width, spec["channels"])
-    low, high = spec.get("range", [-1.0, 1.0])
+    spec = table.facts.input
+    height, width = size or (spec.height, spec.width)
+    shape = (height, width, spec.channels)
+    low, high = spec.range
     if input_file is None:
         images = np.random.default_rng(seed).uniform(low, high, (batch, *shape)).astype(np.float32)
         return images, f"seeded uniform [{low}, {high}] batch {batch}x{'x'.join(map(str, shape))} (seed {seed})"
@@ -206,7 +196,7 @@ def make_input(table, *, input_file=None, batch=2, seed=0, size=None):
     if path.suffix == ".npy":
         images = _load_npy(path, shape)
         return images, f"{path.name} ({images.shape[0]}x{'x'.join(map(str, shape))})"
-    mean = spec.get("mean")
+    mean = list(spec.mean) if spec.mean is not None else None
     scaled = f"RGB in [0, 255] minus the channel means {mean}" if mean else f"scaled to [{low}, {high}]"
     return (_load_image(path, shape, low, high, mean),
             f"image {path.name} (central crop 87.5%, bilinear {shape[0]}x{shape[1]}, {scaled})")
@@ -464,11 +454,11 @@ def verify(
                                     background=mapping_module.BACKGROUND_KEEP)
         images, described = make_input(table, input_file=input_file, batch=batch, seed=seed,
                                        size=facts.input_size.hw)
-        end_points = tuple(point for point in table.facts["end_points"]
+        end_points = tuple(point for point in table.facts.end_points
                            if chosen.include_top or point != HEAD_END_POINT)
         phases = {"checkpoint": time.perf_counter() - started}
         progress(f"reference: TF-Slim {table.architecture} in TensorFlow on {device}")
-        if "meta_graph" in table.facts:  # a network recovered from its .meta: that graph is the reference
+        if table.facts.meta_graph is not None:  # a network recovered from its .meta: that graph is the reference
             from converter.metagraph import reference as graph_reference
 
             ref = graph_reference.run(ckpt.path, table, images, ema=chosen.ema, device=device)
@@ -481,7 +471,7 @@ def verify(
         report = Report(str(ckpt.path), table.architecture, described, atol or oracle.ATOL, reference.tf_device(device))
         report.phases = phases
         report.decisions = [f"{topic}: {sentence}" for topic, sentence in facts.decisions() if topic != "classes"]
-        if "meta_graph" in table.facts:
+        if table.facts.meta_graph is not None:
             report.decisions.append(f"reference: {graph_reference.describe(table)}")
         report.decisions += _provenance_decisions(records, ckpt.path)
         adopted = {key: value for key, value in resolved.items() if given.get(key) is None}
@@ -497,7 +487,7 @@ def verify(
             if not ported:
                 phases["convert"] = time.perf_counter() - mark
             for path, runtime_options, advisory in jobs:
-                progress(f"checking {path.name} ({target_of(path)[0]}, {runtime_options.get('model') or 'runtime'})")
+                progress(f"checking {path.name} ({format_of(path).target}, {runtime_options.get('model') or 'runtime'})")
                 mark = time.perf_counter()
                 _check_file(report, context, path, runtime_options, advisory)
                 phases[report.backends[-1].name] = time.perf_counter() - mark
@@ -547,9 +537,9 @@ def _convert_on_the_fly(checkpoint, table, scratch, report, options, end_points)
     # the table already chosen, and every variable outside it skipped: the ports are checked, not the checkpoint
     options = dataclasses.replace(options, arch=None, mapping=str(table.path), strict=False)
     for name, runtime_options, advisory in ON_THE_FLY:
-        target, _ = target_of(name)
+        target = format_of(name).target
         model = runtime_options.get("model")
-        if target not in table.targets or (model not in (None, "exact") and model not in table.targets[target]):
+        if target not in table.targets or (model not in (None, "exact") and model not in table.targets[target].third_party):
             continue  # a target or third-party model the table does not port to
         unavailable = preflight.skipped_runtime(target, model if model != "exact" else None)
         if unavailable:
@@ -602,12 +592,13 @@ def _drift_floors(context, found, *, computes_reduced):
 
 def _drift(table, target):
     # why the model a target's output loads into is close, not equivalent (the table's targets.<target>.drift)
-    return table.targets.get(target, {}).get("drift", "")
+    spec = table.targets.get(target)
+    return spec.drift if spec is not None else ""
 
 
 def _check_file(report, context, path, runtime_options, advisory):
-    target, module_name = target_of(path)
-    runtime = importlib.import_module(module_name)
+    found = format_of(path)
+    target, runtime = found.target, found.runtime()
     label = f"{runtime.describe(path, **runtime_options)} ({path.name})"
     backend = Backend(label, str(path), target, advisory=advisory, note=_drift(context.table, target))
     report.backends.append(backend)
@@ -619,7 +610,7 @@ def _check_file(report, context, path, runtime_options, advisory):
     plan = mapping_module.plan(context.shapes, table, target, **context.options,
                                background=mapping_module.BACKGROUND_KEEP)
     try:
-        found = runtime.load_weights(path, plan) if target == "keras" else runtime.load_weights(path)
+        found = runtime.load_weights(path, plan)
     except Exception as error:  # torch, onnx and h5py each raise their own errors on a damaged file
         report.checks.append(Check(label, "weights", str(path), False, f"{path}: cannot read ({_one_line(error)})"))
         return

@@ -151,7 +151,7 @@ def _same_shape_pair(plan, state):
         by_layer.setdefault(entry.key.rpartition(".conv.")[0], []).append(entry)
     layers = [layer for layer, entries in by_layer.items() if any(".conv." in e.key for e in entries)]
     table = plan.table
-    slim = {row["torch"]: name for name, row in table.layers.items() if isinstance(row.get("torch"), str)}
+    slim = {row.name("torch"): name for name, row in table.layers.items() if isinstance(row.name("torch"), str)}
     for i, a in enumerate(layers):
         for b in layers[i + 1:]:
             wa, wb = state[f"{a}.conv.weight"], state[f"{b}.conv.weight"]

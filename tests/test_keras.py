@@ -141,7 +141,7 @@ def test_swapped_rows_are_caught(end_points, full, table):
     shapes = {entry.key: entry.shape for entry in mapping.plan(_shapes(full.v2), table, "keras").entries}
 
     def layer_shapes(layer):
-        names = table.layers[layer]["keras"].values()
+        names = table.layers[layer].name("keras").values()
         return sorted(shape for key, shape in shapes.items() if key.partition("/")[0] in names)
 
     assert layer_shapes(SWAPPED[0]) == layer_shapes(SWAPPED[1]), "the swap must load without a shape error"
@@ -173,8 +173,8 @@ def test_order_is_keras_model_layers_order(models, table):
         first_index[base] = min(first_index.get(base, index), index)
     layers = [layer for layer in model.layers if layer.weights]
     names = [_fresh_process_name(layer.name, first_index) for layer in layers]
-    assert names == table.targets["keras"]["order"]
-    roles = {name: role for row in table.layers.values() for role, name in row.get("keras", {}).items()}
+    assert names == list(table.targets["keras"].order)
+    roles = {name: role for row in table.layers.values() for role, name in (row.name("keras") or {}).items()}
     for name, layer in zip(names, layers):
         assert roles[name].replace("_", "") == type(layer).__name__.lower(), f"{name}: role is not its class"
 
@@ -205,7 +205,7 @@ def test_weights_h5_equals_what_keras_saves(models, outputs, tmp_path):
 def test_legacy_h5_layout(outputs, table):
     import h5py
 
-    order = table.targets["keras"]["order"]
+    order = list(table.targets["keras"].order)
     with h5py.File(outputs["h5"], "r") as f:
         assert [n.decode() for n in f.attrs["layer_names"]] == order
         assert f.attrs["backend"] in ("tensorflow", b"tensorflow") and f.attrs["keras_version"]

@@ -9,7 +9,7 @@ the built-in table's layers, and its torch and ONNX ports compute the built-in p
 import numpy as np
 import pytest
 
-from converter import mapping, oracle
+from converter import graph, mapping, oracle
 from converter.convert import convert
 from converter.metagraph import recover
 
@@ -30,20 +30,13 @@ def test_the_recovered_table_has_the_built_in_layers(meta_net):
     assert recovered["scope"] == built_in.scope and recovered["facts"]["end_points"] == list(END_POINTS.values())
     assert len(recovered["facts"]["meta_graph"]["batch_norms"]) == 96  # 94 in the trunk, 2 in the auxiliary head
     # the same graph: the built-in table's strides and paddings, layer by layer
-    assert _windows(recovered["graph"]) == _windows(built_in.graph)
+    assert _windows(graph.parse(recovered["graph"])) == _windows(built_in.graph)
 
 
-def _windows(graph):
+def _windows(nodes):
     # {layer scope: (stride, padding)}, the built-in table's sized name bound as the checkpoint binds it
-    found = {}
-
-    def visit(node, scope):
-        if "layer" in node:
-            layer = (scope + node["layer"]).replace("{kh}x{kw}", "5x5")
-            found[layer] = (node.get("stride", 1), node.get("padding", "SAME"))
-
-    mapping.walk(graph, visit)
-    return found
+    return {(scope + node.layer).replace("{kh}x{kw}", "5x5"): (node.stride, node.padding)
+            for node, scope in graph.walk(nodes) if isinstance(node, graph.Layer)}
 
 
 @pytest.mark.parametrize("target", sorted(RUNTIMES))

@@ -101,7 +101,7 @@ def test_exact_module_and_onnx_match_tf_golden(arch, tmp_path):
     assert not _off(golden, _run_torch(nets.build(plan, state, device="cpu"), fixture.input))
     onnx_plan = mapping.plan(_shapes(fixture.v2), table, "onnx", input_size=_size(fixture))
     with open_checkpoint(fixture.v2) as ckpt:
-        writer.save_onnx(onnx_plan, ckpt.read, tmp_path / "model.onnx", outputs=table.facts["end_points"])
+        writer.save_onnx(onnx_plan, ckpt.read, tmp_path / "model.onnx", outputs=table.facts.end_points)
     outputs, _ = runtime.run(tmp_path / "model.onnx", onnx_plan, fixture.input)
     assert not _off(golden, outputs)
 
@@ -229,7 +229,7 @@ def test_torchvision_mobilenet_v2_is_close_and_why():
                 setattr(module, name, SamePad(child))
             elif isinstance(child, torch.nn.BatchNorm2d):
                 assert child.eps == 1e-5
-                child.eps = table.facts["batch_norm_epsilon"]
+                child.eps = table.facts.batch_norm_epsilon
             else:
                 as_tensorflow(child)
 

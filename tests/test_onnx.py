@@ -74,7 +74,7 @@ def _assert_matches(golden, outputs, *, keep_background=False, atol=oracle.ATOL)
 def test_every_end_point_matches_golden(small, table, tmp_path, fixture):
     checkpoint = small.train if fixture == "train_ema" else getattr(small, fixture)
     ema = fixture == "train_ema"
-    path = _write(tmp_path, checkpoint, table, ema=ema, outputs=table.facts["end_points"])
+    path = _write(tmp_path, checkpoint, table, ema=ema, outputs=table.facts.end_points)
     onnx.checker.check_model(str(path), full_check=True)
     _assert_matches(small.golden(ema=ema), _run(path, small.input))
 
@@ -87,7 +87,7 @@ def test_default_output_is_logits(small, table, tmp_path, provider):
 
 
 def test_nhwc_input_gives_nhwc_maps(small, table, tmp_path):
-    path = _write(tmp_path, small.v2, table, input_layout="nhwc", outputs=table.facts["end_points"])
+    path = _write(tmp_path, small.v2, table, input_layout="nhwc", outputs=table.facts.end_points)
     model = onnx.load(str(path))
     dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
     # InceptionV3 pads alike at every size (its strided windows are VALID): height and width stay symbolic
@@ -140,7 +140,7 @@ def test_bad_options_are_refused(small, table, tmp_path, options):
 
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_float16_model(small, table, tmp_path, provider):
-    path = _write(tmp_path, small.v2, table, dtype="float16", outputs=table.facts["end_points"])
+    path = _write(tmp_path, small.v2, table, dtype="float16", outputs=table.facts.end_points)
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     float16 = onnx.TensorProto.FLOAT16
@@ -186,7 +186,7 @@ def test_swapped_rows_are_caught(small, table, tmp_path):
         rows["BatchNorm/beta"], rows["BatchNorm/moving_mean"] = rows["BatchNorm/moving_mean"], rows["BatchNorm/beta"]
 
     wrong = _modified_table(table, tmp_path, swap)
-    path = _write(tmp_path, small.v2, wrong, outputs=table.facts["end_points"])
+    path = _write(tmp_path, small.v2, wrong, outputs=table.facts.end_points)
     outputs = _run(path, small.input)
     golden = small.golden()
     for name in golden:
@@ -261,7 +261,8 @@ def test_tensorflow_same_padding_and_average_pooling(table, tmp_path):
     reference = pytest.importorskip("converter.reference")
     pytest.importorskip("tensorflow", reason="TensorFlow's own ops are the reference")
     tf, _ = reference.import_tensorflow()
-    kinds = {"conv_bn": table.kinds[table.layers["Conv2d_1a_3x3"]["kind"]], "logits": table.kinds["logits"]}
+    expanded = table_schema.read(table.path)
+    kinds = {"conv_bn": expanded["kinds"][expanded["layers"]["Conv2d_1a_3x3"]["kind"]], "logits": expanded["kinds"]["logits"]}
     data = dict(TINY, kinds={name: {k: v for k, v in kind.items() if k in ("compute", "params", "onnx")}
                              for name, kind in kinds.items()})
     path = tmp_path / "tiny.yaml"
@@ -306,7 +307,7 @@ def test_tensorflow_same_padding_and_average_pooling(table, tmp_path):
 
 
 def test_full_size_matches_golden(full, table, tmp_path):
-    path = _write(tmp_path, full.v2, table, outputs=table.facts["end_points"])
+    path = _write(tmp_path, full.v2, table, outputs=table.facts.end_points)
     onnx.checker.check_model(str(path), full_check=True)
     _assert_matches(full.golden(), _run(path, full.input))
 

@@ -214,14 +214,14 @@ def test_keras_order_and_names_are_keras_applications_own(variables, architectur
     keras = pytest.importorskip("keras", reason="builds keras.applications' ResNetV2")
     table = mapping.load_table(architecture)
     spec = table.targets["keras"]
-    model = getattr(keras.applications, spec["application"])(weights=None, input_shape=(GRAPH_SIZE, GRAPH_SIZE, 3),
+    model = getattr(keras.applications, spec.application)(weights=None, input_shape=(GRAPH_SIZE, GRAPH_SIZE, 3),
                                                              classifier_activation=None)
     layers = [layer for layer in model.layers if layer.weights]
-    assert [layer.name for layer in layers] == spec["order"]
-    roles = {name: role for row in table.layers.values() for role, name in row["keras"].items()}
+    assert [layer.name for layer in layers] == list(spec.order)
+    roles = {name: role for row in table.layers.values() for role, name in row.name("keras").items()}
     for layer in layers:
         assert roles[layer.name].replace("_", "") == type(layer).__name__.lower(), layer.name
-    assert all(model.get_layer(name) is not None for name in spec["end_points"].values())
+    assert all(model.get_layer(name) is not None for name in spec.end_points.values())
     plan = mapping.plan(variables(architecture), table, "keras")
     planned = {entry.key: entry.shape for entry in plan.entries}
     built = {f"{layer.name}/{weight.path.rsplit('/', 1)[-1]}": tuple(weight.shape)

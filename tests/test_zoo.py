@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import GENERATED, batch_verify_tree
-from converter import mapping, oracle, table_schema, transforms
+from converter import graph, mapping, oracle, table_schema, transforms
 from converter.checkpoint import open_checkpoint
 from converter.errors import MappingError
 
@@ -109,7 +109,7 @@ def onnx_port(fixture, table, shapes, tmp_path_factory):
     plan = mapping.plan(shapes, table, "onnx", input_size=_size(fixture))
     path = tmp_path_factory.mktemp(table.architecture) / "model.onnx"
     with open_checkpoint(fixture.v2) as ckpt:
-        writer.save_onnx(plan, ckpt.read, path, outputs=table.facts["end_points"])
+        writer.save_onnx(plan, ckpt.read, path, outputs=table.facts.end_points)
     return plan, path
 
 
@@ -143,7 +143,7 @@ def _structure_shown_elsewhere(arch):
 
 
 def _third_party(table):
-    spec = table.targets["torch"].get("torchvision")
+    spec = table.targets["torch"].third_party.get("torchvision")
     if spec is None:
         pytest.skip(f"{table.architecture}: no third-party torch model takes its weights (its table names none)")
     return spec
@@ -185,7 +185,7 @@ def test_torch_keys_and_shapes_equal_torchvision(table, shapes):
     spec = _third_party(table)
     plan = mapping.plan(shapes, table, "torch")
     with torch.device("meta"):  # shapes only: no time spent initialising VGG's 140 M weights
-        model = getattr(torchvision.models, spec["model"])(weights=None, **spec.get("options", {}))
+        model = getattr(torchvision.models, spec.model)(weights=None, **spec.options)
     assert {e.key: e.shape for e in plan.entries} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -193,7 +193,7 @@ def test_torch_keys_and_shapes_equal_torchvision(table, shapes):
 def test_exact_module_matches_tf_golden(fixture, table, torch_port):
     plan, state = torch_port
     net = nets.build(plan, state, device="cpu")
-    assert not _off(_golden(fixture, table), _run_torch(net, fixture.input, table.facts["end_points"]))
+    assert not _off(_golden(fixture, table), _run_torch(net, fixture.input, table.facts.end_points))
 
 
 @pytest.mark.parametrize("arch", _zoo("third_party"), indirect=True)
@@ -243,7 +243,7 @@ def test_keras_matches_tf_golden(fixture, table, tmp_path, name, request):
         plan, path = result.plan, result.output
     outputs, _ = runtime.run(path, plan, fixture.input)  # the weights load strictly
     off = _off(_golden(fixture, table), outputs)
-    if table.targets["keras"].get("drift"):
+    if table.targets["keras"].drift:
         # the model keras.applications builds is another network where the table says so: the drift is real
         assert "Logits" in off, "the drift this table documents is gone: update targets.keras.drift and the README"
         return
@@ -254,8 +254,8 @@ def _same_shape_layers(table, shapes):
     """Two layers of one kind whose variables have the same shapes (a swap a loader would accept)."""
     by_shape = {}
     for layer, row in table.layers.items():
-        params = table.kinds[row["kind"]]["params"]
-        key = (row["kind"], tuple(shapes[f"{table.scope}/{layer}/{p}"] for p in params))
+        params = row.kind.params
+        key = (row.kind.name, tuple(shapes[f"{table.scope}/{layer}/{p}"] for p in params))
         if key in by_shape:
             return by_shape[key], layer
         by_shape[key] = layer
@@ -280,7 +280,7 @@ def test_swapped_rows_are_caught(fixture, arch, table, shapes, torch_port, tmp_p
     swapped_plan = mapping.plan(shapes, mapping.load_table(path), "torch")
     state = {e.key: converted[(e.source, e.transform)] if e.source else state[e.key] for e in swapped_plan.entries}
     net = nets.build(plan, state, device="cpu")  # the file written with the swapped table loads: the shapes fit
-    assert "Logits" in _off(_golden(fixture, table), _run_torch(net, fixture.input, table.facts["end_points"]))
+    assert "Logits" in _off(_golden(fixture, table), _run_torch(net, fixture.input, table.facts.end_points))
 
 
 # what a naive port does where a table's transform changes a kernel's layout: a plain reshape to the same shape
@@ -303,10 +303,10 @@ def test_a_plain_reshape_of_a_kernel_loads_and_is_caught(fixture, arch, table, t
         naive = np.ascontiguousarray(NAIVE[entry.transform](ckpt.read(entry.source)))
     assert naive.shape == entry.shape  # it loads: only the numbers say it is wrong
     net = nets.build(plan, {**state, entry.key: torch.from_numpy(naive)}, device="cpu")
-    off = _off(_golden(fixture, table), _run_torch(net, fixture.input, table.facts["end_points"]))
+    off = _off(_golden(fixture, table), _run_torch(net, fixture.input, table.facts.end_points))
     layer = entry.source[len(plan.root):].rpartition("/")[0]
-    index = next(i for i, node in enumerate(table.graph) if layer in mapping.layers_under(node))
-    before = {node["name"] for node in table.graph[:index] if "name" in node}
+    index = next(i for i, node in enumerate(table.graph) if layer in graph.layers(node))
+    before = {node.name for node in table.graph[:index] if node.name is not None}
     assert "Logits" in off and not before & set(off)
 
 
@@ -377,7 +377,7 @@ def test_every_table_detects_its_own_network_alone():
         for root in (f"{table.scope}/", "tower_0/MyNet/"):
             variables = [f"{root}{mapping.bind_name(layer, {dim: 3 for dim in mapping.SIZE_FIELD.findall(layer)})}/"
                          f"{param}" for layer, row in table.layers.items()
-                         for param in table.kinds[row["kind"]]["params"]]
+                         for param in row.kind.params]
             found = mapping.networks(variables)
             assert [(n.architecture, n.root) for n in found] == [(name, root)], (name, root)
 
@@ -397,9 +397,9 @@ def test_torchvision_alexnet_is_another_network(zoo):
     shapes = {e.key: e.shape for e in mapping.plan(_shapes(zoo("alexnet_v2").v2), table, "torch").entries}
     theirs = torchvision.models.alexnet(weights=None)
     conv1, conv4, conv5, fc6 = theirs.features[0], theirs.features[8], theirs.features[10], theirs.classifier[1]
-    slim_conv1 = next(node for node in table.graph if node.get("layer") == "conv1")
+    slim_conv1 = next(node for node in table.graph if getattr(node, "layer", None) == "conv1")
     assert (conv1.kernel_size, conv1.stride, conv1.padding) == ((11, 11), (4, 4), (2, 2))
-    assert shapes["conv1.weight"] == (64, 3, 11, 11) and (slim_conv1["stride"], slim_conv1["padding"]) == (4, "VALID")
+    assert shapes["conv1.weight"] == (64, 3, 11, 11) and (slim_conv1.stride, slim_conv1.padding) == (4, "VALID")
     assert conv4.out_channels == 256 and shapes["conv4.weight"][0] == 384
     assert conv5.in_channels == 256 and shapes["conv5.weight"][1] == 384
     assert isinstance(theirs.avgpool, torch.nn.AdaptiveAvgPool2d) and theirs.avgpool.output_size == (6, 6)
@@ -435,9 +435,9 @@ def test_headless_output(fixture, arch, table, shapes, torch_port, tmp_path):
         net = nets.build(plan, {entry.key: torch_port[1][entry.key] for entry in plan.entries}, device="cpu")
         onnx_plan = mapping.plan(shapes, table, "onnx", drop=("Logits",), input_size=_size(fixture))
         writer.save_onnx(onnx_plan, ckpt.read, tmp_path / "headless.onnx", outputs=list(golden))
-    assert not any(e.key.startswith(table.layers[table.facts["reference"]["classifier"]]["torch"] + ".")
+    assert not any(e.key.startswith(table.layers[table.facts.classifier].name("torch") + ".")
                    for e in plan.entries)
-    assert not _off(golden, _run_torch(net, fixture.input, table.facts["end_points"]))
+    assert not _off(golden, _run_torch(net, fixture.input, table.facts.end_points))
     outputs, _ = runtime.run(tmp_path / "headless.onnx", onnx_plan, fixture.input)
     assert not _off(golden, outputs)
     if "keras" in table.targets:
@@ -448,7 +448,7 @@ def test_headless_output(fixture, arch, table, shapes, torch_port, tmp_path):
         result = convert(fixture.v2, to="keras", output=tmp_path / "headless.h5", include_top=False,
                          input_size=_size(fixture))
         outputs, _ = keras_runtime.run(result.output, result.plan, fixture.input)
-        assert bool(_off(golden, outputs)) == bool(table.targets["keras"].get("drift"))
+        assert bool(_off(golden, outputs)) == bool(table.targets["keras"].drift)
 
 
 @pytest.mark.parametrize("arch", _zoo("verify"), indirect=True)
@@ -465,19 +465,19 @@ def test_verify_passes_every_target(fixture, arch, table, request):
     report = verify(fixture.v2, ported, batch=1, input_size=_size(fixture))
     assert report.architecture == table.architecture
     assert {backend.target for backend in report.backends} == set(table.targets)
-    drifting = {target for target, spec in table.targets.items() if spec.get("drift")}
+    drifting = {target for target, spec in table.targets.items() if spec.drift}
     for backend in report.backends:
         checks = [c for c in report.checks if c.backend == backend.name]
         assert all(c.passed for c in checks if c.kind == "weights"), report.table()
         if backend.target in drifting:
             # a port given by name decides the verdict: keras.applications' model is another network, and says why
-            assert not backend.advisory and backend.note == table.targets[backend.target]["drift"]
+            assert not backend.advisory and backend.note == table.targets[backend.target].drift
             assert not all(c.passed for c in checks if c.kind == "output")
         else:
             assert all(c.passed for c in checks), report.table()
     assert report.ok == (not drifting), report.table()
     outputs = {c.name for c in report.checks if c.kind == "output"}
-    assert outputs == set(table.facts["end_points"])
+    assert outputs == set(table.facts.end_points)
 
 
 def test_residual_and_pad_nodes_are_validated():
@@ -507,13 +507,13 @@ def test_an_image_is_preprocessed_as_the_table_says(tmp_path):
     for name in ZOO:
         table = mapping.load_table(name)
         images, described = make_input(table, input_file=path)
-        spec = table.facts["input"]
-        low, high = spec["range"]
+        spec = table.facts.input
+        low, high = spec.range
         rgb = np.array([200, 100, 50], dtype=np.float32)
-        expected = rgb - np.asarray(spec["mean"], np.float32) if "mean" in spec else rgb / 255 * (high - low) + low
-        assert images.shape == (1, spec["height"], spec["width"], 3)
+        expected = rgb - np.asarray(spec.mean, np.float32) if spec.mean is not None else rgb / 255 * (high - low) + low
+        assert images.shape == (1, spec.height, spec.width, 3)
         np.testing.assert_allclose(images[0, 5, 7], expected, rtol=1e-6, atol=1e-4)
-        assert ("channel means" in described) == ("mean" in spec)
+        assert ("channel means" in described) == (spec.mean is not None)
 
 
 def test_batch_verifies_a_tree_of_the_new_structures(zoo, tmp_path):

@@ -38,7 +38,7 @@ def meta_graph_for(checkpoint, table):
 
 def describe(table):
     """What the reference runs and changes, one sentence."""
-    spec = table.facts["meta_graph"]
+    spec = table.facts.meta_graph
     parts = [f"{name} = {node}" for name, node in spec["outputs"].items()]
     changes = []
     if spec["training_flags"]:
@@ -105,7 +105,7 @@ def run(checkpoint, table, images, *, ema=False, device="cpu"):
     from converter import reference
 
     tf, _ = reference.import_tensorflow()
-    spec = table.facts["meta_graph"]
+    spec = table.facts.meta_graph
     meta = meta_graph_for(checkpoint, table)
     proto = tf.compat.v1.MetaGraphDef()
     proto.ParseFromString(meta.read_bytes())

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from converter import mapping
+from converter import graph, mapping
 from converter._tf_rules import same_padding
 from converter.errors import MappingError
 
@@ -28,8 +28,6 @@ BATCH_NORM_SCOPE = "BatchNorm/"
 ACTIVATIONS = {None: None, "relu": F.relu, "relu6": F.relu6}
 NCHW_CHANNELS = 1
 NCHW_SPATIAL = (2, 3)
-DEFAULT_STRIDE = 1
-DEFAULT_PADDING = "SAME"
 
 
 def default_device():
@@ -224,24 +222,24 @@ class SlimNet(nn.Module):
     def _layer(self, layer, node, plan, entries):
         table = self.table
         row = table.layers[layer]
-        kind = table.kinds[row["kind"]]
-        if kind["compute"]["op"] == mapping.BATCH_NORM_OP:
+        kind = row.kind
+        if kind.compute.op == mapping.BATCH_NORM_OP:
             return self._batch_norm_layer(layer, node, plan, entries)
-        compute, spec, name = kind["compute"], kind.get("torch", {}), row["torch"]
-        if compute["op"] in mapping.OP_KERNELS:
+        compute = kind.compute
+        if compute.op in mapping.OP_KERNELS:
             return self._depthwise_layer(layer, node, plan, entries)
         # the op and its batch norm are the modules holding the tensors taken from slim's kernel and BatchNorm/*
-        op_keys = [key for key, value in spec.items() if value.get("from") == KERNEL]
-        norm_prefixes = {key.rpartition(".")[0] for key, value in spec.items()
-                         if value.get("from", "").startswith(BATCH_NORM_SCOPE)}
-        if len(op_keys) != 1 or (compute.get("batch_norm") and len(norm_prefixes) != 1):
-            raise MappingError(f"{table.path}: kind {row['kind']} must take one torch tensor from `{KERNEL}` "
+        op_keys = kind.sources("torch", KERNEL)
+        norm_prefixes = {tensor.key.rpartition(".")[0] for tensor in kind.column("torch")
+                         if (tensor.source or "").startswith(BATCH_NORM_SCOPE)}
+        if len(op_keys) != 1 or (compute.batch_norm and len(norm_prefixes) != 1):
+            raise MappingError(f"{table.path}: kind {kind.name} must take one torch tensor from `{KERNEL}` "
                                f"and, with batch_norm, its BatchNorm/* tensors into one module")
         # module paths from the joined keys: a row names one module prefix or a module per role
-        op_key = mapping.bind_name(mapping.join_key("torch", name, op_keys[0]), plan.dims[layer])
+        op_key = row.key("torch", op_keys[0], plan.dims[layer])
         weight = entries[op_key]
-        bias = BIAS in kind["params"]
-        if compute["op"] == "conv":
+        bias = BIAS in kind.params
+        if compute.op == "conv":
             out_channels, in_channels, kh, kw = weight.shape  # torch's OIHW
             factory = functools.partial(nn.Conv2d, in_channels, out_channels, (kh, kw), bias=bias)
         else:
@@ -249,59 +247,57 @@ class SlimNet(nn.Module):
             factory = functools.partial(nn.Linear, in_features, out_features, bias=bias)
         op = self._module(op_key.rpartition(".")[0], factory)
         norm = None
-        if compute.get("batch_norm"):
+        if compute.batch_norm:
             epsilon = mapping.batch_norm_epsilon(table, kind)
-            norm_key = mapping.bind_name(mapping.join_key("torch", name, norm_prefixes.pop() + ".weight"),
-                                         plan.dims[layer])
+            norm_key = row.key("torch", norm_prefixes.pop() + ".weight", plan.dims[layer])
             norm = self._module(norm_key.rpartition(".")[0],
                                 functools.partial(nn.BatchNorm2d, weight.shape[0], eps=epsilon))
-        activation = compute.get("activation")
+        return _Layer(op, norm, self._activation(kind), node.stride, node.padding)
+
+    def _activation(self, kind):
+        activation = kind.compute.activation
         if activation not in ACTIVATIONS:
-            raise MappingError(f"{table.path}: kind {row['kind']}: unknown activation {activation!r}")
-        return _Layer(op, norm, ACTIVATIONS[activation], node.get("stride", DEFAULT_STRIDE),
-                      node.get("padding", DEFAULT_PADDING))
+            raise MappingError(f"{self.table.path}: kind {kind.name}: unknown activation {activation!r}")
+        return ACTIVATIONS[activation]
 
     def _batch_norm_layer(self, layer, node, plan, entries):
         # a layer that is a batch norm alone (ResNet-v2's preact, postnorm): one BatchNorm2d holding every tensor
         table = self.table
         row = table.layers[layer]
-        kind = table.kinds[row["kind"]]
-        keys = [mapping.bind_name(mapping.join_key("torch", row["torch"], key), plan.dims[layer])
-                for key in kind.get("torch", {})]
+        kind = row.kind
+        keys = [row.key("torch", tensor.key, plan.dims[layer]) for tensor in kind.column("torch")]
         modules = {key.rpartition(".")[0] for key in keys}
         sized = [entries[key].shape for key in keys if entries[key].source is not None]
         if len(modules) != 1 or not sized or any(len(shape) != 1 for shape in sized):
-            raise MappingError(f"{table.path}: kind {row['kind']} (op batch_norm) must map its params to the "
+            raise MappingError(f"{table.path}: kind {kind.name} (op batch_norm) must map its params to the "
                                f"tensors of one torch module, each a vector of channels (got {', '.join(keys)})")
-        activation = kind["compute"].get("activation")
-        if activation not in ACTIVATIONS:
-            raise MappingError(f"{table.path}: kind {row['kind']}: unknown activation {activation!r}")
+        activation = self._activation(kind)
         norm = self._module(modules.pop(), functools.partial(nn.BatchNorm2d, sized[0][0],
                                                              eps=mapping.batch_norm_epsilon(table, kind)))
-        return _Layer(norm, None, ACTIVATIONS[activation], node.get("stride", DEFAULT_STRIDE),
-                      node.get("padding", DEFAULT_PADDING))
+        return _Layer(norm, None, activation, node.stride, node.padding)
+
     def _depthwise_layer(self, layer, node, plan, entries):
         # slim's depthwise convolution (groups = its input channels) and, for a separable layer, the 1x1
         # pointwise convolution after it; the biases follow the last of them, as TensorFlow adds them
         table, row = self.table, self.table.layers[layer]
-        kind = table.kinds[row["kind"]]
-        compute, spec, dims = kind["compute"], kind.get("torch", {}), plan.dims[layer]
+        kind = row.kind
+        compute, dims = kind.compute, plan.dims[layer]
 
         def key_of(param):
-            keys = [key for key, value in spec.items() if value.get("from") == param]
+            keys = kind.sources("torch", param)
             if len(keys) != 1:
-                raise MappingError(f"{table.path}: kind {row['kind']} must take one torch tensor from `{param}`")
-            return mapping.bind_name(mapping.join_key("torch", row["torch"], keys[0]), dims)
+                raise MappingError(f"{table.path}: kind {kind.name} must take one torch tensor from `{param}`")
+            return row.key("torch", keys[0], dims)
 
-        kernels = [key_of(param) for param in mapping.OP_KERNELS[compute["op"]]]
-        bias = BIAS in kind["params"] and key_of(BIAS)
+        kernels = [key_of(param) for param in mapping.OP_KERNELS[compute.op]]
+        bias = BIAS in kind.params and key_of(BIAS)
         if bias and bias.rpartition(".")[0] != kernels[-1].rpartition(".")[0]:
-            raise MappingError(f"{table.path}: kind {row['kind']}: the biases follow the last convolution of a "
-                               f"{compute['op']} layer: take them into {kernels[-1].rpartition('.')[0]}.bias")
+            raise MappingError(f"{table.path}: kind {kind.name}: the biases follow the last convolution of a "
+                               f"{compute.op} layer: take them into {kernels[-1].rpartition('.')[0]}.bias")
         depthwise = entries[kernels[0]]
         kh, kw, channels, multiplier = depthwise.source_shape
         if depthwise.shape != (channels * multiplier, 1, kh, kw):
-            raise MappingError(f"{table.path}: kind {row['kind']}: {kernels[0]} has shape {list(depthwise.shape)}; "
+            raise MappingError(f"{table.path}: kind {kind.name}: {kernels[0]} has shape {list(depthwise.shape)}; "
                                f"a depthwise convolution of {depthwise.source} needs [in * multiplier, 1, kh, kw] "
                                f"(transform depthwise_to_grouped_oihw)")
         outputs = channels * multiplier
@@ -310,58 +306,33 @@ class SlimNet(nn.Module):
         if len(kernels) > 1:
             pointwise = entries[kernels[1]]
             if len(pointwise.shape) != 4 or pointwise.shape[1:] != (outputs, 1, 1):
-                raise MappingError(f"{table.path}: kind {row['kind']}: {kernels[1]} has shape "
+                raise MappingError(f"{table.path}: kind {kind.name}: {kernels[1]} has shape "
                                    f"{list(pointwise.shape)}; the pointwise convolution after {outputs} depthwise "
                                    f"channels needs [out, {outputs}, 1, 1] (transform hwio_to_oihw)")
             out_channels, in_channels = pointwise.shape[:2]
             convs.append(self._module(kernels[1].rpartition(".")[0], functools.partial(
                 nn.Conv2d, in_channels, out_channels, 1, bias=bool(bias))))
         norm = None
-        if compute.get("batch_norm"):
+        if compute.batch_norm:
             norm_key = key_of(BATCH_NORM_SCOPE + "moving_mean").rpartition(".")[0]
             norm = self._module(norm_key, functools.partial(nn.BatchNorm2d, convs[-1].out_channels,
                                                             eps=mapping.batch_norm_epsilon(table, kind)))
-        activation = compute.get("activation")
-        if activation not in ACTIVATIONS:
-            raise MappingError(f"{table.path}: kind {row['kind']}: unknown activation {activation!r}")
+        activation = self._activation(kind)
         # the pointwise convolution is 1x1, stride 1, VALID (tf.nn.separable_conv2d): no padding to add
-        tail = _Layer(convs[1] if len(convs) > 1 else nn.Identity(), norm, ACTIVATIONS[activation], 1, "VALID")
-        return _Depthwise(convs[0], tail, node.get("stride", DEFAULT_STRIDE), node.get("padding", DEFAULT_PADDING))
+        tail = _Layer(convs[1] if len(convs) > 1 else nn.Identity(), norm, activation, 1, "VALID")
+        return _Depthwise(convs[0], tail, node.stride, node.padding)
 
     def _compile(self, nodes, scope, plan, entries):
         steps = []
         for node in nodes:
-            if "name" in node and not _planned(node, scope, plan):
-                continue  # an end point the plan leaves out (--no-aux, a headless model)
-            inner = mapping.inner_scope(node, scope)
-            stride, padding = node.get("stride", DEFAULT_STRIDE), node.get("padding", DEFAULT_PADDING)
-            if "layer" in node:
-                step = self._layer(scope + node["layer"], node, plan, entries)
-            elif "max_pool" in node:
-                step = _MaxPool(node["max_pool"], stride, padding)
-            elif "avg_pool" in node:
-                step = _global_avg_pool if node["avg_pool"] == "global" else _AvgPool(node["avg_pool"], stride, padding)
-            elif "concat" in node:
-                step = _Concat([self._compile(branch, inner, plan, entries) for branch in node["concat"]])
-            elif "add" in node:
-                activation = node.get("activation")
-                if activation not in ACTIVATIONS:
-                    raise MappingError(f"{self.table.path}: add: unknown activation {activation!r}")
-                step = _Add([self._compile(branch, inner, plan, entries) for branch in node["add"]],
-                            ACTIVATIONS[activation])
-            elif "pad" in node:
-                step = _Pad(node["pad"])
-            elif "scale" in node:
-                step = _Scale(node["scale"])
-            elif "nodes" in node:
-                step = _Sequence(self._compile(node["nodes"], inner, plan, entries))
-            else:
-                step = FLATTENS[node["flatten"]]
-            if node.get("reduced"):
+            if not plan.keeps(node, scope):
+                continue  # a group the plan leaves out (--no-aux, a headless model, a target's skip)
+            step = _step(node, self, scope, plan, entries)
+            if isinstance(node, graph.Pool) and node.reduced:
                 step = _Reduced(step)
-            if "name" in node:
-                self.end_points.append(node["name"])
-            steps.append((node.get("name"), node.get("input"), step))
+            if node.name is not None:
+                self.end_points.append(node.name)
+            steps.append((node.name, node.input, step))
         return steps
 
     def forward(self, images):
@@ -373,8 +344,59 @@ class SlimNet(nn.Module):
         return points if self.output is None else points[self.output]
 
 
-def _planned(node, scope, plan):
-    return all(layer in plan.dims for layer in mapping.layers_under(node, scope))
+# the step of each node type: one emitter per converter.graph node class
+@functools.singledispatch
+def _step(node, net, scope, plan, entries):
+    raise MappingError(f"{net.table.path}: the exact torch module has no step for graph node {type(node).__name__}")
+
+
+@_step.register
+def _(node: graph.Layer, net, scope, plan, entries):
+    return net._layer(scope + node.layer, node, plan, entries)
+
+
+@_step.register
+def _(node: graph.MaxPool, net, scope, plan, entries):
+    return _MaxPool(node.window, node.stride, node.padding)
+
+
+@_step.register
+def _(node: graph.AvgPool, net, scope, plan, entries):
+    return _global_avg_pool if node.is_global else _AvgPool(node.window, node.stride, node.padding)
+
+
+@_step.register
+def _(node: graph.Concat, net, scope, plan, entries):
+    inner = node.inner_scope(scope)
+    return _Concat([net._compile(branch, inner, plan, entries) for branch in node.branches])
+
+
+@_step.register
+def _(node: graph.Add, net, scope, plan, entries):
+    if node.activation not in ACTIVATIONS:
+        raise MappingError(f"{net.table.path}: add: unknown activation {node.activation!r}")
+    inner = node.inner_scope(scope)
+    return _Add([net._compile(branch, inner, plan, entries) for branch in node.branches], ACTIVATIONS[node.activation])
+
+
+@_step.register
+def _(node: graph.Pad, net, scope, plan, entries):
+    return _Pad(node.pads)
+
+
+@_step.register
+def _(node: graph.Scale, net, scope, plan, entries):
+    return _Scale(node.factor)
+
+
+@_step.register
+def _(node: graph.Sequence, net, scope, plan, entries):
+    return _Sequence(net._compile(node.nodes, node.inner_scope(scope), plan, entries))
+
+
+@_step.register
+def _(node: graph.Flatten, net, scope, plan, entries):
+    return FLATTENS[node.order]
 
 
 def build(plan, state_dict=None, device=None):

@@ -1,9 +1,11 @@
 """Runtimes that load and run ported files for the verifier, one module per framework.
 
-Each module has the same public names:
+Each module is a ``converter.backends.Runtime``, found through the format registry (``backends.FORMATS``),
+with the same public names:
 
 - ``describe(path, **options) -> str``: what runs the file, for the report;
-- ``load_weights(path) -> {key: np.ndarray}``: every tensor of the file under its key, in the file's dtype;
+- ``load_weights(path, plan=None) -> {key: np.ndarray}``: every tensor of the file under its key, in the
+  file's dtype (a Keras 3 ``.weights.h5`` needs the plan to name its tensors);
 - ``run(path, plan, images, *, device, **options) -> ({end point: np.ndarray}, device)``: the outputs
   on ``images`` (NHWC, as TF-Slim takes them), feature maps returned NHWC so that every backend
   compares with the reference in one layout.
@@ -11,7 +13,7 @@ Each module has the same public names:
 
 import numpy as np
 
-from converter import mapping
+from converter import graph, mapping
 
 from converter.transforms import NCHW_TO_NHWC
 
@@ -30,20 +32,11 @@ def end_point_modules(table):
     """
     modules = {}
     for node in table.graph:
-        name = node.get("name")
-        if name not in table.facts["end_points"]:
+        if node.name not in table.facts.end_points:
             continue
-        last = _last_layer(node, "")
-        modules[name] = (name, last and table.layers[last]["torch"], node.get("input"))
+        last = graph.last_layer(node)
+        modules[node.name] = (node.name, last and table.layers[last].name("torch"), node.input)
     return modules
-
-
-def _last_layer(node, scope):
-    if "layer" in node:
-        return scope + node["layer"]
-    inner = mapping.inner_scope(node, scope)
-    children = node.get("nodes") or (node.get("concat") or node.get("add") or [[]])[-1]
-    return _last_layer(children[-1], inner) if children else None
 
 
 def width_option(plan, argument):

@@ -2,6 +2,7 @@
 
 import pathlib
 
+from converter import mapping
 from converter.errors import ConvertError
 from converter.runtimes import width_option
 from converter.writers.keras import VARIABLES, WEIGHT_SUFFIX, ordered_layers
@@ -72,20 +73,20 @@ def run(path, plan, images, *, device="cpu", **_):
     except ImportError:
         raise ConvertError("running a Keras port needs keras: pip install 'ckpt-convert[keras]'") from None
     spec = plan.table.targets["keras"]
-    classifier = spec.get("classifier", spec["end_points"]["Logits"])
-    include_top = any(entry.key.startswith(classifier + "/") for entry in plan.entries)
+    classifier = spec.classifier or spec.end_points[mapping.TOP]
+    include_top = plan.holds(mapping.TOP)
     classes = next((e.shape[-1] for e in plan.entries if e.key == f"{classifier}/bias"), 1000)
-    application = getattr(keras.applications, spec["application"])
+    application = getattr(keras.applications, spec.application)
     try:
         model = application(weights=None, include_top=include_top, classes=classes, classifier_activation=None,
-                            input_shape=(*plan.input_size.hw, plan.table.facts["input"]["channels"]),
-                            **width_option(plan, plan.table.targets["keras"].get("width")))
+                            input_shape=(*plan.input_size.hw, plan.table.facts.input.channels),
+                            **width_option(plan, spec.width))
         model.load_weights(str(pathlib.Path(path)))
     except (ValueError, KeyError) as error:
-        raise ConvertError(f"{path}: does not load into keras.applications.{spec['application']} "
+        raise ConvertError(f"{path}: does not load into keras.applications.{spec.application} "
                            f"({str(error).splitlines()[0]})") from None
-    names = [point for point, layer in spec["end_points"].items() if layer in {l.name for l in model.layers}]
-    probe = keras.Model(model.inputs, [model.get_layer(spec["end_points"][p]).output for p in names])
+    names = [point for point, layer in spec.end_points.items() if layer in {l.name for l in model.layers}]
+    probe = keras.Model(model.inputs, [model.get_layer(spec.end_points[p]).output for p in names])
     values = probe.predict(images, verbose=0, batch_size=len(images))
     return dict(zip(names, (v for v in values))), _device(keras)
 

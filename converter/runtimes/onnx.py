@@ -13,7 +13,7 @@ def describe(path, **_):
     return "onnxruntime"
 
 
-def load_weights(path):
+def load_weights(path, plan=None):
     """Every initializer of the model, by name."""
     try:
         import onnx
@@ -43,7 +43,7 @@ def run(path, plan, images, *, device="cpu", **_):
     batch = as_float32(images if nhwc else images.transpose(NHWC_TO_NCHW))
     if "float16" in model_input.type:
         batch = batch.astype("float16")
-    names = [o.name for o in session.get_outputs() if o.name in plan.table.facts["end_points"]]
+    names = [o.name for o in session.get_outputs() if o.name in plan.table.facts.end_points]
     values = session.run(names, {model_input.name: batch})
     outputs = {name: value.astype("float32") for name, value in zip(names, values)}
     return (outputs if nhwc else to_nhwc(outputs)), session.get_providers()[0]

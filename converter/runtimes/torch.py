@@ -1,6 +1,5 @@
 """Run ported PyTorch files: the exact TF-semantics module, or torchvision's / timm's own model."""
 
-import json
 import pathlib
 import pickle
 import re
@@ -42,7 +41,7 @@ def _load_state(torch, path):
                            "which is never run; it is not a state dict of tensors") from None
 
 
-def load_weights(path):
+def load_weights(path, plan=None):
     """Every tensor of a ``.pth`` (loaded with ``weights_only=True``) or ``.safetensors`` file, as numpy."""
     torch = _torch()
     return {key: _to_numpy(torch, value) for key, value in _load_state(torch, path).items()}
@@ -73,22 +72,23 @@ def _model(torch, name, plan, state):
 
         # its structure follows from the table and the tensors' names and shapes; a strict load replaces
         # every tensor, so one module serves every file of that structure
-        key = (plan.table.architecture, str(plan.table.path), json.dumps(plan.table.graph, sort_keys=True, default=str),
+        key = (plan.table.architecture, str(plan.table.path), plan.table.graph,
                tuple((k, tuple(v.shape)) for k, v in state.items()))
         return _exact_modules.get(key, lambda: build(plan, device="cpu"))
-    spec = plan.table.targets.get("torch", {}).get(name)
+    target = plan.table.targets.get("torch")
+    spec = target.third_party.get(name) if target is not None else None
     if spec is None:
         raise ConvertError(f"{plan.table.architecture} has no {name} model (the table's targets.torch.{name})")
-    options = dict(spec.get("options", {}), num_classes=_num_classes(plan), **width_option(plan, spec.get("width")))
-    if "aux" in spec:  # the option that builds the auxiliary head, when the file has it
-        options[spec["aux"]] = any(status == mapping.HEAD_KEPT for status in plan.heads.values())
+    options = dict(spec.options, num_classes=_num_classes(plan), **width_option(plan, spec.width))
+    if spec.aux is not None:  # the option that builds the auxiliary head, when the file has it
+        options[spec.aux] = any(status == mapping.HEAD_KEPT for status in plan.heads.values())
     if name == "torchvision":
         import torchvision
 
-        return getattr(torchvision.models, spec["model"])(weights=None, **options)
+        return getattr(torchvision.models, spec.model)(weights=None, **options)
     import timm
 
-    return timm.create_model(spec["model"], pretrained=False, **options)
+    return timm.create_model(spec.model, pretrained=False, **options)
 
 
 def run(path, plan, images, *, device="cpu", model="exact"):
@@ -120,7 +120,7 @@ def _run_with_hooks(torch, network, plan, batch, model):
     modules = dict(network.named_modules())
     captured, wanted = {}, {}
     derived = end_point_modules(plan.table)
-    named = plan.table.targets["torch"][model].get("end_points")
+    named = plan.table.targets["torch"].third_party[model].end_points
     for point, (own, last, _) in derived.items():
         path = named.get(point) if named else (own if own in modules else last)
         if path in modules:

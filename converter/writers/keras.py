@@ -170,17 +170,17 @@ def ordered_layers(plan):
     if plan.target != TARGET:
         raise ConvertError(f"a {plan.target} plan cannot be written as Keras weights; plan for {TARGET}")
     table = plan.table
-    spec = table.targets.get(TARGET, {})
+    spec = table.targets.get(TARGET)
     where = table.path.name
-    _check_dims(plan, spec.get("dims", {}))
+    _check_dims(plan, spec.dims if spec is not None else {})
     problems = []
-    order = spec.get("order")
-    if not isinstance(order, list):
+    order = spec.order if spec is not None else None
+    if order is None:
         raise MappingError(f"{where}: targets.{TARGET}.order is missing; it lists the layers with weights "
                            f"in model.layers order (mappings/README.md)")
     roles = {}  # layer name -> role, from every row of the table
     for row in table.layers.values():
-        for role, name in (row.get(TARGET) or {}).items():
+        for role, name in (row.name(TARGET) or {}).items():
             roles[name] = role
     layers = {}  # layer name -> its entries
     for entry in plan.entries:
@@ -214,7 +214,7 @@ def _check_dims(plan, required):
     """MappingError naming every layer whose sizes differ from those the target's models build."""
     mismatches = list(mapping.dims_mismatches(plan, required).values())
     if mismatches:
-        models = ", ".join(plan.table.targets[TARGET].get("models", [TARGET]))
+        models = ", ".join(plan.table.targets[TARGET].models or [TARGET])
         raise MappingError(
             f"{models} builds only full-size networks (depth_multiplier 1.0), and this checkpoint's channels "
             f"differ as a depth-multiplied one's do: {'; '.join(mismatches)}; --to torch and --to onnx keep its sizes"

@@ -9,6 +9,7 @@ TensorFlow does for the size it is given; average pooling excludes padding
 """
 
 import dataclasses
+import functools
 import math
 import pathlib
 
@@ -16,7 +17,7 @@ import ml_dtypes
 import numpy as np
 
 import converter
-from converter import input_size, mapping
+from converter import graph, input_size, mapping
 from converter._tf_rules import SAME, VALID, output_size, same_padding
 from converter.errors import ConvertError
 from converter.transforms import NCHW_TO_NHWC, NHWC_TO_NCHW
@@ -61,8 +62,8 @@ CLIP_BOUNDS = {"relu6": (0.0, 6.0)}
 # options meant for the plan, which reach every writer
 PLAN_OPTIONS = ("include_top",)
 
-GLOBAL = "global"
-POOLS = {"max_pool": "MaxPool", "avg_pool": "AveragePool"}
+GLOBAL = graph.GLOBAL
+POOLS = {graph.MaxPool: "MaxPool", graph.AvgPool: "AveragePool"}
 
 
 def _import_onnx():
@@ -122,70 +123,54 @@ class _GraphBuilder:
         return name
 
     def build(self, source):
-        self._sequence(self.table.graph, source, "")
+        self.sequence(self.table.graph, source, "")
         unused = sorted(set(self.tensors) - self.used)
         if unused:
             raise ConvertError(f"ONNX: the graph uses no layer for {len(unused)} tensors of the plan: {', '.join(unused)}")
         return self.points
 
-    def _sequence(self, nodes, value, scope):
+    def sequence(self, nodes, value, scope):
+        """The output of ``nodes`` run one after the other on ``value``, recording named nodes' outputs."""
         for node in nodes:
-            layers = mapping.layers_under(node, scope) if "name" in node else ()
-            if layers and not all(layer in self.plan.dims for layer in layers):
+            if not self.plan.keeps(node, scope):
                 continue  # a group the plan leaves out (the auxiliary head, a dropped classifier)
-            if "input" in node:
-                if node["input"] not in self.points:
-                    raise ConvertError(f"ONNX: graph node {node.get('name', node)} takes {node['input']}, which is left out")
-                value = self.points[node["input"]]
-            value = self._node(node, value, scope)
-            if "name" in node:
-                self.points[node["name"]] = value
+            if node.input is not None:
+                if node.input not in self.points:
+                    raise ConvertError(f"ONNX: graph node {node.name or node} takes {node.input}, which is left out")
+                value = self.points[node.input]
+            value = _emit(node, self, value, scope)
+            if node.name is not None:
+                self.points[node.name] = value
         return value
 
-    def _node(self, node, value, scope):
-        stride = node.get("stride", 1)
-        padding = node.get("padding", SAME)
-        inner = mapping.inner_scope(node, scope)
-        if "layer" in node:
-            return self._layer(scope + node["layer"], value, stride, padding)
-        for key, op in POOLS.items():
-            if key in node:
-                return self._pool(op, _window_of(node, key, value), value, stride, padding, scope)
-        if "concat" in node:
-            branches = [self._sequence(branch, value, inner) for branch in node["concat"]]
-            spatial = {b.shape[2:] for b in branches}
-            if len(spatial) != 1:
-                raise ConvertError(f"ONNX: concat in {inner or 'the graph'} joins maps of sizes {sorted(spatial)}")
-            channels = sum(b.shape[CHANNEL_AXIS] for b in branches)
-            return self.op("Concat", [b.name for b in branches], f"{inner}concat",
-                            (None, channels, *branches[0].shape[2:]), axis=CHANNEL_AXIS)
-        if "add" in node:
-            return self._add(node, value, inner)
-        if "pad" in node:
-            return self._pad(node["pad"], value, scope)
-        if "scale" in node:
-            return self._scale(node["scale"], value, scope)
-        if "nodes" in node:
-            return self._sequence(node["nodes"], value, inner)
+    def concat(self, branches, inner):
+        spatial = {b.shape[2:] for b in branches}
+        if len(spatial) != 1:
+            raise ConvertError(f"ONNX: concat in {inner or 'the graph'} joins maps of sizes {sorted(spatial)}")
+        channels = sum(b.shape[CHANNEL_AXIS] for b in branches)
+        return self.op("Concat", [b.name for b in branches], f"{inner}concat",
+                       (None, channels, *branches[0].shape[2:]), axis=CHANNEL_AXIS)
+
+    def flatten(self, order, value, inner):
         # flatten: true is [N, 1, 1, C] -> [N, C], the same in NCHW and NHWC; `spatial` flattens any
         # map in this graph's NCHW order (C, H, W), which the next row's transform (conv_to_linear_chw) matches
-        if len(value.shape) != 4 or (node["flatten"] is True and value.shape[2:] != (1, 1)):
+        if len(value.shape) != 4 or (order is graph.FLATTEN_1X1 and value.shape[2:] != (1, 1)):
             raise ConvertError(f"ONNX: flatten in {inner or 'the graph'} needs a 1x1 map, got shape {value.shape[1:]}")
-        if node["flatten"] == "hwc":  # TensorFlow's order: the map back to NHWC first
+        if order == graph.FLATTEN_HWC:  # TensorFlow's order: the map back to NHWC first
             value = self.op("Transpose", [value.name], f"{inner}Flatten/to_nhwc",
                             (None, *(value.shape[axis] for axis in NCHW_TO_NHWC[1:])), perm=list(NCHW_TO_NHWC))
         return self.op("Flatten", [value.name], f"{inner}Flatten", (None, math.prod(value.shape[1:])), axis=1)
 
-    def _add(self, node, value, inner):
+    def add(self, node, value, inner):
         # a residual sum of the branches (an empty branch is the input), then the node's activation
-        branches = [self._sequence(branch, value, inner) for branch in node["add"]]
+        branches = [self.sequence(branch, value, inner) for branch in node.branches]
         shapes = {b.shape[1:] for b in branches}
         if len(shapes) != 1:
             raise ConvertError(f"ONNX: add in {inner or 'the graph'} sums maps of shapes {sorted(shapes)}")
         total = branches[0]
         for branch in branches[1:]:
             total = self.op("Add", [total.name, branch.name], f"{inner}add", total.shape)
-        return self._activate(total, node.get("activation"), inner)
+        return self._activate(total, node.activation, inner)
 
     def _activate(self, value, activation, scope):
         # the activation a layer's kind or an add node names; none leaves the value as it is
@@ -204,12 +189,12 @@ class _GraphBuilder:
         return self.op("Constant", [], name, (), value=self.onnx.numpy_helper.from_array(
             np.array(number, dtype=self.dtype)))
 
-    def _scale(self, factor, value, scope):
+    def scale(self, factor, value, scope):
         # the map multiplied by a constant (a graph's `Mul` by a scalar)
         return self.op("Mul", [value.name, self._scalar(factor, f"{scope}scale/factor").name], f"{scope}scale",
                        value.shape)
 
-    def _pad(self, pads, value, scope):
+    def pad(self, pads, value, scope):
         # explicit zero padding (tf.pad); ONNX order: every axis's begin, then every axis's end
         (top, bottom), (left, right) = pads
         _, channels, height, width = _feature_map(value, f"pad in {scope or 'the graph'}")
@@ -218,7 +203,7 @@ class _GraphBuilder:
         return self.op("Pad", [value.name, amounts.name], f"{scope}Pad",
                        (None, channels, height + top + bottom, width + left + right))
 
-    def _pool(self, op, kernel, value, stride, padding, scope):
+    def pool(self, op, kernel, value, stride, padding, scope):
         _, channels, height, width = _feature_map(value, f"{op} in {scope or 'the graph'}")
         if kernel == GLOBAL:
             return self.op(f"Global{op}", [value.name], f"{scope}{op}", (None, channels, 1, 1))
@@ -245,27 +230,27 @@ class _GraphBuilder:
             raise ConvertError(f"ONNX: {where}: a {list(kernel)} window does not fit a {list(size)} map")
         return out
 
-    def _layer(self, layer, value, stride, padding):
+    def layer(self, layer, value, stride, padding):
         if layer not in self.plan.dims:
             raise ConvertError(f"ONNX: the graph needs layer {layer}, which the plan leaves out")
         row = self.table.layers[layer]
         scope = self.plan.scopes.get(layer, layer)  # the checkpoint's name where the table's carries sizes
-        kind = self.table.kinds[row["kind"]]
-        prefix = mapping.bind_name(row["onnx"], self.plan.dims[layer])
-        params = {key: f"{prefix}{mapping.SEPARATORS['onnx']}{key}" for key in kind.get("onnx", {})}
-        if kind["compute"]["op"] == mapping.BATCH_NORM_OP:
+        kind = row.kind
+        prefix = mapping.bind_name(row.name("onnx"), self.plan.dims[layer])
+        params = {tensor.key: f"{prefix}{mapping.SEPARATORS['onnx']}{tensor.key}" for tensor in kind.column("onnx")}
+        if kind.compute.op == mapping.BATCH_NORM_OP:
             return self._batch_norm_layer(layer, row, kind, params, value, scope)
-        if kind["compute"]["op"] in mapping.OP_KERNELS:
+        if kind.compute.op in mapping.OP_KERNELS:
             return self._depthwise_layer(layer, row, scope, params, value, stride, padding)
         unknown = sorted(set(params) - set(KNOWN_PARAMS))
         if unknown or WEIGHTS not in params:
             raise ConvertError(
-                f"ONNX: kind {row['kind']} has onnx tensors {sorted(params)}; this writer knows "
+                f"ONNX: kind {kind.name} has onnx tensors {sorted(params)}; this writer knows "
                 f"{', '.join(KNOWN_PARAMS)} and needs {WEIGHTS}"
             )
-        compute = kind["compute"]
+        compute = kind.compute
         weights, shape = self._initializer(layer, params[WEIGHTS])
-        conv = compute["op"] == "conv"
+        conv = compute.op == "conv"
         if conv and (len(value.shape) != 4 or len(shape) != 4 or shape[1] != value.shape[CHANNEL_AXIS]):
             raise ConvertError(
                 f"ONNX: {weights} has shape {list(shape)}; a convolution on {value.shape[CHANNEL_AXIS]} "
@@ -286,36 +271,36 @@ class _GraphBuilder:
             value = self.op("Conv", inputs, f"{scope}/Conv2D", out, **self._window(kernel, size, stride, padding))
         else:
             value = self.op("Gemm", inputs, f"{scope}/Gemm", (None, shape[0]), transB=1)
-        if compute.get("batch_norm"):
+        if compute.batch_norm:
             if not all(key in params for key in BATCH_NORM):
-                raise ConvertError(f"ONNX: kind {row['kind']} has batch norm but not every one of {', '.join(BATCH_NORM)}")
+                raise ConvertError(f"ONNX: kind {kind.name} has batch norm but not every one of {', '.join(BATCH_NORM)}")
             norm = [self._vector(layer, params[key], value.shape[CHANNEL_AXIS]) for key in BATCH_NORM]
             value = self.op("BatchNormalization", [value.name, *norm], f"{scope}/BatchNorm", value.shape,
                              epsilon=mapping.batch_norm_epsilon(self.table, kind))
-        return self._activate(value, compute.get("activation"), f"{scope}/")
+        return self._activate(value, compute.activation, f"{scope}/")
 
     def _batch_norm_layer(self, layer, row, kind, params, value, scope):
         # BatchNormalization with the table's epsilon on the layer's input, then the kind's activation
         if sorted(params) != sorted(NORM_PARAMS):
-            raise ConvertError(f"ONNX: kind {row['kind']} (op batch_norm) has onnx tensors {sorted(params)}; "
+            raise ConvertError(f"ONNX: kind {kind.name} (op batch_norm) has onnx tensors {sorted(params)}; "
                                f"it needs exactly {', '.join(NORM_PARAMS)}")
         if len(value.shape) != 4:
             raise ConvertError(f"ONNX: layer {layer} normalizes a map; its input has shape {list(value.shape[1:])}")
         norm = [self._vector(layer, params[key], value.shape[CHANNEL_AXIS]) for key in NORM_PARAMS]
         value = self.op("BatchNormalization", [value.name, *norm], f"{scope}/BatchNorm", value.shape,
                         epsilon=mapping.batch_norm_epsilon(self.table, kind))
-        return self._activate(value, kind["compute"].get("activation"), f"{scope}/")
+        return self._activate(value, kind.compute.activation, f"{scope}/")
 
     def _depthwise_layer(self, layer, row, scope, params, value, stride, padding):
         # slim's depthwise convolution as a grouped Conv (group = its input channels) and, for a separable
         # layer, the 1x1 pointwise Conv after it (stride 1, VALID: tf.nn.separable_conv2d); the biases
         # follow the last of them, then batch norm and the activation
-        kind = self.table.kinds[row["kind"]]
-        compute = kind["compute"]
-        kernels = mapping.OP_KERNELS[compute["op"]]
+        kind = row.kind
+        compute = kind.compute
+        kernels = mapping.OP_KERNELS[compute.op]
         unknown = sorted(set(params) - {*kernels, BIASES, *BATCH_NORM})
         if unknown or not all(key in params for key in kernels):
-            raise ConvertError(f"ONNX: kind {row['kind']} has onnx tensors {sorted(params)}; a {compute['op']} "
+            raise ConvertError(f"ONNX: kind {kind.name} has onnx tensors {sorted(params)}; a {compute.op} "
                                f"layer takes {', '.join(kernels)}, and {BIASES} or {', '.join(BATCH_NORM)}")
         channels = value.shape[CHANNEL_AXIS]
         weights, shape = self._initializer(layer, params[kernels[0]])
@@ -340,14 +325,14 @@ class _GraphBuilder:
                                               if BIASES in params else [])
             value = self.op("Conv", inputs, f"{scope}/separable_conv2d", (None, shape[0], *value.shape[2:]),
                             **self._window((1, 1), value.shape[2:], 1, VALID))
-        if compute.get("batch_norm"):
+        if compute.batch_norm:
             if not all(key in params for key in BATCH_NORM):
-                raise ConvertError(f"ONNX: kind {row['kind']} has batch norm but not every one of "
+                raise ConvertError(f"ONNX: kind {kind.name} has batch norm but not every one of "
                                    f"{', '.join(BATCH_NORM)}")
             norm = [self._vector(layer, params[key], value.shape[CHANNEL_AXIS]) for key in BATCH_NORM]
             value = self.op("BatchNormalization", [value.name, *norm], f"{scope}/BatchNorm", value.shape,
                             epsilon=mapping.batch_norm_epsilon(self.table, kind))
-        return self._activate(value, compute.get("activation"), f"{scope}/")
+        return self._activate(value, compute.activation, f"{scope}/")
 
 
 def _feature_map(value, where):
@@ -358,32 +343,65 @@ def _feature_map(value, where):
     return value.shape
 
 
-def _window_of(node, key, value):
-    # a pool's window; with `reduced` (TF-Slim's _reduced_kernel_size_for_small_input) no larger than the map
-    kernel = node[key]
-    if node.get("reduced"):
-        return [min(k, n) for k, n in zip(kernel, value.shape[2:])]
-    return kernel
+# the ONNX nodes of each graph node type: one emitter per converter.graph node class
+@functools.singledispatch
+def _emit(node, builder, value, scope):
+    raise ConvertError(f"ONNX: no emitter for graph node {type(node).__name__}")
 
 
-def _named(nodes):
-    for node in nodes:
-        if "name" in node:
-            yield node["name"]
-        for branch in mapping.branches(node) + [node.get("nodes", [])]:
-            yield from _named(branch)
+@_emit.register
+def _(node: graph.Layer, builder, value, scope):
+    return builder.layer(scope + node.layer, value, node.stride, node.padding)
+
+
+@_emit.register
+def _(node: graph.Pool, builder, value, scope):
+    op = POOLS[type(node)]
+    kernel = GLOBAL if node.is_global else node.window_for(value.shape[2:])
+    return builder.pool(op, kernel, value, node.stride, node.padding, scope)
+
+
+@_emit.register
+def _(node: graph.Concat, builder, value, scope):
+    inner = node.inner_scope(scope)
+    return builder.concat([builder.sequence(branch, value, inner) for branch in node.branches], inner)
+
+
+@_emit.register
+def _(node: graph.Add, builder, value, scope):
+    return builder.add(node, value, node.inner_scope(scope))
+
+
+@_emit.register
+def _(node: graph.Pad, builder, value, scope):
+    return builder.pad(node.pads, value, scope)
+
+
+@_emit.register
+def _(node: graph.Scale, builder, value, scope):
+    return builder.scale(node.factor, value, scope)
+
+
+@_emit.register
+def _(node: graph.Sequence, builder, value, scope):
+    return builder.sequence(node.nodes, value, node.inner_scope(scope))
+
+
+@_emit.register
+def _(node: graph.Flatten, builder, value, scope):
+    return builder.flatten(node.order, value, node.inner_scope(scope))
 
 
 def _default_output(table, points):
     # the graph's last node; without it (a headless plan), the end point that node takes as input,
     # or the end point before it
     last = table.graph[-1]
-    if last.get("name") in points:
-        return last["name"]
-    if last.get("input") in points:
-        return last["input"]
-    before = [node["name"] for node in table.graph[:-1] if node.get("name") in points]
-    if "input" not in last and before and before[-1] == list(points)[-1]:
+    if last.name in points:
+        return last.name
+    if last.input in points:
+        return last.input
+    before = [node.name for node in table.graph[:-1] if node.name in points]
+    if last.input is None and before and before[-1] == list(points)[-1]:
         return before[-1]
     raise ConvertError("ONNX: the plan leaves out the graph's output; name end points with --outputs")
 
@@ -473,15 +491,15 @@ def _declared_model(onnx, plan, *, dtype=None, opset=None, input_layout=NCHW, ou
         raise ConvertError(f"ONNX: the plan is for target {plan.target!r}; plan for 'onnx'")
     table = plan.table
     tensors = _declared(plan, dtype)
-    spec = table.facts["input"]
-    height, width, channels = *plan.input_size.hw, spec["channels"]
+    spec = table.facts.input
+    height, width, channels = *plan.input_size.hw, spec.channels
     # the graph is checked at the plan's input size; where every pad is either constant or computed by
     # the runtime (auto_pad), the input's height and width stay symbolic: one model for every size it takes
     dynamic = not input_size.pads_depend_on_size(table, plan.dims)
     declared = (HEIGHT_DIM, WIDTH_DIM) if dynamic else (height, width)
     elem_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     # the input's and end points' names are the graph's interface; no inner node may take them
-    builder = _GraphBuilder(onnx, plan, tensors, reserved=[INPUT_NAME, *_named(table.graph)], dtype=dtype)
+    builder = _GraphBuilder(onnx, plan, tensors, reserved=[INPUT_NAME, *graph.named(table.graph)], dtype=dtype)
     if input_layout == NHWC:
         graph_input = onnx.helper.make_tensor_value_info(INPUT_NAME, elem_type, [BATCH_DIM, *declared, channels])
         source = builder.op("Transpose", [INPUT_NAME], "input/to_nchw", (None, channels, height, width),
@@ -515,21 +533,21 @@ def _declared_model(onnx, plan, *, dtype=None, opset=None, input_layout=NCHW, ou
         graph_outputs.append(onnx.helper.make_tensor_value_info(name, elem_type, shape))
 
     initializers = [_onnx_stream.declare(onnx, key, found.shape, found.dtype) for key, found in tensors.items()]
-    graph = onnx.helper.make_graph(builder.nodes, table.architecture, [graph_input], graph_outputs, initializers)
+    model_graph = onnx.helper.make_graph(builder.nodes, table.architecture, [graph_input], graph_outputs, initializers)
     operator_set = onnx.helper.make_opsetid("", opset)
     model = onnx.helper.make_model(
-        graph,
+        model_graph,
         opset_imports=[operator_set],
         ir_version=onnx.helper.find_min_ir_version_for([operator_set]),
         producer_name="ckpt-convert",
         producer_version=converter.__version__,
         doc_string=f"TF-Slim {table.architecture}; input {input_layout.upper()} {dtype} "
-                   f"in range {spec.get('range')}",
+                   f"in range {list(spec.range)}",
     )
     onnx.helper.set_model_props(model, {
         **plan.provenance(),
         "input_layout": input_layout,
-        "input_range": str(spec.get("range")),
+        "input_range": str(list(spec.range)),
         "background_class": "dropped" if plan.background.dropped else "kept",
         "input_size_dynamic": str(dynamic).lower(),
     })
