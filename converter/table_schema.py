@@ -162,7 +162,10 @@ def _expand(data, problems):
             problems.append(f"{where}: unknown key {unknown[0]!r} (a row has {', '.join(ROW_KEYS)})")
         name = row.get("kind")
         kind = (own[name] if name in own else library().get(name)) if isinstance(name, str) else None
-        if kind is None:
+        if not isinstance(name, str):
+            problems.append(f"{where}.kind: `kind` must name one of kinds, not {name!r}")
+            continue
+        if kind is None and name not in own:
             problems.append(f"{where}.kind: unknown kind {name!r} (neither the table's kinds nor "
                             f"mappings/{LIBRARY} has it)")
             continue

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from converter import graph, input_size, mapping, provenance
+from converter import graph, input_size, mapping, provenance, table_schema
 from converter.checkpoint import open_checkpoint
 
 # YAML key -> the class its node parses into
@@ -22,7 +22,7 @@ def _raw_nodes(nodes):
 @pytest.mark.parametrize("name", mapping.builtin_tables())
 def test_every_node_parses_into_its_class_and_the_walk_finds_every_row(name):
     table = mapping.load_table(name)
-    raw = list(_raw_nodes(yaml.safe_load(table.path.read_text())["graph"]))
+    raw = list(_raw_nodes(table_schema.read(table.path)["graph"]))  # schema 2 expanded
     typed = [node for node, _ in graph.walk(table.graph)]
     assert [type(node) for node in typed] == [CLASSES[next(k for k in CLASSES if k in node)] for node in raw]
     assert [node.name for node in typed] == [node.get("name") for node in raw]

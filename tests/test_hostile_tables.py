@@ -142,7 +142,7 @@ HOSTILE_TABLES = {
     "one name for every layer": (_rename_all, "is given 2 times"),
     # values no rule read as their type before parsing: each a problem of its own, not a crash
     "kind a list": (_set(("layers", "Conv2d_1a_3x3", "kind"), ["conv_bn"]), "`kind` must name one of kinds"),
-    "kind null": (_set(("kinds", "conv_bn"), None), "kinds.conv_bn must be a mapping with `params`"),
+    "kind null": (_set(("kinds", "conv_bn"), None), "kinds.conv_bn: must be a mapping (compute, params"),
     "reference 7": (_set(("facts", "reference"), 7), "facts.reference must give module"),
     "torchvision dims x": (_set(("targets", "torch", "torchvision"), {"model": "m", "dims": "x"}),
                            "targets.torch.torchvision.dims must map layers"),

@@ -113,8 +113,8 @@ def test_every_builtin_table_is_schema_2_and_means_what_its_schema_1_form_did(na
 
 
 def test_names_default_to_the_scope_and_the_keras_counter(tmp_path):
-    table = mapping.load_table(_tiny(tmp_path))
-    rows = table.layers
+    table = table_schema.read(_tiny(tmp_path))
+    rows = table["layers"]
     assert rows["Conv2d_1a_3x3"]["torch"] == "conv" and rows["Conv2d_1a_3x3"]["onnx"] == "Conv2d_1a_3x3"
     assert rows["Mixed/Branch_0/Conv2d_0a_1x1"]["torch"] == "Mixed.Branch_0.Conv2d_0a_1x1"
     # Keras counts the layers it names itself: a layer the model names (mixed_1_conv) takes no number
@@ -127,30 +127,30 @@ def test_names_default_to_the_scope_and_the_keras_counter(tmp_path):
 
 
 def test_kinds_come_from_the_library_unless_the_table_has_its_own(tmp_path):
-    table = mapping.load_table(_tiny(tmp_path))
+    table = table_schema.read(_tiny(tmp_path))
     shared = table_schema.library()["conv_bn_nogamma"]
     # the activation on the graph node makes one kind per activation; `keras` only where the table has it
-    assert table.kinds["conv_bn_nogamma_relu"]["compute"] == {**shared["compute"], "activation": "relu"}
-    assert table.kinds["conv_bn_nogamma_relu6"]["params"] == shared["params"]
-    assert table.kinds["logits"] == table_schema.library()["logits"]
+    assert table["kinds"]["conv_bn_nogamma_relu"]["compute"] == {**shared["compute"], "activation": "relu"}
+    assert table["kinds"]["conv_bn_nogamma_relu6"]["params"] == shared["params"]
+    assert table["kinds"]["logits"] == table_schema.library()["logits"]
     own = copy.deepcopy(table_schema.library()["logits"])
     own["torch"]["weight"]["transform"] = "identity"
 
     def shadow(data):
         data["kinds"] = {"logits": own}
         del data["targets"]["keras"]
-    table = mapping.load_table(_tiny(tmp_path, shadow, "own.yaml"))
-    assert table.kinds["logits"]["torch"]["weight"]["transform"] == "identity" and "keras" not in table.kinds["logits"]
+    table = table_schema.read(_tiny(tmp_path, shadow, "own.yaml"))
+    assert table["kinds"]["logits"]["torch"]["weight"]["transform"] == "identity" and "keras" not in table["kinds"]["logits"]
 
 
 def test_keras_order_follows_depth_then_the_walk_from_the_output(tmp_path):
-    table = mapping.load_table(_tiny(tmp_path))
+    table = table_schema.read(_tiny(tmp_path))
     # the longer branch's first layer is deeper than the shorter branch's; layers of one depth in branch order
-    assert table.targets["keras"]["order"] == [
+    assert table["targets"]["keras"]["order"] == [
         "conv2d", "batch_normalization", "mixed_1_conv", "batch_normalization_2", "conv2d_1", "conv2d_2",
         "batch_normalization_1", "batch_normalization_3", "predictions"]
-    given = mapping.load_table(_tiny(tmp_path, lambda data: data["targets"]["keras"].update(order=["x"]), "o.yaml"))
-    assert given.targets["keras"]["order"] == ["x"]  # an order written out is taken as it is (and validated)
+    given = table_schema.read(_tiny(tmp_path, lambda data: data["targets"]["keras"].update(order=["x"]), "o.yaml"))
+    assert given["targets"]["keras"]["order"] == ["x"]  # an order written out is taken as it is
 
 
 def test_a_schema_1_table_is_read_as_it_is_with_a_note_and_migrates(tmp_path, capsys):
@@ -229,20 +229,20 @@ graph:
 
 
 def test_a_template_repeats_nodes_and_their_rows(tmp_path):
-    table = mapping.load_table(_write(tmp_path, STACK_V2))
-    units = table.graph[1]["nodes"]
+    table = table_schema.read(_write(tmp_path, STACK_V2))
+    units = table["graph"][1]["nodes"]
     assert [node["add"][1][0]["layer"] for node in units] == ["unit_1/conv", "unit_2/conv", "unit_3/conv"]
     assert all(node == {"activation": "relu", "add": [[], [{"layer": f"unit_{n}/conv"},
                                                            {"layer": f"unit_{n}/conv_{{kh}}x{{kw}}"}]]}
                for n, node in enumerate(units, start=1))
     # rows in graph order: the templates' after the table's own; `{kh}` is a size field, not a variable
-    assert list(table.layers) == ["Conv2d_1a_3x3", "Logits/Conv2d_1c_1x1"] + [
+    assert list(table["layers"]) == ["Conv2d_1a_3x3", "Logits/Conv2d_1c_1x1"] + [
         f"Mixed/unit_{n}/{layer}" for n in (1, 2, 3) for layer in ("conv", "conv_{kh}x{kw}")]
-    assert table.layers["Mixed/unit_3/conv"]["torch"] == "stage2.2.conv"
-    assert table.layers["Mixed/unit_3/conv"]["keras"]["conv2d"] == "conv2_block3"
-    assert table.layers["Mixed/unit_3/conv_{kh}x{kw}"]["torch"] == "Mixed.unit_3.conv_{kh}x{kw}"
-    assert table.kinds[table.layers["Mixed/unit_1/conv"]["kind"]]["compute"]["activation"] == "relu"
-    assert "activation" not in table.kinds[table.layers["Mixed/unit_1/conv_{kh}x{kw}"]["kind"]]["compute"]
+    assert table["layers"]["Mixed/unit_3/conv"]["torch"] == "stage2.2.conv"
+    assert table["layers"]["Mixed/unit_3/conv"]["keras"]["conv2d"] == "conv2_block3"
+    assert table["layers"]["Mixed/unit_3/conv_{kh}x{kw}"]["torch"] == "Mixed.unit_3.conv_{kh}x{kw}"
+    assert table["kinds"][table["layers"]["Mixed/unit_1/conv"]["kind"]]["compute"]["activation"] == "relu"
+    assert "activation" not in table["kinds"][table["layers"]["Mixed/unit_1/conv_{kh}x{kw}"]["kind"]]["compute"]
 
 
 def test_a_resnet_152_table_is_as_short_as_a_resnet_50_one():
