@@ -49,18 +49,24 @@ class Comparison:
         return self.max_abs <= self.bound
 
 
+def coarsest(dtypes):
+    """The reduced-precision dtype (``float16``, ``bfloat16``) of ``dtypes`` with the largest unit roundoff, or None."""
+    reduced = {str(d) for d in dtypes} & UNIT_ROUNDOFF.keys()
+    return max(reduced, key=UNIT_ROUNDOFF.get) if reduced else None
+
+
 def atol_for(dtypes, depth=None):
     """The bound for a port whose tensors have ``dtypes``, through a network of ``depth`` layers.
 
     float32: ``ATOL``. float16 or bfloat16: ``REDUCED_PRECISION_FACTOR * u * sqrt(depth)`` for the
     coarsest dtype's unit roundoff ``u`` (``REDUCED_PRECISION_ATOL`` where ``depth`` is not known).
     """
-    units = [UNIT_ROUNDOFF[str(d)] for d in dtypes if str(d) in UNIT_ROUNDOFF]
-    if not units:
+    dtype = coarsest(dtypes)
+    if dtype is None:
         return ATOL
     if not depth:
         return REDUCED_PRECISION_ATOL
-    return max(ATOL, REDUCED_PRECISION_FACTOR * max(units) * math.sqrt(depth))
+    return max(ATOL, REDUCED_PRECISION_FACTOR * UNIT_ROUNDOFF[dtype] * math.sqrt(depth))
 
 
 def depth(nodes):

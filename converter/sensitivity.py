@@ -9,9 +9,8 @@ the plan's tensors, and again with every floating tensor (and, for a model that 
 dtype, every layer's output) multiplied by ``1 + u * e``, ``e`` uniform in [-1, 1] from a fixed seed.
 """
 
-import numpy as np
-
 from converter import oracle
+from converter.runtimes import as_float32
 from converter.transforms import NHWC_TO_NCHW
 
 SEED = 0
@@ -40,19 +39,16 @@ def drift(plan, read, images, dtype, *, activations=False, device="cpu", seed=SE
 
     state = plan_state_dict(plan, read)
     net = build(plan, state, device=device)
-    batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32).transpose(NHWC_TO_NCHW).copy()).to(device)
+    batch = torch.from_numpy(as_float32(images).transpose(NHWC_TO_NCHW).copy()).to(device)
     with torch.no_grad():
         clean = net(batch)
         net.load_state_dict({k: perturbed(v) if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+        layers = (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d) if activations else ()
         hooks = [module.register_forward_hook(lambda _module, _inputs, output: perturbed(output))
-                 for module in net.modules() if activations and isinstance(module, _LAYERS(torch))]
+                 for module in net.modules() if isinstance(module, layers)]
         try:
             noisy = net(batch)
         finally:
             for hook in hooks:
                 hook.remove()
     return {name: float((noisy[name] - clean[name]).abs().max()) for name in clean}
-
-
-def _LAYERS(torch):
-    return (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d)

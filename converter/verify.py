@@ -573,8 +573,7 @@ def _drift_floors(context, found, *, computes_reduced):
     note says of it. Measured once per dtype and verification."""
     from converter import preflight, sensitivity
 
-    dtype = max((str(v.dtype) for v in found.values() if str(v.dtype) in oracle.UNIT_ROUNDOFF),
-                key=oracle.UNIT_ROUNDOFF.get)
+    dtype = oracle.coarsest(value.dtype for value in found.values())
     missing = preflight.skipped_runtime("torch", None)
     if "torch" not in context.table.targets or missing:
         return None, f"the network's own drift not measured ({missing or 'no torch target'})"
