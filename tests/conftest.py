@@ -48,12 +48,18 @@ def small():
     return Fixture(SMALL)
 
 
+def link_checkpoint(prefix, to):
+    """Symbolic links to checkpoint ``prefix``'s files (``.index``, data shards, ``.meta``) as ``to``'s."""
+    to.parent.mkdir(parents=True, exist_ok=True)
+    for path in prefix.parent.glob(prefix.name + ".*"):
+        (to.parent / (to.name + path.name[len(prefix.name):])).symlink_to(path)
+
+
 def link_checkpoints(tree, checkpoints):
     """A fleet's folder tree, ``{folder: checkpoint prefix}``, of symbolic links to the checkpoints' files."""
     for folder, checkpoint in checkpoints.items():
         (tree / folder).mkdir(parents=True)
-        for path in checkpoint.parent.glob(checkpoint.name + ".*"):
-            (tree / folder / path.name).symlink_to(path)
+        link_checkpoint(checkpoint, tree / folder / checkpoint.name)
     return tree
 
 

@@ -17,6 +17,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import link_checkpoint
+
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 FIXTURES = README.parent / "fixtures"
 RUNNABLE = ("sh", "python")
@@ -44,15 +46,8 @@ def run_block(language, body, cwd, timeout=900):
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def _link(prefix, to):
-    """Link checkpoint ``prefix``'s files (``.index``, data shards, ``.meta``) as ``to``'s."""
-    to.parent.mkdir(parents=True, exist_ok=True)
-    for path in prefix.parent.glob(prefix.name + ".*"):
-        (to.parent / (to.name + path.name[len(prefix.name):])).symlink_to(path)
-
-
 def _training_run(fixture, folder):
-    _link(fixture.train, folder / fixture.train.name)
+    link_checkpoint(fixture.train, folder / fixture.train.name)
     shutil.copy(fixture.train.parent / "checkpoint", folder / "checkpoint")
 
 
@@ -60,14 +55,14 @@ def walkthrough(folder, full, small, custom, manifest):
     """The folder the README's blocks run in."""
     from PIL import Image
 
-    _link(full.v2, folder / "model.ckpt")
+    link_checkpoint(full.v2, folder / "model.ckpt")
     _training_run(small, folder / "train")
-    _link(custom.checkpoint, folder / "custom" / "model.ckpt-20000")
-    _link(custom.checkpoint, folder / "other" / "model.ckpt")
+    link_checkpoint(custom.checkpoint, folder / "custom" / "model.ckpt-20000")
+    link_checkpoint(custom.checkpoint, folder / "other" / "model.ckpt")
     (folder / "other" / "model.ckpt.meta").unlink()
-    _link(small.v2, folder / "zoo" / "inception_v3.ckpt")
-    _link(FIXTURES / "mobilenet_v1" / "model.ckpt", folder / "zoo" / "mobilenet_v1" / "model.ckpt")
-    _link(FIXTURES / "mobilenet_v2" / "model.ckpt", folder / "more" / "mobilenet_v2" / "model.ckpt")
+    link_checkpoint(small.v2, folder / "zoo" / "inception_v3.ckpt")
+    link_checkpoint(FIXTURES / "mobilenet_v1" / "model.ckpt", folder / "zoo" / "mobilenet_v1" / "model.ckpt")
+    link_checkpoint(FIXTURES / "mobilenet_v2" / "model.ckpt", folder / "more" / "mobilenet_v2" / "model.ckpt")
     _training_run(small, folder / "runs" / "flowers")
     (folder / "old").mkdir()
     (folder / "old" / "model.ckpt").symlink_to(small.v1)
