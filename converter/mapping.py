@@ -759,12 +759,6 @@ def locate(variables, table=None, *, scope=None, path="the checkpoint"):
     return found[0]
 
 
-def model_prefix(variables, table):
-    """The root of ``table``'s network among ``variables``, or None when it is not there or not alone."""
-    found = find_networks(variables, table)
-    return found[0].root if len(found) == 1 else None
-
-
 # the background-class rule: decided by the checkpoint's class count, or forced by a flag
 BACKGROUND_AUTO, BACKGROUND_KEEP, BACKGROUND_DROP = "auto", "keep", "drop"
 BACKGROUND_RULES = (BACKGROUND_AUTO, BACKGROUND_KEEP, BACKGROUND_DROP)
