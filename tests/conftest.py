@@ -1,5 +1,6 @@
 """Shared fixtures: the committed small checkpoints and full-size ones generated once per machine."""
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -46,6 +47,18 @@ class Fixture:
 def small():
     """The committed depth-multiplied InceptionV3 fixture (V2, V1, training-style, golden outputs)."""
     return Fixture(SMALL)
+
+
+@contextlib.contextmanager
+def scratch(tmp_path_factory, name):
+    """A temporary folder for a fixture wider than one test, removed when that fixture is torn down.
+
+    ``tmp_path`` folders go when their test passes; ``mktemp`` ones would stay until the session ends."""
+    folder = tmp_path_factory.mktemp(name)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def link_checkpoint(prefix, to):
@@ -100,6 +113,9 @@ def _make_cached(name, **options):
             shutil.rmtree(staging, ignore_errors=True)
             make_fixtures.make_fixtures(staging, **options)
             staging.rename(target)
+            for stale in CACHE.glob(f"{name}-*"):  # made by earlier generating code: never read again
+                if stale != target and stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
     return Fixture(target)
 
 

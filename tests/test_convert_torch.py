@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import scratch
 from converter import mapping, oracle, table_schema
 from converter.checkpoint import open_checkpoint
 from converter.cli import main
@@ -206,8 +207,8 @@ def test_a_kept_background_class_is_caught(small, tmp_path):
 
 @pytest.fixture(scope="module")
 def full_pth(full, tmp_path_factory):
-    out = tmp_path_factory.mktemp("full")
-    return {aux: convert(full.v2, "torch", out / f"aux{aux}.pth", aux=aux).output for aux in (True, False)}
+    with scratch(tmp_path_factory, "full") as out:
+        yield {aux: convert(full.v2, "torch", out / f"aux{aux}.pth", aux=aux).output for aux in (True, False)}
 
 
 def _torchvision(aux):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from conftest import scratch
 from converter import mapping, oracle, reference, table_schema
 from converter.checkpoint import open_checkpoint
 from converter.cli import main
@@ -60,17 +61,17 @@ def _convert(*args):
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory, full, table):
     """Variant -> the file ckpt-convert wrote for it."""
-    root = tmp_path_factory.mktemp("keras")
-    raw = table_schema.read(table.path)
-    first, second = (raw["layers"][layer] for layer in SWAPPED)
-    first["keras"], second["keras"] = second["keras"], first["keras"]
-    (root / "swapped.yaml").write_text(yaml.safe_dump(raw))
-    paths = {}
-    for variant, (name, flags, _, _) in VARIANTS.items():
-        flags = [str(root / flag) if flag.endswith(".yaml") else flag for flag in flags]
-        _convert(full.v2, "-o", root / name, *flags)
-        paths[variant] = root / name
-    return paths
+    with scratch(tmp_path_factory, "keras") as root:
+        raw = table_schema.read(table.path)
+        first, second = (raw["layers"][layer] for layer in SWAPPED)
+        first["keras"], second["keras"] = second["keras"], first["keras"]
+        (root / "swapped.yaml").write_text(yaml.safe_dump(raw))
+        paths = {}
+        for variant, (name, flags, _, _) in VARIANTS.items():
+            flags = [str(root / flag) if flag.endswith(".yaml") else flag for flag in flags]
+            _convert(full.v2, "-o", root / name, *flags)
+            paths[variant] = root / name
+        yield paths
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import GENERATED, batch_verify_tree
+from conftest import GENERATED, batch_verify_tree, scratch
 from converter import graph, mapping, oracle, table_schema, transforms
 from converter.checkpoint import open_checkpoint
 from converter.errors import MappingError
@@ -95,9 +95,9 @@ def torch_port(fixture, table, shapes):
 @pytest.fixture(scope="module")
 def torch_file(torch_port, tmp_path_factory):
     """``torch_port`` written as a ``.pth`` file, once for the module."""
-    path = tmp_path_factory.mktemp(torch_port[0].table.architecture) / "model.pth"
-    torch.save(torch_port[1], path)
-    return path
+    with scratch(tmp_path_factory, torch_port[0].table.architecture) as folder:
+        torch.save(torch_port[1], folder / "model.pth")
+        yield folder / "model.pth"
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +107,10 @@ def onnx_port(fixture, table, shapes, tmp_path_factory):
     from converter.writers import onnx as writer
 
     plan = mapping.plan(shapes, table, "onnx", input_size=_size(fixture))
-    path = tmp_path_factory.mktemp(table.architecture) / "model.onnx"
-    with open_checkpoint(fixture.v2) as ckpt:
-        writer.save_onnx(plan, ckpt.read, path, outputs=table.facts.end_points)
-    return plan, path
+    with scratch(tmp_path_factory, table.architecture) as folder:
+        with open_checkpoint(fixture.v2) as ckpt:
+            writer.save_onnx(plan, ckpt.read, folder / "model.onnx", outputs=table.facts.end_points)
+        yield plan, folder / "model.onnx"
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +121,9 @@ def keras_h5(fixture, table, tmp_path_factory):
     pytest.importorskip("keras", reason="runs keras.applications")
     from converter.convert import convert
 
-    result = convert(fixture.v2, to="keras", output=tmp_path_factory.mktemp(table.architecture) / "model.h5",
-                     input_size=_size(fixture))
-    return result.plan, result.output
+    with scratch(tmp_path_factory, table.architecture) as folder:
+        result = convert(fixture.v2, to="keras", output=folder / "model.h5", input_size=_size(fixture))
+        yield result.plan, result.output
 
 
 def _shapes(path):
