@@ -7,7 +7,6 @@ cannot fill, and shapes that disagree are all gathered into one error.
 """
 
 import collections
-import collections.abc
 import dataclasses
 import fnmatch
 import functools
@@ -33,7 +32,7 @@ BATCH_NORM_OP = "batch_norm"
 # depthwise convolution's kernel, and for a separable one also the 1x1 pointwise kernel applied after it
 DEPTHWISE_KERNEL, POINTWISE_KERNEL = "depthwise_weights", "pointwise_weights"
 OP_KERNELS = {"depthwise": (DEPTHWISE_KERNEL,), "separable": (DEPTHWISE_KERNEL, POINTWISE_KERNEL)}
-NODE_KINDS = ("layer", "max_pool", "avg_pool", "concat", "add", "nodes", "flatten", "pad", "scale")
+NODE_KINDS = tuple(graph.PARSERS)
 NODE_OPTIONS = ("name", "scoped", "input", "stride", "padding", "activation", "reduced")
 # what may follow a node: a layer's from its kind's `compute.activation`, an `add`'s from its own option
 ACTIVATIONS = ("relu", "relu6")
@@ -157,9 +156,8 @@ class InputSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class Facts(collections.abc.Mapping):
-    """``facts``: what is true of the architecture. Also reads as the YAML mapping it was parsed from, for
-    the reference builders that take TF-Slim's options from it (``converter.reference``)."""
+class Facts:
+    """``facts``: what is true of the architecture."""
 
     num_classes: int
     background_class: int | None
@@ -169,16 +167,6 @@ class Facts(collections.abc.Mapping):
     preprocessing: str | None
     reference: dict | None  # module, network, arg_scope, classifier, end_points, squeeze, heads
     meta_graph: dict | None  # a table recovered from a .meta: what its reference needs
-    data: dict = dataclasses.field(repr=False, compare=False)
-
-    def __getitem__(self, key):
-        return self.data[key]
-
-    def __iter__(self):
-        return iter(self.data)
-
-    def __len__(self):
-        return len(self.data)
 
     @property
     def classifier(self):
@@ -355,7 +343,6 @@ def _facts(facts):
         preprocessing=facts.get("preprocessing"),
         reference=facts.get("reference"),
         meta_graph=facts.get("meta_graph"),
-        data=facts,
     )
 
 
@@ -415,24 +402,19 @@ def validate(data):
     if normed and (not isinstance(epsilon, (int, float)) or isinstance(epsilon, bool) or epsilon <= 0):
         problems.append(f"facts.batch_norm_epsilon must be a positive number: kinds {', '.join(normed)} "
                         f"have a batch norm")
-    skips = {target: _raw_group_layers(data["graph"], spec.get("skip", [])) for target, spec in targets.items()
+    # the references between rows and nodes are checked on the parsed graph (the nodes that parse)
+    graph_problems, buildable = _validate_nodes(data["graph"])
+    problems += graph_problems
+    nodes = graph.parse(buildable)
+    skips = {target: graph.group_layers(nodes, spec.get("skip", [])) for target, spec in targets.items()
              if isinstance(spec, dict)}
     for layer, row in data["layers"].items():
         problems += _validate_row(layer, row, data["kinds"], skips)
-    used = []
-    names = set()
-    problems += _validate_nodes(data["graph"], "", used, names, data["layers"])
-    uses = collections.Counter(used)
-    for layer in data["layers"]:
-        if uses[layer] != 1:
-            problems.append(f"layers: {layer} is used {uses[layer]} times in the graph (must be once)")
+    problems += _reference_problems(nodes, data["layers"], data["facts"])
     reference = data["facts"].get("reference")
     classifier = reference.get("classifier") if isinstance(reference, dict) else None
     if isinstance(classifier, str) and classifier not in data["layers"]:
         problems.append(f"facts.reference.classifier: {classifier} is not a row of layers")
-    for point in data["facts"].get("end_points", []):
-        if point not in names:
-            problems.append(f"facts.end_points: {point} is not a named graph node")
     return problems
 
 
@@ -520,6 +502,7 @@ def _validate_kernels(where, kind):
 
 
 def _validate_row(layer, row, kinds, skips):
+    # skips: {target: the layers its `skip` groups leave out}
     where = f"layers.{layer}"
     if not isinstance(row, dict) or not isinstance(row.get("kind"), str) or row["kind"] not in kinds:
         return [f"{where}: `kind` must name one of kinds ({', '.join(kinds)})"]
@@ -551,26 +534,24 @@ def _validate_row(layer, row, kinds, skips):
     return problems
 
 
-def _validate_nodes(nodes, scope, used, names, layers):
-    problems = []
+def _validate_nodes(nodes, within=""):
+    """Each node's own problems, and the nodes ``graph.parse`` can build (their branches alike): the
+    references of those are checked too, so one run names every problem."""
+    problems, buildable = [], []
     for node in nodes:
         if not isinstance(node, dict):
-            problems.append(f"graph{scope and ' ' + scope}: node {node!r} must be a mapping")
+            problems.append(f"graph{within and ' ' + within}: node {node!r} must be a mapping")
             continue
         kinds = [k for k in node if k in NODE_KINDS]
         extra = [k for k in node if k not in NODE_KINDS and k not in NODE_OPTIONS]
         if len(kinds) != 1 or extra:
             problems.append(f"graph: node {node} must have exactly one of {', '.join(NODE_KINDS)} (unknown: {extra})")
             continue
-        if "input" in node and node["input"] not in names:
-            problems.append(f"graph: input {node['input']!r} is not an earlier named node")
         if node.get("padding", "SAME") not in PADDINGS:
             problems.append(f"graph: padding {node['padding']!r} must be SAME or VALID")
         if "activation" in node and ("add" not in node or node["activation"] not in ACTIVATIONS):
             problems.append(f"graph: activation {node['activation']!r} must be one of "
                             f"{', '.join(ACTIVATIONS)}, on an add")
-        if "pad" in node and not _is_pads(node["pad"]):
-            problems.append(f"graph: pad {node['pad']!r} must be [[top, bottom], [left, right]] of non-negative ints")
         if "reduced" in node and (node["reduced"] is not True or not isinstance(node.get("max_pool",
                                                                                        node.get("avg_pool")), list)):
             problems.append(f"graph: reduced must be true, on a pool with a [kh, kw] window (got {node})")
@@ -578,24 +559,50 @@ def _validate_nodes(nodes, scope, used, names, layers):
             problems.append(f"graph: flatten {node['flatten']!r} must be true (a 1x1 map), spatial or hwc")
         if "scoped" in node and ("name" not in node or not isinstance(node["scoped"], bool)):
             problems.append(f"graph: scoped must be true or false, on a named node (got {node})")
-        inner = _raw_inner_scope(node, scope)
-        if "layer" in node:
-            layer = scope + node["layer"]
-            used.append(layer)
-            if layer not in layers:
-                problems.append(f"graph: layer {layer} has no row in layers")
-        elif "concat" in node or "add" in node:
-            branches = node.get("concat", node.get("add"))
+        if "pad" in node and not _is_pads(node["pad"]):
+            problems.append(f"graph: pad {node['pad']!r} must be [[top, bottom], [left, right]] of non-negative ints")
+            continue
+        inside = node.get("name", within)
+        if "concat" in node or "add" in node:
+            which = "concat" if "concat" in node else "add"
+            branches = node[which]
             if not isinstance(branches, list) or not all(isinstance(b, list) for b in branches) or len(branches) < 2:
-                which = "concat" if "concat" in node else "add"
                 problems.append(f"graph: {which} needs a list of two or more branches")
                 continue
-            for branch in branches:
-                problems += _validate_nodes(branch, inner, used, names, layers)
+            built = [_validate_nodes(branch, inside) for branch in branches]
+            problems += [problem for found, _ in built for problem in found]
+            node = {**node, which: [branch for _, branch in built]}
         elif "nodes" in node:
-            problems += _validate_nodes(node["nodes"], inner, used, names, layers)
-        if "name" in node:
-            names.add(node["name"])
+            found, inner = _validate_nodes(node["nodes"], inside)
+            problems += found
+            node = {**node, "nodes": inner}
+        buildable.append(node)
+    return problems, buildable
+
+
+def _reference_problems(nodes, layers, facts):
+    """What the parsed graph ``nodes`` refers to: each row of ``layers`` used by exactly one layer node,
+    each ``input`` a node named before it, each end point of ``facts`` a named node."""
+    problems, uses, names = [], collections.Counter(), set()
+
+    def visit(nodes, scope):
+        for node in nodes:
+            if node.input is not None and node.input not in names:
+                problems.append(f"graph: input {node.input!r} is not an earlier named node")
+            if isinstance(node, graph.Layer):
+                uses[scope + node.layer] += 1
+                if scope + node.layer not in layers:
+                    problems.append(f"graph: layer {scope + node.layer} has no row in layers")
+            for branch in node.parts():
+                visit(branch, node.inner_scope(scope))
+            if node.name is not None:  # named once the node is complete: nothing inside it may take its output
+                names.add(node.name)
+
+    visit(nodes, "")
+    problems += [f"layers: {layer} is used {uses[layer]} times in the graph (must be once)"
+                 for layer in layers if uses[layer] != 1]
+    problems += [f"facts.end_points: {point} is not a named graph node" for point in facts.get("end_points", [])
+                 if point not in names]
     return problems
 
 
@@ -604,29 +611,6 @@ def _is_pads(pads):
         return isinstance(pair, list) and len(pair) == 2 and all(isinstance(n, int) and n >= 0 for n in pair)
 
     return isinstance(pads, list) and len(pads) == 2 and all(amounts(pair) for pair in pads)
-
-
-def _raw_inner_scope(node, scope):
-    # validation reads the YAML before it is parsed; the typed graph's rule is converter.graph.Node.inner_scope
-    return f"{node['name']}/" if "name" in node and node.get("scoped", True) else scope
-
-
-def _raw_group_layers(nodes, groups):
-    # the layers under the YAML graph's nodes named in ``groups``, for validation (typed: graph.group_layers)
-    found = set()
-
-    def visit(nodes, scope, inside):
-        for node in nodes if isinstance(nodes, list) else ():
-            if not isinstance(node, dict):
-                continue
-            hit = inside or node.get("name") in groups
-            if hit and isinstance(node.get("layer"), str):
-                found.add(scope + node["layer"])
-            for branch in (node.get("concat") or node.get("add") or []) + [node.get("nodes", [])]:
-                visit(branch, _raw_inner_scope(node, scope), hit)
-
-    visit(nodes, "", False)
-    return found
 
 
 def class_end_points(table):

@@ -61,7 +61,7 @@ def import_tensorflow():
 def _slim_net(architecture):
     # the table's facts.reference names the tf-slim module, network function and arg_scope function
     table = mapping.load_table(architecture)
-    spec = table.facts.get("reference")
+    spec = table.facts.reference
     if spec is None:
         raise ConvertError(f"mapping table {architecture!r} names no TF-Slim reference network (facts.reference)")
     module = importlib.import_module(spec["module"])
@@ -188,7 +188,7 @@ def network_options(architecture, shapes):
     Needs no TensorFlow.
     """
     table = mapping.load_table(architecture)
-    spec = table.facts.get("reference")
+    spec = table.facts.reference
     rule = spec and getattr(importlib.import_module(spec["module"]), "network_options", None)
     if rule is None:
         return None
@@ -246,7 +246,7 @@ def run_reference(
     reader = tf.train.load_checkpoint(str(checkpoint))
     stored = {name: tuple(shape) for name, shape in reader.get_variable_to_shape_map().items()}
     _, _, table = _slim_net(architecture)
-    spec = table.facts["reference"]
+    spec = table.facts.reference
     # the network may sit under any scope or prefix (FlowerNet/..., tower_0/InceptionV3/...); tf-slim
     # builds it under its own scope, and each variable restores from the checkpoint's name for it
     root = mapping.locate(stored, table, scope=scope, path=str(checkpoint)).root
@@ -256,7 +256,7 @@ def run_reference(
              for head in spec.get("heads", {})}
     options = {spec["heads"][head]: present for head, present in heads.items()}
     if end_points is None:
-        end_points = table.facts["end_points"]
+        end_points = table.facts.end_points
     end_points = [name for name in end_points if heads.get(name, True)]
     classifier = f"{own}{spec['classifier']}/biases"
     if classifier in checkpoint_shapes:

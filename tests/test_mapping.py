@@ -72,6 +72,28 @@ def test_validation_reports_every_problem_at_once(raw_table):
     assert len(problems) >= 5
 
 
+def test_graph_references_are_checked_on_the_parsed_graph(raw_table):
+    broken = copy.deepcopy(raw_table)
+    mixed = next(node for node in broken["graph"] if node.get("name") == "Mixed_5b")
+    mixed["concat"][0][0]["input"] = "Mixed_5b"  # inside Mixed_5b: its output does not exist yet
+    broken["graph"].append({"layer": "Conv2d_1a_3x3"})
+    assert mapping.validate(broken) == ["graph: input 'Mixed_5b' is not an earlier named node",
+                                        "layers: Conv2d_1a_3x3 is used 2 times in the graph (must be once)"]
+    mixed["concat"][0][0]["input"] = "Conv2d_1a_3x3"  # not a named node at all
+    broken["graph"].pop()
+    assert mapping.validate(broken) == ["graph: input 'Conv2d_1a_3x3' is not an earlier named node"]
+
+
+def test_a_malformed_node_does_not_hide_the_references_of_the_rest(raw_table):
+    broken = copy.deepcopy(raw_table)
+    broken["graph"][0]["max_pool"] = [3, 3]  # a layer and a pool at once: graph.parse cannot build it
+    broken["facts"]["end_points"].append("Mixed_9z")
+    problems = mapping.validate(broken)
+    assert problems[0].startswith("graph: node {") and "exactly one of layer" in problems[0]
+    assert problems[1:] == ["layers: Conv2d_1a_3x3 is used 0 times in the graph (must be once)",
+                            "facts.end_points: Mixed_9z is not a named graph node"]
+
+
 def test_invalid_table_file_is_one_error_naming_the_file(tmp_path, raw_table):
     broken = copy.deepcopy(raw_table)
     broken["graph"].append({"avg_pool": [3, 3], "padding": "FULL"})
