@@ -23,6 +23,8 @@ CONVOLUTIONS = ("conv", *mapping.OP_KERNELS)
 SEARCH_FACTOR = 2
 # inferred sizes are the roundest that fit: a multiple of the first of these that any fitting size is
 ROUND = (32, 16, 8)
+# the reason of a size given on the command line (or as ``input_size=``)
+FLAG = "--input-size"
 
 
 class SizeError(ValueError):
@@ -50,6 +52,10 @@ class InputSize:
 
     def __str__(self):
         return f"{self.height}x{self.width}"
+
+    def given(self):
+        """How a size someone chose reads in an error: ``--input-size 224x224``, ``input size 224x224 (REASON)``."""
+        return f"{FLAG} {self}" if self.reason == FLAG else f"input size {self} ({self.reason})"
 
 
 def parse(text):

@@ -1029,7 +1029,8 @@ def plan(shapes, table, target, *, ema=False, background=BACKGROUND_AUTO, aux=No
         drop: more graph end points to leave out (``("Logits",)`` for a headless model).
         strict: variables no row takes are an error (otherwise listed in ``skipped``).
         scope: which network, where the checkpoint holds several (see ``locate``).
-        input_size: ``(height, width)``; by default inferred from the checkpoint (``input_size.infer``).
+        input_size: ``(height, width)`` (from ``--input-size``), or an ``input_size.InputSize`` that says
+            where it comes from; by default inferred from the checkpoint (``input_size.infer``).
         dtypes: every variable's numpy dtype; when given, the variables the plan reads must be floating point.
 
     Returns:
@@ -1143,14 +1144,16 @@ def _classes(table, dims, problems):
 def _input_size(table, found_dims, dims, wanted, problems):
     from converter import input_size as sizes
 
+    if wanted is not None and not isinstance(wanted, sizes.InputSize):
+        wanted = sizes.InputSize(*wanted, sizes.FLAG)
     try:
         if wanted is None:
             # a property of the checkpoint: every layer it holds counts, also those this target leaves out
             return sizes.infer(table, found_dims)
-        sizes.check(table, dims, wanted)
-        return sizes.InputSize(*wanted, "--input-size")
+        sizes.check(table, dims, wanted.hw)
+        return wanted
     except sizes.SizeError as error:
-        given = f"--input-size {wanted[0]}x{wanted[1]}: " if wanted is not None else ""
+        given = "" if wanted is None else f"{wanted.given()}: "
         problems.append(f"{given}{table.architecture} cannot take that input size: {error}")
         return None
 

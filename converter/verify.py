@@ -24,6 +24,7 @@ import numpy as np
 
 from converter import mapping as mapping_module
 from converter import backends, oracle
+from converter import input_size as input_size_module
 from converter.checkpoint import open_checkpoint
 from converter.errors import ConvertError
 from converter.options import HEAD_END_POINT, Options
@@ -437,6 +438,9 @@ def verify(
     resolved = provenance.agree(records, {key: value for key, value in given.items() if value is not None})
     chosen = Options.of(**resolved, scope=scope, background=background, strict=False)
     plan_arguments = chosen.plan_arguments()
+    adopted = {key: value for key, value in resolved.items() if given.get(key) is None}
+    if adopted.get("input_size") is not None:
+        plan_arguments["input_size"] = input_size_module.InputSize(*adopted["input_size"], "recorded in the ports")
 
     from converter import reference
     from converter.convert import table_for
@@ -474,7 +478,6 @@ def verify(
         if table.facts.meta_graph is not None:
             report.decisions.append(f"reference: {graph_reference.describe(table)}")
         report.decisions += _provenance_decisions(records, ckpt.path)
-        adopted = {key: value for key, value in resolved.items() if given.get(key) is None}
         if adopted:
             report.decisions.append("options from the ports' records: " + ", ".join(
                 f"{key} {provenance.shown(key, value)}" for key, value in adopted.items()))

@@ -97,6 +97,24 @@ def batch_verify_tree(tmp_path, checkpoints, timeout=600):
     return report
 
 
+def _cached(name, key, write):
+    """``CACHE/NAME-KEY``, written by ``write(folder)`` once per key: one pytest-xdist worker writes, the
+    others wait. Copies of ``name`` cached under other keys (by earlier generating code) are removed."""
+    target = CACHE / f"{name}-{key}"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "meta.json").exists():
+            staging = target.with_name(target.name + ".partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            write(staging)
+            staging.rename(target)
+            for stale in CACHE.glob(f"{name}-*"):
+                if stale != target and stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+    return target
+
+
 def _make_cached(name, **options):
     """Generate a fixture with fixtures/make_fixtures.py once per content of the generating code."""
     sys.path.insert(0, str(FIXTURES))
@@ -104,19 +122,7 @@ def _make_cached(name, **options):
 
     code = b"".join(p.read_bytes() for p in (FIXTURES / "make_fixtures.py", ROOT / "converter" / "reference.py"))
     key = hashlib.sha256(code + json.dumps(options, sort_keys=True).encode()).hexdigest()[:12]
-    target = CACHE / f"{name}-{key}"
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one pytest-xdist worker generates, the others wait
-        if not (target / "meta.json").exists():
-            staging = CACHE / f"{name}-{key}.partial"
-            shutil.rmtree(staging, ignore_errors=True)
-            make_fixtures.make_fixtures(staging, **options)
-            staging.rename(target)
-            for stale in CACHE.glob(f"{name}-*"):  # made by earlier generating code: never read again
-                if stale != target and stale.is_dir():
-                    shutil.rmtree(stale, ignore_errors=True)
-    return Fixture(target)
+    return Fixture(_cached(name, key, lambda folder: make_fixtures.make_fixtures(folder, **options)))
 
 
 @pytest.fixture(scope="session")
@@ -242,19 +248,14 @@ def meta_net():
     script = FIXTURES / "make_meta_fixtures.py"
     code = b"".join(p.read_bytes() for p in (script, FIXTURES / "make_fixtures.py", ROOT / "converter" / "reference.py"))
 
+    def write(name, folder):
+        made = subprocess.run([sys.executable, str(script), "--net", name, "--out", str(folder)],
+                              capture_output=True, text=True)
+        if made.returncode:
+            pytest.fail(f"make_meta_fixtures.py --net {name} failed:\n{made.stderr[-3000:]}")
+
     def make(name):
-        target = CACHE / f"meta_{name}-{hashlib.sha256(code + name.encode()).hexdigest()[:12]}"
-        CACHE.mkdir(parents=True, exist_ok=True)
-        with open(CACHE / f"meta_{name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if not (target / "meta.json").exists():
-                staging = target.with_name(target.name + ".partial")
-                shutil.rmtree(staging, ignore_errors=True)
-                made = subprocess.run([sys.executable, str(script), "--net", name, "--out", str(staging)],
-                                      capture_output=True, text=True)
-                if made.returncode:
-                    pytest.fail(f"make_meta_fixtures.py --net {name} failed:\n{made.stderr[-3000:]}")
-                staging.rename(target)
-        return MetaFixture(target)
+        key = hashlib.sha256(code + name.encode()).hexdigest()[:12]
+        return MetaFixture(_cached(f"meta_{name}", key, lambda folder: write(name, folder)))
 
     return make

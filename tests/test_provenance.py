@@ -120,6 +120,7 @@ def test_verify_needs_no_flags_for_a_port_made_with_them(small, tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "EQUIVALENT" in run.stdout and "AuxLogits left out (--no-aux)" in run.stdout
     assert "the same bytes as this checkpoint" in run.stdout
+    assert "input: 299x299 (recorded in the ports)" in run.stdout  # not a flag the user did not give
     # TensorFlow's C++ and Python logging stays out of a run without -v
     assert run.stderr == "", run.stderr
     wrong = _cli("verify", small.train, port, "--json", "-", "--input-size", "224")
